@@ -1,0 +1,211 @@
+"""The shared HTTP layer: one pooled session per API, timeouts, a brake per API, and error translation.
+
+Every client in `connector` sends its requests through an `ApiSession`. It adds what every API call needs and no
+client should repeat: a default timeout, a pool sized for the worker count, the API's `Brake` (a 429 from any
+worker pauses all of them; an optional cap on requests per second), and the translation of `requests`
+exceptions into our error tree. Mapping HTTP statuses to errors stays with each client, because each API words
+its errors differently; `error_for_status` does the part they share.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from connector import errors
+
+log = logging.getLogger(__name__)
+
+# Per-request timeouts: connecting should be quick; a slow answer is still an answer up to READ_TIMEOUT.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+# A Retry-After longer than this is treated as this: we would rather ask again than park a job for hours.
+RETRY_AFTER_CAP = 600.0
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None, cap: float = RETRY_AFTER_CAP) -> float | None:
+    """Seconds to wait from a Retry-After header given in seconds or as an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if _looks_like_date(value) else None
+        if parsed is None:
+            return None
+        seconds = parsed.timestamp() - (time.time() if now is None else now)
+    return max(0.0, min(seconds, cap))
+
+
+def _looks_like_date(value: str) -> bool:
+    try:
+        email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return False
+    return True
+
+
+class Brake:
+    """Shared by every worker that talks to one API.
+
+    `pause(seconds)` (after a 429) makes every caller of `wait()` hold until the pause is over, so the workers do
+    not each discover the limit by hitting it. `max_per_second`, when set, spaces requests out evenly.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_per_second: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.name = name
+        self.interval = 1.0 / max_per_second if max_per_second else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        self._next_slot = 0.0
+        self.pauses = 0
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            until = self._clock() + seconds
+            if until > self._paused_until:
+                self._paused_until = until
+                self.pauses += 1
+                log.warning("%s asked us to slow down: all workers pause for %.1f s", self.name, seconds)
+
+    def wait(self) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                if now < self._paused_until:
+                    delay, done = self._paused_until - now, False
+                else:
+                    # Take the next free slot; concurrent callers queue up behind each other.
+                    slot = max(now, self._next_slot)
+                    self._next_slot = slot + self.interval
+                    delay, done = slot - now, True
+            if delay > 0:
+                self._sleep(delay)
+            if done:
+                return
+
+
+def error_for_status(
+    response: requests.Response,
+    message: str,
+    *,
+    code: str | None = None,
+    not_found: type[errors.PermanentError] = errors.NotFound,
+) -> errors.ConnectorError:
+    """The branch of our tree for an HTTP error status. `message` is the API's own words, already extracted."""
+    status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    kwargs: dict[str, Any] = {"http_status": status}
+    if code:
+        kwargs["result_code"] = code
+    if status == 429:
+        return errors.RateLimited(message, retry_after=retry_after, **kwargs)
+    if status in (500, 502, 503, 504):
+        return errors.Unavailable(message, retry_after=retry_after, **kwargs)
+    if status in (401, 403):
+        return errors.AuthError(message, **kwargs)
+    if status == 404:
+        return not_found(message, **kwargs)
+    if status == 409 or status == 412:
+        return errors.Conflict(message, **kwargs)
+    if status == 408:
+        return errors.OutcomeUnknown(message, **kwargs)
+    if 400 <= status < 500:
+        return errors.InvalidInput(message, **kwargs)
+    return errors.Unavailable(message, retry_after=retry_after, **kwargs)
+
+
+@contextmanager
+def translate_exceptions(api: str) -> Iterator[None]:
+    """Turn `requests` exceptions into our tree. Whether the request reached the API decides the branch."""
+    try:
+        yield
+    except requests.exceptions.ConnectTimeout as exc:
+        raise errors.NetworkError(f"{api} did not accept the connection in time.") from exc
+    except requests.exceptions.ReadTimeout as exc:
+        raise errors.OutcomeUnknown(f"{api} did not answer in time; the change may or may not have been made.") from exc
+    except requests.exceptions.SSLError as exc:
+        raise errors.NetworkError(f"{api}: TLS handshake failed ({type(exc.__cause__ or exc).__name__}).") from exc
+    except requests.exceptions.ConnectionError as exc:
+        if _never_sent(exc):
+            raise errors.NetworkError(f"{api} could not be reached.") from exc
+        raise errors.OutcomeUnknown(
+            f"{api} dropped the connection before answering; the change may or may not have been made."
+        ) from exc
+    except requests.exceptions.RequestException as exc:
+        raise errors.NetworkError(f"{api}: {type(exc).__name__}.") from exc
+
+
+def _never_sent(exc: BaseException) -> bool:
+    text = repr(exc)
+    return any(s in text for s in ("NewConnectionError", "Connection refused", "NameResolutionError", "MaxRetryError"))
+
+
+class ApiSession(requests.Session):
+    """A pooled session for one API: default timeouts, its `Brake`, and errors translated at the boundary."""
+
+    def __init__(
+        self,
+        api: str,
+        *,
+        pool_size: int = 8,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+        brake: Brake | None = None,
+    ) -> None:
+        super().__init__()
+        self.api = api
+        self.timeout = timeout
+        self.brake = brake or Brake(api)
+        self.requests_sent = 0
+        self.throttled = 0
+        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout)
+        self.brake.wait()
+        self.requests_sent += 1
+        with translate_exceptions(self.api):
+            response = super().request(method, url, *args, **kwargs)
+        if response.status_code == 429:
+            self.throttled += 1
+            self.brake.pause(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
+        return response
+
+
+class Redactor(logging.Filter):
+    """Replaces known secret values in log records, as a last line of defence behind not logging them at all."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
+
+    def redact(self, text: str) -> str:
+        return self._pattern.sub("***", text) if self._pattern else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern:
+            record.msg = self.redact(record.getMessage())
+            record.args = None
+        return True

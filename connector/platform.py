@@ -1,0 +1,42 @@
+"""What the runner needs from a marketing platform, whichever one it is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Contact:
+    """How the platform knows a CRM record: its external id, or failing that its e-mail address."""
+
+    external_id: str | None = None
+    email: str | None = None
+
+    def __str__(self) -> str:
+        return self.external_id or self.email or "?"
+
+
+class Platform(Protocol):
+    """A marketing platform adapter. `ref` names the job behind a change, for the platform's own logs."""
+
+    name: str
+
+    def create_tags(self, tags: Sequence[str]) -> None:
+        """Make sure the tags exist, without tagging anyone."""
+
+    def add_tags(self, contact: Contact, tags: Sequence[str], *, ref: str) -> None:
+        """Tag the contact; tags that do not exist yet are created."""
+
+    def remove_tags(self, contact: Contact, tags: Sequence[str], *, ref: str) -> None:
+        """Untag the contact, scores included. A tag the contact lacks is not an error."""
+
+    def set_score(self, contact: Contact, tag: str, score: int, *, ref: str) -> None:
+        """The contact's score for the tag becomes exactly `score`."""
+
+    def change_score(self, contact: Contact, tag: str, delta: int, *, ref: str) -> None:
+        """Add `delta` (negative to decrease) to the contact's score for the tag; a missing tag starts at 0."""
+
+    def read_scores(self, contact: Contact) -> dict[str, int]:
+        """The contact's tags with their scores (0 for a tag without a score)."""

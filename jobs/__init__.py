@@ -1,0 +1,1 @@
+"""The job model, the job stores, the executor, the runner and the `connector` command."""
