@@ -283,7 +283,7 @@ class Attempt(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str
-    number: int
+    number: int = 0  # assigned by the store: attempts are numbered per job across manual retries
     started_at: float
     ended_at: float | None = None
     outcome: str  # succeeded | retrying | failed | released | lease_expired
@@ -335,12 +335,17 @@ class Job(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         req = self.request
-        target = req.target if req else None
         raw = self.raw
+        target: dict[str, Any] | None
+        if req is not None:
+            target = {"kind": req.target.kind.value, "id": req.target.id} if req.target else None
+        else:
+            has_target = raw.get("target_id") not in (None, "")
+            target = {"kind": raw.get("target_kind"), "id": raw.get("target_id")} if has_target else None
         return {
             "id": self.id,
             "operation": req.operation.value if req else raw.get("operation"),
-            "target": {"kind": target.kind.value, "id": target.id} if target else None,
+            "target": target,
             "tags": req.tags if req else raw.get("tags"),
             "score": req.score if req else raw.get("score"),
             "status": self.status.value,

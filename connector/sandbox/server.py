@@ -9,6 +9,7 @@ network without any change to them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -138,8 +139,8 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        with self.atomic() as db:
-            db.executescript(schema)
+        # executescript manages its own transaction.
+        self._connection().executescript(schema)
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -332,10 +333,8 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
 
         def _reset(self) -> None:
             # SO_LINGER with a zero timeout makes close() send RST: the client sees "connection reset by peer".
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
             self.close_connection = True
             self.connection.close()
 

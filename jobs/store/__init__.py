@@ -9,8 +9,9 @@ Every store gives the same guarantees, so the runner does not know which one it 
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from jobs.model import Attempt, Job, JobRequest, JobStatus
 
@@ -36,8 +37,11 @@ class NotAllowed(StoreError):
 class JobStore(Protocol):
     name: str
 
-    def add(self, requests: Sequence[JobRequest]) -> list[Job]:
+    def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
         """Queue the jobs, all or none, in the order given."""
+
+    def add_raw(self, raw: dict[str, Any]) -> Job:
+        """Queue input exactly as a user left it, unvalidated, as a CRM row can be; the runner fails it if bad."""
 
     def get(self, job_id: str) -> Job: ...
 
@@ -48,15 +52,15 @@ class JobStore(Protocol):
         target_id: str | None = None,
         since: float | None = None,
         limit: int | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Newest first."""
 
-    def attempts(self, job_id: str) -> list[Attempt]: ...
+    def attempts(self, job_id: str) -> builtins.list[Attempt]: ...
 
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> builtins.list[Job]:
         """Up to `limit` due jobs, oldest first, none sharing a key with an earlier unfinished job."""
 
-    def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> list[str]:
+    def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> builtins.list[str]:
         """Extend the leases still held; returns the ids whose lease was lost."""
 
     def record_attempt(self, owner: str, attempt: Attempt) -> None:
@@ -84,7 +88,7 @@ class JobStore(Protocol):
     def release(self, owner: str, job_id: str) -> None:
         """Give a claimed job back without counting an attempt (clean shutdown)."""
 
-    def retry(self, job_id: str | None = None) -> list[str]:
+    def retry(self, job_id: str | None = None) -> builtins.list[str]:
         """Put one failed job (or every failed job when `job_id` is None) back to pending; returns their ids."""
 
     def cancel(self, job_id: str) -> Job:

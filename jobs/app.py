@@ -1,0 +1,158 @@
+"""The composition root: settings in, a running connector out.
+
+Settings are read once by the CLI and handed here; nothing deeper reads them. In sandbox mode the emulators are
+started in-process on loopback ports, with their state under `<home>/sandbox/`, and the real adapters are
+pointed at them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings
+from connector.crm import Crm
+from connector.http import ApiSession, Brake, Redactor
+from connector.localcrm import LocalCrm
+from connector.platform import Platform
+from connector.sandbox.server import App as SandboxApp
+from connector.sandbox.server import Faults, SandboxServer
+from connector.sandbox.spotler import SpotlerSandbox
+from connector.spotler import SpotlerPlatform
+from jobs.executor import Executor
+from jobs.runner import Runner
+from jobs.store import JobStore
+from jobs.store.sqlite import SqliteJobStore
+
+log = logging.getLogger(__name__)
+
+SPOTLER_PREFIX = "/integrationservice-1.1.0"
+
+
+@dataclass
+class Connector:
+    """Everything one command needs, built from settings. Close it to stop sandboxes and release files."""
+
+    settings: Settings
+    store: JobStore
+    platform: Platform
+    crm: Crm
+    executor: Executor
+    runner: Runner
+    sandboxes: dict[str, SandboxServer] = field(default_factory=dict)
+    _closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    @property
+    def sandbox_apps(self) -> dict[str, SandboxApp]:
+        return {name: server.app for name, server in self.sandboxes.items()}
+
+    def close(self) -> None:
+        self.runner.close()
+        for close in reversed(self._closers):
+            close()
+        for server in self.sandboxes.values():
+            server.stop()
+
+    def __enter__(self) -> Connector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def install_redaction(settings: Settings) -> Redactor:
+    """Every log record passes through a filter that masks the configured secrets."""
+    redactor = Redactor(settings.secret_values())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redactor)
+    return redactor
+
+
+def _faults(settings: Settings) -> Faults:
+    return Faults(**settings.faults.model_dump())
+
+
+def _session(
+    settings: Settings, api: str, brakes: dict[str, Brake], sleep: Callable[[float], Any] | None
+) -> ApiSession:
+    brake = brakes.setdefault(
+        api, Brake(api, max_per_second=settings.http.max_requests_per_second, sleep=sleep or time.sleep)
+    )
+    return ApiSession(
+        api, pool_size=settings.runner.workers,
+        timeout=(settings.http.connect_timeout, settings.http.read_timeout), brake=brake,
+    )
+
+
+def build(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Any] | None = None,
+) -> Connector:
+    """Build the connector described by `settings`. `clock` and `sleep` are for tests that must not wait."""
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    sandboxes: dict[str, SandboxServer] = {}
+    closers: list[Callable[[], Any]] = []
+    brakes: dict[str, Brake] = {}
+    try:
+        platform = _build_platform(settings, sandboxes, brakes, sleep)
+        store = build_store(settings, clock=clock)
+        closers.append(store.close)
+        local_crm = LocalCrm(home / "timeline.db")
+        closers.append(local_crm.close)
+        crm: Crm = local_crm
+        stop = threading.Event()
+        executor = Executor(platform, crm, settings.retry, clock=clock, sleep=sleep, stop=stop)
+        runner = Runner(
+            store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,
+            lease_seconds=settings.runner.lease_seconds, clock=clock,
+        )
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        for server in sandboxes.values():
+            server.stop()
+        raise
+    return Connector(settings, store, platform, crm, executor, runner, sandboxes, closers)
+
+
+def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> JobStore:
+    """The job store alone: enough for the commands that only create, list or inspect jobs."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return SqliteJobStore(settings.home / "jobs.db", clock=clock)
+
+
+def _build_platform(
+    settings: Settings,
+    sandboxes: dict[str, SandboxServer],
+    brakes: dict[str, Brake],
+    sleep: Callable[[float], Any] | None,
+) -> Platform:
+    if settings.platform == "spotler":
+        spotler = settings.spotler
+        base_url = spotler.base_url
+        secret = spotler.consumer_secret.get_secret_value()
+        if base_url is None:
+            app = SpotlerSandbox(
+                sandbox_path(settings.home, "spotler"), consumer_key=spotler.consumer_key, consumer_secret=secret,
+                auto_create_contacts=True,
+            )
+            server = SandboxServer(app, faults=_faults(settings)).start()
+            sandboxes["spotler"] = server
+            base_url = server.url + SPOTLER_PREFIX
+        return SpotlerPlatform(
+            _session(settings, "Spotler", brakes, sleep), base_url=base_url, consumer_key=spotler.consumer_key,
+            consumer_secret=secret, create_missing_contacts=spotler.create_missing_contacts,
+        )
+    raise NotImplementedError(f"platform {settings.platform!r} is not available yet")
+
+
+def sandbox_path(home: Path, name: str) -> Path:
+    return home / "sandbox" / f"{name}.db"

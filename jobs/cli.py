@@ -1,0 +1,426 @@
+"""The `connector` command: parse, call one function, print. Errors become `Error: ...` and an exit code.
+
+Exit codes: 0 success; 1 a runtime failure (job not found, a job failed under `run --once`); 2 bad usage or
+invalid input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from config import Settings, SettingsError, load_settings
+from connector.errors import ConnectorError
+from jobs import app as composition
+from jobs.demo import run_demo
+from jobs.model import InvalidJob, Job, JobStatus, iso
+from jobs.runner import DrainReport
+from jobs.service import (
+    UsageProblem,
+    contact_view,
+    count_rows,
+    import_jobs,
+    parse_duration,
+    request_from_fields,
+)
+from jobs.store import JobNotFound, NotAllowed, StoreError
+
+# Piped output is read by people in logs and by tools; do not squeeze tables into 80 columns there.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    help="Apply tag and score jobs from the CRM on the marketing platform, and show what happened.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+jobs_app = typer.Typer(help="Create, import, list, inspect, retry and cancel jobs.", no_args_is_help=True)
+contact_app = typer.Typer(help="What the platform and the timeline say about a CRM record.", no_args_is_help=True)
+config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(contact_app, name="contact")
+app.add_typer(config_app, name="config")
+
+_overrides: dict[str, Any] = {}
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+class Failure(Exception):
+    """A runtime failure reported to the user with exit code 1."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"Error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Our errors become one `Error:` line and the exit code of the module docstring."""
+    try:
+        yield
+    except (InvalidJob, UsageProblem, SettingsError) as exc:
+        fail(str(exc), 2)
+    except NotAllowed as exc:
+        fail(str(exc), 2)
+    except (JobNotFound, StoreError, Failure, ConnectorError) as exc:
+        fail(str(exc), 1)
+
+
+def settings(**overrides: Any) -> Settings:
+    with reported():
+        return load_settings(**{**_overrides, **overrides})
+
+
+def _setup_logging(config: Settings) -> None:
+    logging.basicConfig(
+        level=getattr(logging, config.log_level), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    composition.install_redaction(config)
+
+
+@contextmanager
+def connector(config: Settings, *, quiet: bool = False) -> Iterator[composition.Connector]:
+    _setup_logging(config)
+    with reported():
+        built = composition.build(config)
+    try:
+        if built.sandboxes and not quiet:
+            where = ", ".join(f"{name} on {server.url}" for name, server in built.sandboxes.items())
+            err.print(
+                f"Sandbox mode: no {config.platform} URL is configured, so the built-in emulator runs on loopback "
+                f"({where}; state in {config.home / 'sandbox'}).", markup=False,
+            )
+        with reported():
+            yield built
+    finally:
+        built.close()
+
+
+@contextmanager
+def job_store(config: Settings) -> Iterator[Any]:
+    _setup_logging(config)
+    with reported():
+        store = composition.build_store(config)
+    try:
+        with reported():
+            yield store
+    finally:
+        store.close()
+
+
+@app.callback()
+def main_options(
+    home: Annotated[
+        Path | None, typer.Option(help="Data directory of the embedded default [env: CONNECTOR_HOME].")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    _overrides.clear()
+    if home is not None:
+        _overrides["home"] = home
+    if log_level is not None:
+        _overrides["log_level"] = log_level
+
+
+# --- jobs -------------------------------------------------------------------------------------------------------
+
+
+@jobs_app.command("add")
+def jobs_add(
+    operation: Annotated[str, typer.Option("--operation", "-o", help='add_tag, remove_tag, set_score, increase_score, '
+                                           'decrease_score, remove_score, or the CRM name ("Add Tag").')],
+    tag: Annotated[str, typer.Option("--tag", "-t", help="Tag name; several separated by , or ; for add/remove.")],
+    contact: Annotated[str | None, typer.Option(help="CRM id of the contact.")] = None,
+    lead: Annotated[str | None, typer.Option(help="CRM id of the lead.")] = None,
+    account: Annotated[str | None, typer.Option(help="CRM id of the account.")] = None,
+    score: Annotated[str | None, typer.Option(help="Whole number, for the score operations.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue one job. Without --contact, --lead or --account, Add Tag only creates the tag."""
+    config = settings()
+    with reported():
+        request = request_from_fields(
+            {"operation": operation, "tags": tag, "score": score, "contact": contact, "lead": lead, "account": account}
+        )
+    with job_store(config) as store:
+        job = store.add([request])[0]
+    if as_json:
+        out.print_json(data=job.to_json())
+    else:
+        out.print(f"Queued job {job.id}: {request.operation.label} {', '.join(request.tags)}"
+                  f"{'' if request.score is None else f' ({request.score})'} for "
+                  f"{request.target or 'no record (tag only)'}.", markup=False)
+
+
+@jobs_app.command("import")
+def jobs_import(
+    file: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines.")],
+    skip_invalid: Annotated[bool, typer.Option(help="Queue the valid rows even when some are bad.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue the jobs of a file: all or nothing unless --skip-invalid; every bad row reported with its line."""
+    config = settings()
+    with job_store(config) as store:
+        total = count_rows(file) if file.is_file() else 0
+        with Progress(console=err, transient=True, disable=total < 2000 or not err.is_terminal) as progress:
+            task = progress.add_task("Checking rows", total=total)
+            result = import_jobs(store, file, skip_invalid=skip_invalid, on_row=lambda: progress.advance(task))
+    if as_json:
+        out.print_json(data={
+            "rows": result.rows, "queued": [j.id for j in result.queued],
+            "problems": [{"line": p.line, "message": p.message} for p in result.problems],
+        })
+    for problem in result.problems if not as_json else []:
+        err.print(f"line {problem.line}: {problem.message}", markup=False)
+    if result.problems and not skip_invalid:
+        fail(f"{len(result.problems)} of {result.rows} rows are invalid; nothing was queued. "
+             f"Fix them, or use --skip-invalid to queue the valid rows.", 2)
+    if not as_json:
+        skipped = f", {len(result.problems)} invalid rows skipped" if result.problems else ""
+        out.print(f"Queued {len(result.queued)} jobs from {file}{skipped}.", markup=False)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None, typer.Option(help="pending, retrying, running, succeeded, failed or cancelled.")
+    ] = None,
+    contact: Annotated[str | None, typer.Option(help="Only jobs for this CRM record id.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only jobs created within this period: 30m, 2h, 7d.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many jobs, newest first.")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """Jobs, newest first, with their status and result."""
+    config = settings()
+    with reported():
+        if status is not None and status not in {*(s.value for s in JobStatus), "retrying"}:
+            raise UsageProblem(
+                f"--status is {status!r}; use pending, retrying, running, succeeded, failed or cancelled."
+            )
+        since_ts = time.time() - parse_duration(since) if since else None
+    with job_store(config) as store:
+        found = store.list(status=status, target_id=contact, since=since_ts, limit=limit)
+    if as_json:
+        out.print_json(data=[job.to_json() for job in found])
+        return
+    _print_jobs(found)
+
+
+def _print_jobs(found: list[Job]) -> None:
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("job")
+    table.add_column("record", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("tries", justify="right")
+    table.add_column("result")
+    for job in found:
+        data = job.to_json()
+        target = data["target"]
+        result = job.result_code or ""
+        if job.message and job.result_code != "OK":
+            result = f"{result}: {job.message}" if result else job.message
+        table.add_row(
+            job.id, (data["created_at"] or "")[5:16].replace("T", " "), _what(job),
+            f"{target['kind']} {target['id']}" if target else "-", job.display_status, str(job.attempts), result,
+        )
+    out.print(table)
+    if not found:
+        out.print("No jobs.")
+
+
+def _what(job: Job) -> str:
+    if job.request is not None:
+        request = job.request
+        score = "" if request.score is None else f" {request.score}"
+        return f"{request.operation.label} {', '.join(request.tags)}{score}"
+    raw = job.raw
+    return " ".join(str(raw.get(k)) for k in ("operation", "tags", "score") if raw.get(k) not in (None, ""))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="The job id.")], as_json: JsonFlag = False) -> None:
+    """One job with every attempt: times, outcome, result code, HTTP status and message."""
+    config = settings()
+    with job_store(config) as store:
+        job = store.get(job_id)
+        attempts = store.attempts(job_id)
+    data = {**job.to_json(), "attempt_log": [a.to_json() for a in attempts]}
+    if as_json:
+        out.print_json(data=data)
+        return
+    for key in ("id", "operation", "target", "tags", "score", "display_status", "result_code", "message",
+                "attempts", "created_at", "updated_at", "next_attempt_at", "applied_at", "posted_at"):
+        value = data[key]
+        if isinstance(value, dict):
+            value = f"{value['kind']} {value['id']}"
+        out.print(f"{key.replace('display_', ''):>16}: {'' if value is None else value}", markup=False)
+    table = Table(title="attempts", show_edge=False)
+    for column in ("#", "started", "ended", "outcome", "result", "http", "message"):
+        table.add_column(column, overflow="fold")
+    for a in attempts:
+        table.add_row(str(a.number), iso(a.started_at) or "", iso(a.ended_at) or "", a.outcome, a.result_code or "",
+                      str(a.http_status or ""), a.message)
+    out.print(table)
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[str | None, typer.Argument(help="The failed job to retry.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job.")] = False,
+) -> None:
+    """Put a failed job (or all of them) back in the queue."""
+    config = settings()
+    if (job_id is None) == (not failed):
+        fail("give either a job id or --failed.", 2)
+    with job_store(config) as store:
+        ids = store.retry(None if failed else job_id)
+    out.print(f"Queued again: {len(ids)} job(s){': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
+              markup=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The pending job to cancel.")]) -> None:
+    """Cancel a job that has not run yet."""
+    config = settings()
+    with job_store(config) as store:
+        job = store.cancel(job_id)
+    out.print(f"Cancelled job {job.id}.", markup=False)
+
+
+# --- contact ----------------------------------------------------------------------------------------------------
+
+
+@contact_app.command("show")
+def contact_show(
+    record_id: Annotated[str, typer.Argument(help="CRM id of the contact (or lead / account with --kind).")],
+    kind: Annotated[str, typer.Option(help="contact, lead or account.")] = "contact",
+    as_json: JsonFlag = False,
+) -> None:
+    """The tags and scores the platform reports for a record, and its timeline posts."""
+    if kind not in ("contact", "lead", "account"):
+        fail(f"--kind is {kind!r}; use contact, lead or account.", 2)
+    config = settings()
+    with connector(config, quiet=as_json) as built:
+        view = contact_view(built.platform, built.crm, kind, record_id)
+    if as_json:
+        out.print_json(data=view)
+        return
+    out.print(f"{kind} {record_id} on {view['platform']} (as {view['platform_id']})", markup=False)
+    if view["platform_error"]:
+        out.print(f"  platform: {view['platform_error']}", markup=False)
+    table = Table(show_edge=False)
+    table.add_column("tag")
+    table.add_column("score", justify="right")
+    for tag, score in sorted(view["tags"].items()):
+        table.add_row(tag, str(score))
+    out.print(table if view["tags"] else "  no tags")
+    out.print("timeline:")
+    for post in view["timeline"] or [{"created_at": "", "text": "(no posts)"}]:
+        out.print(f"  {post['created_at']}  {post['text']}", markup=False)
+
+
+# --- running ----------------------------------------------------------------------------------------------------
+
+
+def _report_line(report: DrainReport) -> str:
+    line = f"{report.succeeded} succeeded, {report.failed} failed in {report.seconds:.1f} s"
+    if report.retrying:
+        line += f"; {report.retrying} waiting to retry (next at {iso(report.next_retry_at)})"
+    return line + "."
+
+
+@app.command("run")
+def run(
+    once: Annotated[bool, typer.Option("--once", help="Process everything due now, then exit.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Worker threads.", min=1)] = None,
+) -> None:
+    """Run the job queue on a schedule until stopped (Ctrl-C), or once."""
+    config = settings(runner={"workers": workers} if workers else None)
+    with connector(config) as built:
+        if once:
+            report = built.runner.drain()
+            out.print(_report_line(report), markup=False)
+            if report.failed:
+                raise Failure(f"{report.failed} job(s) failed; see `connector jobs list --status failed`.")
+            return
+        from jobs.scheduler import run_forever
+
+        err.print(f"Running: ticking every {config.runner.tick_seconds:g} s with {config.runner.workers} workers. "
+                  "Ctrl-C stops.", markup=False)
+        run_forever(built.runner, tick_seconds=config.runner.tick_seconds,
+                    on_tick=lambda r: out.print(time.strftime("%H:%M:%S ") + _report_line(r), markup=False))
+        err.print("Stopped.", markup=False)
+
+
+@app.command("demo")
+def demo() -> None:
+    """Queue a realistic set of jobs on the embedded default, run them, and show the outcome."""
+    config = settings()
+    with connector(config) as built:
+        result = run_demo(built)
+    out.rule("Jobs")
+    _print_jobs(result.jobs)
+    out.print(_report_line(result.report), markup=False)
+    out.rule("Tags and scores on the platform, and timeline posts")
+    for view in result.records:
+        tags = ", ".join(f"{t}={s}" for t, s in sorted(view["tags"].items())) or "(no tags)"
+        out.print(f"{view['kind']} {view['id']}: {tags}", markup=False)
+        for post in view["timeline"][-6:]:
+            out.print(f"    {post['created_at']}  {post['text']}", markup=False)
+    out.print("\nTry: connector jobs list --status failed   |   connector jobs show <id>   |   "
+              "connector contact show C-1001", markup=False)
+
+
+# --- config -----------------------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(as_json: JsonFlag = False) -> None:
+    """The effective settings, secrets masked."""
+    config = settings()
+    data = json.loads(config.model_dump_json())
+    data["sandbox_mode"] = config.sandbox_mode
+    if as_json:
+        out.print_json(data=data)
+        return
+    for line in _flatten(data):
+        out.print(line, markup=False)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key} = {json.dumps(value)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="connector", standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Claim due jobs, run them on a bounded worker pool, keep their leases alive, and stop cleanly.
+
+The store's claim already guarantees that no two claimed jobs share a key, so the runner can run whatever it
+claims concurrently. It claims only as many jobs as it has free workers: a claimed job waiting in a queue would
+hold a lease for nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from jobs.executor import Executor
+from jobs.model import Job, JobStatus
+from jobs.store import JobStore, LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DrainReport:
+    """What a drain did, and what it left waiting for a retry."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retrying: int = 0
+    next_retry_at: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed
+
+
+class Runner:
+    def __init__(
+        self,
+        store: JobStore,
+        executor: Executor,
+        *,
+        workers: int = 8,
+        batch_size: int = 200,
+        lease_seconds: float = 60.0,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.workers = workers
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stop_event = executor.stop
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker")
+        self._inflight: dict[str, Future[JobStatus | None]] = {}
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._renewer_stop = threading.Event()
+
+    # --- claiming and running -------------------------------------------------------------------------------
+
+    def tick(self) -> list[Future[JobStatus | None]]:
+        """Claim as many due jobs as there are free workers and start them."""
+        if self.stop_event.is_set():
+            return []
+        with self._lock:
+            free = self.workers - len(self._inflight)
+        if free <= 0:
+            return []
+        jobs = self.store.claim(self.owner, min(free, self.batch_size), self.lease_seconds)
+        futures = []
+        for job in jobs:
+            with self._lock:
+                future = self._pool.submit(self._run_one, job)
+                self._inflight[job.id] = future
+            futures.append(future)
+        return futures
+
+    def _run_one(self, job: Job) -> JobStatus | None:
+        try:
+            if self.stop_event.is_set():
+                self.store.release(self.owner, job.id)
+                return None
+            return self.executor.execute(job, self.store, self.owner)
+        except Exception as exc:
+            # A bug or a surprise from an API must fail this one job, never the runner.
+            log.exception("job %s: unexpected error", job.id)
+            with contextlib.suppress(LeaseLost):
+                self.store.finish(
+                    self.owner, job.id, status=JobStatus.FAILED, result_code="INTERNAL_ERROR",
+                    message=f"Unexpected error in the connector ({type(exc).__name__}); see the runner's log.",
+                )
+            return JobStatus.FAILED
+        finally:
+            with self._lock:
+                self._inflight.pop(job.id, None)
+
+    def drain(self, on_progress: Callable[[DrainReport], None] | None = None) -> DrainReport:
+        """Run everything that is due now, including retries that come due while draining, then return."""
+        started = time.monotonic()
+        report = DrainReport()
+        self._start_renewer()
+        outstanding: set[Future[JobStatus | None]] = set()
+        try:
+            while True:
+                outstanding.update(self.tick())
+                if not outstanding:
+                    break
+                done, outstanding = wait(outstanding, return_when=FIRST_COMPLETED, timeout=1.0)
+                for future in done:
+                    status = future.result()
+                    if status is JobStatus.SUCCEEDED:
+                        report.succeeded += 1
+                    elif status is JobStatus.FAILED:
+                        report.failed += 1
+                if done and on_progress:
+                    on_progress(report)
+        finally:
+            self._stop_renewer()
+        counts = self.store.counts()
+        report.retrying = counts.get("retrying", 0)
+        report.next_retry_at = self.store.next_due() if report.retrying else None
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _wait_inflight(self) -> None:
+        with self._lock:
+            pending = list(self._inflight.values())
+        wait(pending)
+
+    # --- leases ---------------------------------------------------------------------------------------------
+
+    def _start_renewer(self) -> None:
+        if self._renewer is not None:
+            return
+        self._renewer_stop.clear()
+        self._renewer = threading.Thread(target=self._renew_loop, name="lease-renewer", daemon=True)
+        self._renewer.start()
+
+    def _stop_renewer(self) -> None:
+        if self._renewer is None:
+            return
+        self._renewer_stop.set()
+        self._renewer.join()
+        self._renewer = None
+
+    def _renew_loop(self) -> None:
+        # Renew at a third of the lease: two renewals can fail before another runner may take the job.
+        while not self._renewer_stop.wait(self.lease_seconds / 3):
+            with self._lock:
+                ids = list(self._inflight)
+            if not ids:
+                continue
+            try:
+                lost = self.store.renew(self.owner, ids, self.lease_seconds)
+            except Exception:
+                log.exception("renewing leases failed; will try again")
+                continue
+            for job_id in lost:
+                log.warning("job %s: lease lost; another runner may take it", job_id)
+
+    # --- stopping -------------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop claiming; running attempts finish, inline waits are cut short and their jobs released."""
+        self.stop_event.set()
+
+    def close(self) -> None:
+        self.request_stop()
+        self._wait_inflight()
+        self._stop_renewer()
+        self._pool.shutdown(wait=True)

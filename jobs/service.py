@@ -1,0 +1,154 @@
+"""What the CLI commands do, as functions a test can call directly. The CLI only parses and prints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connector.crm import Crm
+from connector.errors import ConnectorError
+from connector.platform import Platform
+from jobs.model import InvalidJob, Job, JobRequest, TargetKind
+from jobs.store import JobStore
+
+IMPORT_COLUMNS = {"operation", "tag", "tags", "score", "contact", "lead", "account", "target_kind", "target_id"}
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class UsageProblem(ValueError):
+    """The user's input to a command is wrong; the message says what would be right."""
+
+
+def parse_duration(text: str) -> float:
+    """`30m`, `2h`, `7d` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise UsageProblem(f"--since is {text!r}; give a number and a unit, such as 30m, 2h or 7d.")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def request_from_fields(fields: dict[str, Any]) -> JobRequest:
+    """A JobRequest from a form, a CSV row or a JSON object: `contact`/`lead`/`account` or `target_kind`+`target_id`."""
+    kinds = [k.value for k in TargetKind if str(fields.get(k.value) or "").strip()]
+    target_kind, target_id = fields.get("target_kind"), fields.get("target_id")
+    if len(kinds) > 1:
+        raise InvalidJob([f"The job names a {' and a '.join(kinds)}; a job is about one contact, lead or account."])
+    if kinds:
+        if target_id:
+            raise InvalidJob(["Give either target_kind and target_id, or contact / lead / account, not both."])
+        target_kind, target_id = kinds[0], str(fields[kinds[0]])
+    tags = fields.get("tags", fields.get("tag"))
+    return JobRequest.from_input(
+        operation=fields.get("operation"), tags=tags, score=fields.get("score"),
+        target_kind=target_kind, target_id=None if target_id is None else str(target_id),
+    )
+
+
+@dataclass
+class RowProblem:
+    line: int
+    message: str
+
+
+@dataclass
+class ImportResult:
+    queued: list[Job] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
+    rows: int = 0
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, fields) for each row of a CSV file with a header, or of a JSON Lines file."""
+    if not path.is_file():
+        raise UsageProblem(f"{path} is not a file.")
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        first = handle.readline()
+        handle.seek(0)
+        if first.lstrip().startswith("{"):
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, {"__error__": f"not valid JSON ({exc.msg})"}
+                    continue
+                yield number, value if isinstance(value, dict) else {"__error__": "not a JSON object"}
+            return
+        reader = csv.DictReader(handle)
+        header = [h.strip().lower() for h in reader.fieldnames or []]
+        unknown = [h for h in header if h not in IMPORT_COLUMNS]
+        if not header or unknown:
+            raise UsageProblem(
+                f"{path}: unknown column(s) {', '.join(repr(u) for u in unknown) or '(no header row)'}; "
+                f"use {', '.join(sorted(IMPORT_COLUMNS))}."
+            )
+        reader.fieldnames = header
+        for row in reader:
+            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+
+
+def count_rows(path: Path) -> int:
+    with path.open(encoding="utf-8-sig") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def import_jobs(
+    store: JobStore,
+    path: Path,
+    *,
+    skip_invalid: bool = False,
+    on_row: Callable[[], None] | None = None,
+) -> ImportResult:
+    """Validate every row, then queue them: all or nothing unless `skip_invalid`."""
+    result = ImportResult()
+    valid: list[JobRequest] = []
+    for line, fields in read_rows(path):
+        result.rows += 1
+        if on_row:
+            on_row()
+        if "__error__" in fields:
+            result.problems.append(RowProblem(line, f"The line is {fields['__error__']}."))
+            continue
+        unknown = sorted(set(fields) - IMPORT_COLUMNS)
+        if unknown:
+            result.problems.append(RowProblem(line, f"Unknown field(s) {', '.join(unknown)}."))
+            continue
+        try:
+            valid.append(request_from_fields(fields))
+        except InvalidJob as exc:
+            result.problems.append(RowProblem(line, str(exc)))
+    if result.problems and not skip_invalid:
+        return result
+    # Large files are queued in chunks so that one transaction never holds the store for long.
+    for start in range(0, len(valid), 1000):
+        result.queued.extend(store.add(valid[start : start + 1000]))
+    return result
+
+
+def contact_view(platform: Platform, crm: Crm, kind: str, record_id: str) -> dict[str, Any]:
+    """What the platform reports for a CRM record, and its timeline: the `contact show` output."""
+    contact = crm.identify(kind, record_id)
+    tags: dict[str, int] | None
+    error = None
+    try:
+        tags = platform.read_scores(contact)
+    except ConnectorError as exc:
+        tags, error = None, f"{exc.result_code}: {exc.message}"
+    posts = crm.timeline(kind, record_id)
+    return {
+        "kind": kind,
+        "id": record_id,
+        "platform": platform.name,
+        "platform_id": str(contact),
+        "tags": tags if tags is not None else {},
+        "platform_error": error,
+        "timeline": [{"text": p.text, "job_id": p.job_id, "created_at": p.created_at} for p in posts],
+    }
