@@ -81,6 +81,9 @@ class MauticSettings(BaseModel):
     password: SecretStr = SecretStr(defaults.SANDBOX_MAUTIC_PASSWORD)
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
+    contact_field: str | None = Field(
+        None, description="alias of a unique Mautic contact field holding the CRM id; unset: find by e-mail"
+    )
 
 
 class DataverseSettings(BaseModel):
