@@ -100,12 +100,17 @@ def mautic_message(response: requests.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
-def mautic_error(response: requests.Response, doing: str) -> errors.ConnectorError:
-    """The one place where a Mautic error status becomes our error: `doing` says what we were trying to do."""
+def mautic_error(response: requests.Response, doing: str, *, contact_route: bool = False) -> errors.ConnectorError:
+    """The one place where a Mautic error status becomes our error: `doing` says what we were trying to do.
+
+    On a route that names only a contact (no point group), a 404 can only mean the contact is gone.
+    """
     message = mautic_message(response)
     if response.status_code in (401, 403):
+        return error_for_status(response, f"Mautic refused our credentials while trying to {doing}: {message}")
+    if response.status_code == 404 and contact_route:
         return error_for_status(
-            response, f"Mautic refused our credentials while trying to {doing}: {message}"
+            response, f"Mautic no longer has this contact (trying to {doing}): {message}", code="CONTACT_NOT_FOUND"
         )
     return error_for_status(response, f"Mautic could not {doing}: {message}")
 
@@ -216,9 +221,7 @@ def build_auth(settings: MauticSettings, session: requests.Session, base_url: st
     """The `AuthBase` the settings ask for."""
     if settings.auth == "oauth2":
         if not settings.client_id or not settings.client_secret.get_secret_value():
-            raise errors.InvalidInput(
-                "mautic.auth is oauth2 but mautic.client_id or mautic.client_secret is empty."
-            )
+            raise errors.InvalidInput("mautic.auth is oauth2 but mautic.client_id or mautic.client_secret is empty.")
         return MauticOAuth2(
             session,
             token_url=_root(base_url) + "/oauth/v2/token",
@@ -323,7 +326,7 @@ class MauticPlatform:
 
     def read_scores(self, contact: Contact) -> dict[str, int]:
         def read(cid: int) -> dict[str, int]:
-            body = self._call("GET", f"/contacts/{cid}", "read the contact's tags")
+            body = self._call("GET", f"/contacts/{cid}", "read the contact's tags", contact_route=True)
             record = body.get("contact") or {}
             tags = [str(t["tag"]) for t in record.get("tags") or [] if isinstance(t, dict) and t.get("tag")]
             scores: dict[str, int] = {}
@@ -380,9 +383,7 @@ class MauticPlatform:
             field, value, described = "email", contact.email, f"e-mail address {contact.email}"
         else:
             hint = "" if self.contact_field else " (set mautic.contact_field to look contacts up by CRM id)"
-            raise errors.InvalidInput(
-                f"Contact {contact} has no e-mail address to find it in Mautic by{hint}."
-            )
+            raise errors.InvalidInput(f"Contact {contact} has no e-mail address to find it in Mautic by{hint}.")
         params.update({"minimal": "true", "limit": "30", "orderBy": "id", "orderByDir": "asc"})
         body = self._call("GET", "/contacts", f"search for the contact with {described}", params=params)
         matches: list[int] = []
@@ -426,10 +427,14 @@ class MauticPlatform:
     # --- tags and point groups ------------------------------------------------------------------------------
 
     def _edit_tags(self, cid: int, tags: list[str]) -> None:
-        self._call("PATCH", f"/contacts/{cid}/edit", "change the contact's tags", json={"tags": tags})
+        self._call(
+            "PATCH", f"/contacts/{cid}/edit", "change the contact's tags", contact_route=True, json={"tags": tags}
+        )
 
     def _group_scores(self, cid: int) -> Iterator[tuple[int, str, int]]:
-        body = self._call("GET", f"/contacts/{cid}/points/groups", "read the contact's point group scores")
+        body = self._call(
+            "GET", f"/contacts/{cid}/points/groups", "read the contact's point group scores", contact_route=True
+        )
         for item in _records(body.get("groupScores")):
             group = item.get("group") or {}
             if group.get("id") is not None and group.get("name") is not None:
@@ -498,13 +503,15 @@ class MauticPlatform:
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, doing: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, doing: str, *, contact_route: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         response = self.session.request(
             method, self.base_url + "/api" + path, headers=headers, auth=self.auth, **kwargs
         )
         if response.status_code >= 400:
-            raise mautic_error(response, doing)
+            raise mautic_error(response, doing, contact_route=contact_route)
         if not response.content:
             return {}
         try:

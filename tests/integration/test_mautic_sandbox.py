@@ -7,6 +7,7 @@ state rather than only at what the adapter reports.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,12 @@ def test_rate_limit_answers_are_rate_limited_with_retry_after(sandbox: MauticSan
             mautic.add_tags(ANN, ["X"], ref="job-1")
     assert caught.value.retry_after == 4
     assert session.brake.pauses == 1
+
+
+def test_concurrent_workers_create_one_group_per_tag(mautic: MauticPlatform, sandbox: MauticSandbox) -> None:
+    contacts = [Contact(email=f"c{i}@example.com") for i in range(8)]
+    ids = [sandbox.seed_contact(c.email) for c in contacts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda c: mautic.change_score(c, "Shared", 2, ref="job-x"), contacts * 3))
+    assert sandbox.group_names() == ["Shared"]
+    assert all(sandbox.scores_of(cid) == {"Shared": 6} for cid in ids)

@@ -130,6 +130,19 @@ def test_unknown_contact_is_contact_not_found(mautic: MauticPlatform, mocked: re
     assert caught.value.message == "Mautic has no contact with e-mail address ann@example.com."
 
 
+def test_a_contact_that_vanishes_after_the_lookup_is_contact_not_found(
+    mautic: MauticPlatform, mocked: responses.RequestsMock
+) -> None:
+    contact_search(mocked, "ann@example.com", {"7": record(7, "ann@example.com")})
+    mocked.patch(
+        API + "/contacts/7/edit", status=404, json={"errors": [{"code": 404, "message": "Item was not found."}]}
+    )
+    with pytest.raises(errors.NotFound) as caught:
+        mautic.add_tags(ANN, ["X"], ref="job-1")
+    assert caught.value.result_code == "CONTACT_NOT_FOUND"
+    assert "Item was not found." in caught.value.message
+
+
 def test_a_contact_without_email_cannot_be_found_by_email(mautic: MauticPlatform) -> None:
     with pytest.raises(errors.InvalidInput, match="no e-mail address"):
         mautic.add_tags(Contact(external_id="crm-1"), ["X"], ref="job-1")
