@@ -244,7 +244,9 @@ class SandboxServer:
         self.httpd.daemon_threads = True
         self.scheme = "http"
         if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            # The handshake runs in the handler thread on first read: done in accept(), one silent client
+            # would stall every other connection.
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
             self.scheme = "https"
         self._thread: threading.Thread | None = None
 
