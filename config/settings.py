@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -86,11 +86,99 @@ class MauticSettings(BaseModel):
     )
 
 
+class DataverseStatusReasons(BaseModel):
+    """The job table's status reason (`statuscode`) for each job status, and the state (`statecode`, 0 active,
+    1 inactive) it belongs to. Custom status reasons get values from 100000000 up in Dataverse."""
+
+    pending: int = 1
+    running: int = 100_000_001
+    succeeded: int = 2
+    failed: int = 100_000_002
+    cancelled: int = 100_000_003
+    pending_state: int = Field(0, ge=0, le=1)
+    running_state: int = Field(0, ge=0, le=1)
+    succeeded_state: int = Field(1, ge=0, le=1)
+    failed_state: int = Field(1, ge=0, le=1)
+    cancelled_state: int = Field(1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DataverseStatusReasons:
+        values = [self.pending, self.running, self.succeeded, self.failed, self.cancelled]
+        if len(set(values)) != len(values):
+            raise ValueError(f"dataverse.jobs.status_reasons must be five different values; got {values}")
+        return self
+
+
+def _default_operation_values() -> dict[str, int]:
+    names = ["add_tag", "remove_tag", "set_score", "increase_score", "decrease_score", "remove_score"]
+    return {name: 100_000_000 + i for i, name in enumerate(names)}
+
+
+class DataverseTableSettings(BaseModel):
+    """The custom table CRM users fill in with jobs: entity set, columns and lookups, as named in the organisation.
+
+    Column names are logical names (lower case). Lookups are navigation property names, which are case sensitive
+    (usually the lookup column's SchemaName, e.g. `cr_Contact`); the column read back is `_<lowercased>_value`.
+    """
+
+    entity_set: str = "cr_connectorjobs"
+    primary_key: str = "cr_connectorjobid"
+    # What the CRM user fills in.
+    operation: str = "cr_operation"
+    operation_values: dict[str, int] = Field(
+        default_factory=_default_operation_values,
+        description="choice value per operation; empty when the operation column is plain text",
+    )
+    tags: str = "cr_tags"
+    score: str = "cr_score"
+    contact_lookup: str = "cr_Contact"
+    lead_lookup: str = "cr_Lead"
+    account_lookup: str = "cr_Account"
+    # Creation order: Dataverse keeps `createdon` to the second, so an autonumber column breaks ties ("" = none).
+    created_on: str = "createdon"
+    modified_on: str = "modifiedon"
+    sequence: str = "cr_sequence"
+    # What the runner writes back, for the CRM user on the job form and for the runner itself.
+    result_code: str = "cr_resultcode"
+    message: str = "cr_message"
+    http_status: str = "cr_httpstatus"
+    attempts: str = "cr_attempts"
+    last_attempt_at: str = "cr_lastattemptat"
+    next_attempt_at: str = "cr_nextattemptat"
+    lease_owner: str = "cr_leaseowner"
+    lease_expires_at: str = "cr_leaseexpiresat"
+    applied_at: str = "cr_appliedat"
+    posted_at: str = "cr_postedat"
+    score_before: str = "cr_scorebefore"
+    attempt_log: str = Field("cr_attemptlog", description="multiple lines of text: one line per attempt")
+    status_reasons: DataverseStatusReasons = DataverseStatusReasons()
+
+    @field_validator("operation_values")
+    @classmethod
+    def _operations(cls, value: dict[str, int]) -> dict[str, int]:
+        known = {"add_tag", "remove_tag", "set_score", "increase_score", "decrease_score", "remove_score"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"dataverse.jobs.operation_values names unknown operations {unknown}; use {sorted(known)}")
+        if len(set(value.values())) != len(value):
+            raise ValueError("dataverse.jobs.operation_values must give each operation its own choice value")
+        return value
+
+
 class DataverseSettings(BaseModel):
     environment_url: str | None = Field(None, description="unset: the sandbox is started on loopback")
     tenant_id: str = ""
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
+    authority_host: str = Field("https://login.microsoftonline.com", description="Microsoft Entra ID")
+    page_size: int = Field(1000, ge=1, le=5000, description="odata.maxpagesize of queries")
+    # The timeline record written after each job: a post (needs a Dynamics 365 app) or a note (any Dataverse).
+    timeline: Literal["post", "annotation"] = "post"
+    note_subject: str = Field("Marketing platform", description="subject of notes; the job id is appended")
+    # How the platform knows a record: its CRM id (empty) or the value of a column such as emailaddress1.
+    identify_column: str = ""
+    identify_as: Literal["external_id", "email"] = "external_id"
+    jobs: DataverseTableSettings = DataverseTableSettings()
 
 
 class Settings(BaseSettings):

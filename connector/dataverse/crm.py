@@ -1,0 +1,165 @@
+"""Dynamics 365 as the runner's CRM: who a record is on the platform, and one timeline record per job.
+
+The timeline record is a `post` (an auto post of type status, shown on the record's timeline where a Dynamics 365
+app is installed) or an `annotation` (a note, available on any Dataverse environment), chosen by configuration.
+
+**One record per job.** Posts are immutable and neither kind has a column of ours to hold a job id, so the job
+id goes into the text itself as `(job <id>)` (the executor's default template already ends that way; other
+templates get it appended), and the note subject is `<subject> (job <id>)`. Before creating, `post` looks for
+an existing record of this job on the same CRM record: an exact `eq` on the note subject, `contains` on the
+post text (a post has no other column to match). The parentheses keep job `1` from matching job `12`. This
+costs one query per post, and it is what makes a retried post safe after a lost answer: the first try may have
+been written even though we never heard back. (A deterministic primary key would save the query, but whether
+Dataverse lets a client choose the id of a post, and with which error a duplicate is refused, is not
+documented well enough to rely on.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Literal
+
+from connector import errors
+from connector.crm import TimelinePost
+from connector.dataverse.client import DataverseClient, guid, odata_literal, row_url
+from connector.platform import Contact
+
+log = logging.getLogger(__name__)
+
+# kind -> (entity set, primary key)
+RECORDS = {
+    "contact": ("contacts", "contactid"),
+    "lead": ("leads", "leadid"),
+    "account": ("accounts", "accountid"),
+}
+POST_SOURCE_AUTO = 1
+POST_TYPE_STATUS = 7
+POST_MAX_LENGTH = 2000
+_JOB_MARK = re.compile(r"\(job ([^()\s]+)\)")
+
+
+def job_mark(job_id: str) -> str:
+    return f"(job {job_id})"
+
+
+class DataverseCrm:
+    """The `Crm` on Dataverse. `identify_column` empty: the platform knows a record by its CRM id."""
+
+    name = "dataverse"
+
+    def __init__(
+        self,
+        client: DataverseClient,
+        *,
+        timeline: Literal["post", "annotation"] = "post",
+        note_subject: str = "Marketing platform",
+        identify_column: str = "",
+        identify_as: Literal["external_id", "email"] = "external_id",
+    ) -> None:
+        if timeline not in ("post", "annotation"):
+            raise ValueError(f"timeline must be 'post' or 'annotation', not {timeline!r}")
+        self.client = client
+        self.timeline_kind = timeline
+        self.note_subject = note_subject
+        self.identify_column = identify_column
+        self.identify_as = identify_as
+
+    # -- identify ------------------------------------------------------------------------------------------
+
+    def identify(self, target_kind: str, target_id: str) -> Contact:
+        entity_set, _ = _record(target_kind)
+        if not self.identify_column:
+            # The CRM id is the platform's external id: no request needed, the platform says if it is unknown.
+            return Contact(external_id=target_id)
+        try:
+            row = self.client.get(entity_set, target_id, select=[self.identify_column])
+        except errors.InvalidInput as exc:
+            raise errors.NotFound(f"The {target_kind} id {target_id!r} is not a Dataverse row id.") from exc
+        value = row.get(self.identify_column)
+        if value in (None, ""):
+            raise errors.NotFound(
+                f"The {target_kind} {target_id} has no {self.identify_column}, which the platform needs to find it."
+            )
+        if self.identify_as == "email":
+            return Contact(email=str(value))
+        return Contact(external_id=str(value))
+
+    # -- the timeline --------------------------------------------------------------------------------------
+
+    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str) -> None:
+        entity_set, _ = _record(target_kind)
+        record = row_url(entity_set, target_id)
+        if self._existing(target_kind, target_id, job_id):
+            log.info("job %s: the timeline record exists already; not writing another", job_id)
+            return
+        mark = job_mark(job_id)
+        if self.timeline_kind == "post":
+            if mark not in text:
+                text = f"{text} {mark}"
+            if len(text) > POST_MAX_LENGTH:
+                text = text[: POST_MAX_LENGTH - len(mark) - 2] + "… " + mark
+            row: dict[str, Any] = {
+                "text": text,
+                "source": POST_SOURCE_AUTO,
+                "type": POST_TYPE_STATUS,
+                f"regardingobjectid_{target_kind}@odata.bind": record,
+            }
+            self.client.create("posts", row)
+        else:
+            self.client.create("annotations", {
+                "subject": f"{self.note_subject} {mark}",
+                "notetext": text,
+                f"objectid_{target_kind}@odata.bind": record,
+            })
+        log.info("job %s: wrote a timeline %s on %s %s", job_id, self.timeline_kind, target_kind, target_id)
+
+    def _existing(self, target_kind: str, target_id: str, job_id: str) -> bool:
+        record = _guid(target_kind, target_id)
+        mark = job_mark(job_id)
+        if self.timeline_kind == "post":
+            query = f"_regardingobjectid_value eq {record} and contains(text, {odata_literal(mark)})"
+            found = self.client.query("posts", select=["postid"], filter=query, top=1)
+        else:
+            subject = odata_literal(f"{self.note_subject} {mark}")
+            query = f"_objectid_value eq {record} and subject eq {subject}"
+            found = self.client.query("annotations", select=["annotationid"], filter=query, top=1)
+        return any(True for _ in found)
+
+    def timeline(self, target_kind: str, target_id: str) -> list[TimelinePost]:
+        record = _guid(target_kind, target_id)
+        posts: list[TimelinePost] = []
+        if self.timeline_kind == "post":
+            query = (f"_regardingobjectid_value eq {record} and source eq {POST_SOURCE_AUTO} "
+                     f"and contains(text, '(job ')")
+            rows = self.client.query("posts", select=["text", "createdon"], filter=query, orderby="createdon asc")
+            for row in rows:
+                text = str(row.get("text") or "")
+                marks = _JOB_MARK.findall(text)
+                if marks:
+                    posts.append(TimelinePost(target_kind, target_id, marks[-1], text, str(row.get("createdon"))))
+        else:
+            prefix = odata_literal(f"{self.note_subject} (job ")
+            query = f"_objectid_value eq {record} and startswith(subject, {prefix})"
+            rows = self.client.query("annotations", select=["subject", "notetext", "createdon"], filter=query,
+                                     orderby="createdon asc")
+            for row in rows:
+                marks = _JOB_MARK.findall(str(row.get("subject") or ""))
+                if marks:
+                    posts.append(TimelinePost(target_kind, target_id, marks[-1], str(row.get("notetext") or ""),
+                                              str(row.get("createdon"))))
+        return posts
+
+
+def _record(target_kind: str) -> tuple[str, str]:
+    try:
+        return RECORDS[target_kind]
+    except KeyError:
+        raise errors.InvalidInput(f"Record type is {target_kind!r}; it must be contact, lead or account.") from None
+
+
+def _guid(target_kind: str, target_id: str) -> str:
+    try:
+        return guid(target_id)
+    except errors.InvalidInput:
+        raise errors.NotFound(f"The {target_kind} id {target_id!r} is not a Dataverse row id.") from None
