@@ -131,6 +131,9 @@ def error_for_status(
         return errors.OutcomeUnknown(message, **kwargs)
     if 400 <= status < 500:
         return errors.InvalidInput(message, **kwargs)
+    if status in (501, 505):
+        # The API does not support what we asked: asking again will not change that.
+        return errors.Rejected(message, **kwargs)
     return errors.Unavailable(message, retry_after=retry_after, **kwargs)
 
 

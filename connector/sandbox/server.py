@@ -199,7 +199,13 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._clock = clock
         self._recent: deque[float] = deque()
+        self._script: deque[str | None] = deque()
         self.counts: dict[str, int] = {}
+
+    def script(self, *faults: str | None) -> None:
+        """Faults for the next requests, in order (None: answer normally), before any random draw."""
+        with self._lock:
+            self._script.extend(faults)
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -209,6 +215,11 @@ class FaultInjector:
         f = self.faults
         with self._lock:
             delay = (f.latency_ms + self._random.uniform(0, f.jitter_ms)) / 1000.0
+            if self._script:
+                scripted = self._script.popleft()
+                if scripted is not None:
+                    self._count(scripted)
+                return delay, scripted
             if f.rate_limit:
                 now = self._clock()
                 while self._recent and now - self._recent[0] > 1.0:
@@ -259,7 +270,11 @@ class SandboxServer:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> SandboxServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name=f"sandbox-{self.app.name}", daemon=True)
+        # A short poll interval makes stop() quick; the cost is a few idle wake-ups per second.
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sandbox-{self.app.name}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 

@@ -92,7 +92,7 @@ WHERE status = 'running' AND lease_expires_at < :now
 CLAIM = """
 UPDATE jobs SET status = 'running', lease_owner = :owner, lease_expires_at = :expires, updated_at = :now
 WHERE seq IN (
-    SELECT j.seq FROM jobs j
+    SELECT j.seq FROM jobs j INDEXED BY jobs_due  -- else the planner may pick jobs_status and sort every pending job
     WHERE j.status = 'pending' AND j.next_attempt_at <= :now
       AND NOT EXISTS (
           SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
@@ -137,7 +137,7 @@ RETRY = """
 UPDATE jobs SET status = 'pending', next_attempt_at = :now, updated_at = :now, attempts = 0,
                 result_code = NULL, message = 'Retry requested.', http_status = NULL
 WHERE status = 'failed' AND (:id IS NULL OR id = :id)
-RETURNING seq, id, operation, target_kind, target_id, tags
+RETURNING seq, id, operation, target_kind, target_id, tags, score
 """
 
 CANCEL = """

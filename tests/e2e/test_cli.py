@@ -1,0 +1,190 @@
+"""The `connector` command as a user runs it: a subprocess, its output and its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SECRET = "s3cr3t-consumer-value-91c"
+
+
+def connector(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, check: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120,
+    )
+    if check is not None:
+        shown = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        assert result.returncode == check, shown
+    return result
+
+
+def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path) -> None:
+    first = connector("demo", cwd=tmp_path)
+    assert "Sandbox mode" in first.stderr
+    assert "15 succeeded, 1 failed" in first.stdout
+    assert "INVALID_INPUT: Score is -5; Increase Score needs a number greater than 0." in first.stdout
+    assert "contact C-1001: Newsletter=0, Product news=0, Webinar 2026=12" in first.stdout
+    assert "Increased score Webinar 2026 by 10 for contact C-1001 (job " in first.stdout
+    assert "lead L-2001: Lead score=25" in first.stdout
+    second = connector("demo", cwd=tmp_path)
+    assert "Webinar 2026=24" in second.stdout  # the platform's state persists between runs
+
+
+def test_a_user_adds_jobs_runs_them_and_reads_the_contact(tmp_path: Path) -> None:
+    added = connector("jobs", "add", "--operation", "Add Tag", "--contact", "C-7", "--tag", "VIP; Webinar",
+                      "--json", cwd=tmp_path)
+    job = json.loads(added.stdout)
+    assert job["status"] == "pending"
+    connector("jobs", "add", "-o", "increase_score", "--contact", "C-7", "-t", "Lead", "--score", "12", cwd=tmp_path)
+    run = connector("run", "--once", cwd=tmp_path)
+    assert "2 succeeded, 0 failed" in run.stdout
+    view = json.loads(connector("contact", "show", "C-7", "--json", cwd=tmp_path).stdout)
+    assert view["tags"] == {"Lead": 12, "VIP": 0, "Webinar": 0}
+    assert view["timeline"][0]["text"] == f"Added tag VIP, Webinar for contact C-7 (job {job['id']})"
+    listed = json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)
+    assert {"id", "operation", "status", "result_code", "message", "attempts"} <= set(listed[0])
+    assert [j["status"] for j in listed] == ["succeeded", "succeeded"]
+    assert listed[1]["attempts"] == 1
+    shown = json.loads(connector("jobs", "show", job["id"], "--json", cwd=tmp_path).stdout)
+    assert shown["attempt_log"][0]["outcome"] == "succeeded"
+    assert shown["attempt_log"][0]["result_code"] == "OK"
+
+
+def test_invalid_input_is_refused_with_a_sentence_and_exit_2(tmp_path: Path) -> None:
+    refused = connector("jobs", "add", "-o", "Decrease Score", "--lead", "L-1", "-t", "Lead", "--score", "-3",
+                        cwd=tmp_path, check=2)
+    assert refused.stderr.strip() == (
+        "Error: Score is -3; Decrease Score needs a number greater than 0. "
+        "Decrease Score already lowers the score: give 3, not -3."
+    )
+    unknown = connector("jobs", "add", "-o", "Tag it", "--contact", "C-1", "-t", "x", cwd=tmp_path, check=2)
+    assert "Operation is 'Tag it'; it must be one of Add Tag (add_tag)" in unknown.stderr
+    assert json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout) == []
+
+
+def test_import_is_all_or_nothing_and_reports_every_bad_line(tmp_path: Path) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text(
+        "operation,contact,tags,score\n"
+        "Add Tag,C-1,Webinar,\n"
+        "Increase Score,C-1,Lead,abc\n"
+        "Set Score,C-2,Lead,10\n"
+        "Remove Tag,,VIP,\n",
+        encoding="utf-8",
+    )
+    refused = connector("jobs", "import", str(csv), cwd=tmp_path, check=2)
+    assert "line 3: Score is 'abc'; it must be a whole number" in refused.stderr
+    assert "line 5: Remove Tag needs a contact, lead or account" in refused.stderr
+    assert "2 of 4 rows are invalid; nothing was queued." in refused.stderr
+    assert json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout) == []
+    partial = connector("jobs", "import", str(csv), "--skip-invalid", cwd=tmp_path)
+    assert "Queued 2 jobs" in partial.stdout
+    jsonl = tmp_path / "jobs.jsonl"
+    jsonl.write_text('{"operation": "add_tag", "tags": "Fair"}\n{"operation": "set_score", "lead": "L-1", '
+                     '"tags": "Lead", "score": -2}\n', encoding="utf-8")
+    assert "Queued 2 jobs" in connector("jobs", "import", str(jsonl), cwd=tmp_path).stdout
+    assert len(json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)) == 4
+
+
+def test_cancel_and_retry_refuse_jobs_in_the_wrong_status(tmp_path: Path) -> None:
+    done = json.loads(connector("jobs", "add", "-o", "add_tag", "--contact", "C-1", "-t", "VIP", "--json",
+                                cwd=tmp_path).stdout)
+    pending = json.loads(connector("jobs", "add", "-o", "add_tag", "--contact", "C-2", "-t", "y", "--json",
+                                   cwd=tmp_path).stdout)
+    cancelled = connector("jobs", "cancel", pending["id"], cwd=tmp_path)
+    assert f"Cancelled job {pending['id']}." in cancelled.stdout
+    again = connector("jobs", "cancel", pending["id"], cwd=tmp_path, check=2)
+    assert "only pending jobs can be cancelled" in again.stderr
+    connector("run", "--once", cwd=tmp_path)
+    assert "only failed jobs can be retried" in connector("jobs", "retry", done["id"], cwd=tmp_path, check=2).stderr
+    missing = connector("jobs", "show", "nope", cwd=tmp_path, check=1)
+    assert missing.stderr.strip() == "Error: No job with id 'nope'."
+
+
+def test_a_job_failing_under_run_once_exits_1(tmp_path: Path) -> None:
+    connector("jobs", "add", "-o", "add_tag", "--contact", "C-1", "-t", "VIP", cwd=tmp_path)
+    # A platform URL where nothing listens: every attempt fails to connect.
+    env = {"CONNECTOR_SPOTLER__BASE_URL": "http://127.0.0.1:9/integrationservice-1.1.0",
+           "CONNECTOR_RETRY__MAX_ATTEMPTS": "1"}
+    result = connector("run", "--once", cwd=tmp_path, env=env, check=1)
+    assert "0 succeeded, 1 failed" in result.stdout
+    assert "Error: 1 job(s) failed" in result.stderr
+    failed = json.loads(connector("jobs", "list", "--status", "failed", "--json", cwd=tmp_path).stdout)
+    assert failed[0]["result_code"] == "NETWORK_ERROR"
+    retried = connector("jobs", "retry", "--failed", cwd=tmp_path)
+    assert "Queued again: 1 job(s)" in retried.stdout
+    assert "1 succeeded, 0 failed" in connector("run", "--once", cwd=tmp_path).stdout
+
+
+def test_secrets_never_appear_in_output_logs_or_attempts(tmp_path: Path) -> None:
+    env = {"CONNECTOR_SPOTLER__CONSUMER_SECRET": SECRET, "CONNECTOR_LOG_LEVEL": "DEBUG"}
+    outputs = [
+        connector("demo", cwd=tmp_path, env=env),
+        connector("config", "show", cwd=tmp_path, env=env),
+        connector("config", "show", "--json", cwd=tmp_path, env=env),
+        connector("jobs", "list", "--json", cwd=tmp_path, env=env),
+    ]
+    connector("jobs", "add", "-o", "add_tag", "--contact", "C-9", "-t", "VIP", cwd=tmp_path, env=env)
+    outputs.append(connector("run", "--once", cwd=tmp_path, env=env))
+    for result in outputs:
+        assert SECRET not in result.stdout
+        assert SECRET not in result.stderr
+    shown = json.loads(outputs[2].stdout)
+    assert shown["spotler"]["consumer_secret"] == "**********"
+    for path in (tmp_path / ".connector").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_secret_in_connector_toml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "connector.toml").write_text('[spotler]\nconsumer_secret = "oops"\n', encoding="utf-8")
+    result = connector("config", "show", cwd=tmp_path, check=2)
+    assert "secrets are not read from connector.toml" in result.stderr
+    assert "CONNECTOR_SPOTLER__CONSUMER_SECRET" in result.stderr
+    assert "oops" not in result.stderr
+
+
+def test_precedence_flags_over_environment_over_toml(tmp_path: Path) -> None:
+    (tmp_path / "connector.toml").write_text('[runner]\nworkers = 3\ntick_seconds = 9\n', encoding="utf-8")
+    shown = json.loads(connector("config", "show", "--json", cwd=tmp_path,
+                                 env={"CONNECTOR_RUNNER__TICK_SECONDS": "2"}).stdout)
+    assert (shown["runner"]["workers"], shown["runner"]["tick_seconds"]) == (3, 2.0)
+    home = json.loads(connector("--home", "elsewhere", "config", "show", "--json", cwd=tmp_path,
+                                env={"CONNECTOR_HOME": "env-home"}).stdout)
+    assert home["home"] == "elsewhere"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    connector("jobs", "add", "-o", "add_tag", "--contact", "C-1", "-t", "VIP", cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
+    env["CONNECTOR_RUNNER__TICK_SECONDS"] = "0.2"
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            listed = json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)
+            if listed[0]["status"] == "succeeded":
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "Stopped." in stderr
+    assert "1 succeeded, 0 failed" in stdout

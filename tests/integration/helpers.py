@@ -1,0 +1,44 @@
+"""A runner wired like the real one, on the Spotler sandbox, with a clock and a sleep the test controls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.settings import RetrySettings
+from connector.localcrm import LocalCrm
+from connector.spotler import SpotlerPlatform
+from jobs.executor import Executor
+from jobs.model import Job, JobRequest
+from jobs.runner import DrainReport, Runner
+from jobs.store.sqlite import SqliteJobStore
+from tests.conftest import FakeClock
+
+
+@dataclass
+class Rig:
+    store: SqliteJobStore
+    crm: LocalCrm
+    executor: Executor
+    runner: Runner
+    clock: FakeClock
+
+    def queue(self, **fields: Any) -> Job:
+        fields.setdefault("target_kind", "contact")
+        return self.store.add([JobRequest.from_input(**fields)])[0]
+
+    def drain(self) -> DrainReport:
+        return self.runner.drain()
+
+    def close(self) -> None:
+        self.runner.close()
+        self.crm.close()
+
+
+def make_rig(tmp_path: Path, store: SqliteJobStore, platform: SpotlerPlatform, clock: FakeClock,
+             retry: RetrySettings | None = None, workers: int = 4) -> Rig:
+    crm = LocalCrm(tmp_path / "timeline.db")
+    executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=clock.sleep)
+    runner = Runner(store, executor, workers=workers, lease_seconds=30, clock=clock)
+    return Rig(store, crm, executor, runner, clock)

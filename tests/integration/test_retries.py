@@ -1,0 +1,155 @@
+"""Transient failures are retried until they succeed; permanent ones fail at once. Nothing sleeps for real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config.settings import RetrySettings
+from connector.sandbox.server import Faults, SandboxServer
+from connector.sandbox.spotler import SpotlerSandbox
+from connector.spotler import SpotlerPlatform
+from jobs.model import JobStatus
+from jobs.store.sqlite import SqliteJobStore
+from tests.conftest import FakeClock
+from tests.integration.helpers import Rig, make_rig
+
+
+@pytest.fixture
+def rig(tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock) -> Iterator[Rig]:
+    r = make_rig(tmp_path, store, spotler, clock, retry=RetrySettings(max_attempts=4, jitter=0))
+    yield r
+    r.close()
+
+
+def _outcomes(rig: Rig, job_id: str) -> list[tuple[str, str | None, int | None]]:
+    return [(a.outcome, a.result_code, a.http_status) for a in rig.store.attempts(job_id)]
+
+
+def test_429_waits_the_retry_after_then_succeeds(rig: Rig, spotler_server: SandboxServer, clock: FakeClock) -> None:
+    spotler_server.injector.faults = Faults(retry_after=3)
+    spotler_server.injector.script("429")
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    assert rig.drain().succeeded == 1
+    assert clock.slept == [3.0]
+    assert _outcomes(rig, job.id) == [("retrying", "RATE_LIMITED", 429), ("succeeded", "OK", None)]
+    assert rig.store.get(job.id).attempts == 2
+
+
+@pytest.mark.parametrize("fault", ["503", "502", "500", "reset"])
+def test_server_errors_and_resets_are_retried_with_backoff(
+    rig: Rig, spotler_server: SandboxServer, spotler_app: SpotlerSandbox, clock: FakeClock, fault: str
+) -> None:
+    spotler_server.injector.script(fault, fault)
+    job = rig.queue(operation="set_score", tags="Lead", score=8, target_id="C-1")
+    assert rig.drain().succeeded == 1
+    assert clock.slept == [1.0, 2.0]  # exponential backoff from 1 s, jitter off
+    assert spotler_app.scores("C-1") == {"Lead": 8}
+    assert [o for o, _, _ in _outcomes(rig, job.id)] == ["retrying", "retrying", "succeeded"]
+
+
+def test_a_response_that_never_comes_is_retried(
+    rig: Rig, spotler_server: SandboxServer, spotler_app: SpotlerSandbox
+) -> None:
+    spotler_server.injector.faults = Faults(hang_seconds=1.0)  # the client gives up after 0.5 s
+    spotler_server.injector.script("timeout")
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    assert rig.drain().succeeded == 1
+    assert _outcomes(rig, job.id)[0][:2] == ("retrying", "OUTCOME_UNKNOWN")
+    assert spotler_app.scores("C-1") == {"VIP": 0}
+
+
+def test_an_increment_applied_then_dropped_is_not_applied_twice(
+    rig: Rig, spotler_server: SandboxServer, spotler_app: SpotlerSandbox
+) -> None:
+    rig.queue(operation="set_score", tags="Lead", score=10, target_id="C-1")
+    rig.drain()
+    # The read before the change passes, the change is made and its answer lost.
+    spotler_server.injector.script(None, "drop")
+    job = rig.queue(operation="increase_score", tags="Lead", score=5, target_id="C-1")
+    assert rig.drain().succeeded == 1
+    assert spotler_app.scores("C-1") == {"Lead": 15}
+    assert rig.store.get(job.id).score_before == 10
+    assert [o for o, _, _ in _outcomes(rig, job.id)] == ["retrying", "succeeded"]
+
+
+def test_an_increment_whose_request_never_arrived_is_sent_again(
+    rig: Rig, spotler_server: SandboxServer, spotler_app: SpotlerSandbox
+) -> None:
+    spotler_server.injector.script(None, "reset")  # the change is refused before it is read: not applied
+    rig.queue(operation="decrease_score", tags="Lead", score=4, target_id="C-1")
+    assert rig.drain().succeeded == 1
+    assert spotler_app.scores("C-1") == {"Lead": -4}
+
+
+@pytest.mark.parametrize(
+    ("target", "score", "code", "status"),
+    [("NOBODY", 5, "CONTACT_NOT_FOUND", 404)],
+)
+def test_permanent_errors_fail_at_once(rig: Rig, target: str, score: int, code: str, status: int) -> None:
+    job = rig.queue(operation="set_score", tags="Lead", score=score, target_id=target)
+    assert rig.drain().failed == 1
+    done = rig.store.get(job.id)
+    assert (done.status, done.result_code, done.http_status) == (JobStatus.FAILED, code, status)
+    assert _outcomes(rig, job.id) == [("failed", code, status)]
+
+
+def test_a_400_fails_at_once_with_invalid_input(
+    rig: Rig, spotler: SpotlerPlatform, spotler_server: SandboxServer
+) -> None:
+    # The sandbox refuses what the API would refuse; point the set route at a body it cannot accept.
+    spotler.routes["set_score"] = ("POST", "contact/{contact}/tags")
+    job = rig.queue(operation="set_score", tags="Lead", score=3, target_id="C-1")
+    assert rig.drain().failed == 1
+    assert _outcomes(rig, job.id) == [("failed", "INVALID_INPUT", 400)]
+
+
+def test_attempts_exhausted_fail_with_the_last_error(rig: Rig, spotler_server: SandboxServer) -> None:
+    spotler_server.injector.script("503", "503", "503", "503")
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    assert rig.drain().failed == 1
+    done = rig.store.get(job.id)
+    assert (done.status, done.result_code, done.http_status) == (JobStatus.FAILED, "UNAVAILABLE", 503)
+    assert done.message.startswith("Gave up after 4 attempts: ")
+    assert [o for o, _, _ in _outcomes(rig, job.id)] == ["retrying", "retrying", "retrying", "failed"]
+
+
+def test_a_long_retry_after_puts_the_job_back_to_pending(
+    rig: Rig, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    spotler_server.injector.faults = Faults(retry_after=120)
+    spotler_server.injector.script("429")
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    first = rig.drain()
+    assert (first.succeeded, first.failed, first.retrying) == (0, 0, 1)
+    waiting = rig.store.get(job.id)
+    assert waiting.display_status == "retrying"
+    assert waiting.next_attempt_at == pytest.approx(clock() + 120)
+    assert clock.slept == []
+    clock.advance(120)
+    assert rig.drain().succeeded == 1
+
+
+def test_only_the_timeline_post_is_retried_when_only_it_fails(
+    rig: Rig, spotler_app: SpotlerSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector import errors
+
+    calls = {"n": 0}
+    real_post = rig.crm.post
+
+    def flaky_post(**kwargs: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise errors.Unavailable("Timeline is down", http_status=503)
+        real_post(**kwargs)
+
+    monkeypatch.setattr(rig.crm, "post", flaky_post)
+    job = rig.queue(operation="increase_score", tags="Lead", score=5, target_id="C-1")
+    assert rig.drain().succeeded == 1
+    assert [a.outcome for a in rig.store.attempts(job.id)] == ["retrying", "succeeded"]
+    assert spotler_app.scores("C-1") == {"Lead": 5}  # applied once
+    assert spotler_app.change_count() == 1
+    assert len(rig.crm.timeline("contact", "C-1")) == 1
