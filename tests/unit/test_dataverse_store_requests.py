@@ -1,0 +1,146 @@
+"""The Dataverse job store's claims on the wire: one read, then conditional PATCHes with If-Match in a $batch."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+import responses
+
+from config.settings import DataverseTableSettings
+from connector.dataverse import connect
+from connector.http import Brake
+from jobs.model import Attempt, JobStatus
+from jobs.store import LeaseLost
+from jobs.store.dataverse import DataverseJobStore, format_attempt, parse_attempt_log
+from tests.conftest import FakeClock
+from tests.unit.test_dataverse_client import API, CLIENT_ID, ENV, SECRET, TENANT, api_calls, identity
+
+CONTACT = "aaaaaaaa-0000-4000-8000-000000000001"
+JOB_A = "10000000-0000-4000-8000-00000000000a"
+JOB_B = "10000000-0000-4000-8000-00000000000b"
+JOB_C = "10000000-0000-4000-8000-00000000000c"
+JOB_D = "10000000-0000-4000-8000-00000000000d"
+
+
+def row(job_id: str, etag: int, tag: str, *, status: int = 1, owner: str | None = None,
+        expires: str | None = None, seq: str = "0000000001") -> dict:
+    return {
+        "@odata.etag": f'W/"{etag}"', "cr_connectorjobid": job_id, "statuscode": status,
+        "statecode": 0, "createdon": "2027-01-15T08:00:00Z", "modifiedon": "2027-01-15T08:00:00Z",
+        "cr_sequence": seq, "cr_operation": 100000000, "cr_tags": tag, "cr_score": None,
+        "_cr_contact_value": CONTACT, "_cr_lead_value": None, "_cr_account_value": None, "cr_attempts": 0,
+        "cr_leaseowner": owner, "cr_leaseexpiresat": expires, "cr_attemptlog": None,
+    }
+
+
+@pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> Iterator[DataverseJobStore]:
+    client = connect(environment_url=ENV, tenant_id=TENANT, client_id=CLIENT_ID, client_secret=SECRET,
+                     brake=Brake("Dataverse", clock=clock, sleep=clock.sleep), sleep=clock.sleep)
+    yield DataverseJobStore(client, DataverseTableSettings(), clock=clock)
+    client.close()
+
+
+def batch_answer(*parts: tuple[int, dict | None]) -> str:
+    lines = []
+    for status, body in parts:
+        phrase = {200: "OK", 412: "Precondition Failed", 204: "No Content"}[status]
+        lines += ["--batchresponse_x", "Content-Type: application/http", "Content-Transfer-Encoding: binary", "",
+                  f"HTTP/1.1 {status} {phrase}", "Content-Type: application/json", "", json.dumps(body or {})]
+    lines += ["--batchresponse_x--", ""]
+    return "\r\n".join(lines)
+
+
+def test_claim_reads_once_then_patches_each_offer_with_its_etag_and_skips_a_412(rsps, store, clock):
+    identity(rsps, "token-1")
+    unfinished = [
+        row(JOB_A, 5, "Webinar", seq="0000000001"),
+        row(JOB_B, 6, "Newsletter", seq="0000000002"),
+        # running under a live lease: its key blocks the later job D
+        row(JOB_C, 7, "Trial", status=100000001, owner="runner-x", expires="2027-02-01T00:00:00Z", seq="0000000003"),
+        row(JOB_D, 8, "trial", seq="0000000004"),
+    ]
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"), json={"value": unfinished})
+    claimed_a = {**row(JOB_A, 9, "Webinar"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
+    rsps.post(f"{API}$batch", body=batch_answer((200, claimed_a), (412, {"error": {"code": "0x80060882",
+                                                                                    "message": "mismatch"}})),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+
+    jobs = store.claim("runner-a", 10, 60.0)
+
+    assert [job.id for job in jobs] == [JOB_A]
+    assert jobs[0].status is JobStatus.RUNNING
+    query, batch = (call.request for call in api_calls(rsps))
+    assert "statuscode%20eq%201%20or%20statuscode%20eq%20100000001" in query.url
+    assert batch.headers["Prefer"] == "odata.continue-on-error"
+    body = batch.body.decode()
+    patches = re.findall(r"PATCH (\S+) HTTP/1.1\r\n(.*?)\r\n\r\n(.*?)\r\n", body, re.S)
+    assert [p[0].split("?")[0] for p in patches] == [f"{API}cr_connectorjobs({JOB_A})",
+                                                     f"{API}cr_connectorjobs({JOB_B})"]
+    assert 'If-Match: W/"5"' in patches[0][1]
+    assert 'If-Match: W/"6"' in patches[1][1]
+    assert "Prefer: return=representation" in patches[0][1]
+    change = json.loads(patches[0][2])
+    assert change["statuscode"] == 100000001
+    assert change["statecode"] == 0
+    assert change["cr_leaseowner"] == "runner-a"
+    assert change["cr_leaseexpiresat"] == "2027-01-15T08:01:00Z"  # clock.now + 60 s
+
+
+def test_writes_under_a_lease_use_the_etag_from_the_claim(rsps, store, clock):
+    identity(rsps, "token-1")
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"), json={"value": [row(JOB_A, 5, "Webinar")]})
+    claimed = {**row(JOB_A, 9, "Webinar"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
+    rsps.post(f"{API}$batch", body=batch_answer((200, claimed)),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+    renewed = {**claimed, "@odata.etag": 'W/"10"'}
+    rsps.patch(re.compile(re.escape(f"{API}cr_connectorjobs({JOB_A})") + ".*"), json=renewed)
+
+    store.claim("runner-a", 10, 60.0)
+    assert store.renew("runner-a", [JOB_A], 60.0) == []
+    store.record_attempt("runner-a", Attempt(job_id=JOB_A, started_at=clock.now, ended_at=clock.now + 1,
+                                             outcome="succeeded", result_code="OK", message="Added tag"))
+
+    renew, record = (call.request for call in api_calls(rsps)[2:])
+    assert renew.headers["If-Match"] == 'W/"9"'
+    assert record.headers["If-Match"] == 'W/"10"'
+    written = json.loads(record.body)
+    assert written["cr_attempts"] == 1
+    assert written["cr_attemptlog"].startswith("#1 | 2027-01-15T08:00:00.000Z | 2027-01-15T08:00:01.000Z | succeeded")
+
+
+def test_a_412_on_a_write_rereads_and_gives_up_when_another_runner_holds_the_job(rsps, store, clock):
+    identity(rsps, "token-1")
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"), json={"value": [row(JOB_A, 5, "Webinar")]})
+    claimed = {**row(JOB_A, 9, "Webinar"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
+    rsps.post(f"{API}$batch", body=batch_answer((200, claimed)),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+    rsps.patch(re.compile(re.escape(f"{API}cr_connectorjobs({JOB_A})") + ".*"), status=412,
+               json={"error": {"code": "0x80060882", "message": "mismatch"}})
+    taken = {**claimed, "@odata.etag": 'W/"11"', "cr_leaseowner": "runner-b"}
+    rsps.get(re.compile(re.escape(f"{API}cr_connectorjobs({JOB_A})") + ".*"), json=taken)
+
+    store.claim("runner-a", 10, 60.0)
+    with pytest.raises(LeaseLost):
+        store.finish("runner-a", JOB_A, status=JobStatus.SUCCEEDED, result_code="OK", message="done")
+    assert [c.request.method for c in api_calls(rsps)] == ["GET", "POST", "PATCH", "GET"]
+
+
+def test_attempt_log_lines_round_trip():
+    attempt = Attempt(job_id=JOB_A, started_at=1_800_000_000.25, ended_at=1_800_000_002.5, outcome="retrying",
+                      result_code="RATE_LIMITED", http_status=429, message="Too many\nrequests | slow down")
+    line = format_attempt(attempt, 3)
+    assert line == ("#3 | 2027-01-15T08:00:00.250Z | 2027-01-15T08:00:02.500Z | retrying | RATE_LIMITED | 429 | "
+                    "Too many requests | slow down")
+    text = "a note a person typed\n" + line
+    [back] = parse_attempt_log(JOB_A, text)
+    assert back.model_dump() == {**attempt.model_dump(), "number": 3, "message": "Too many requests | slow down"}
