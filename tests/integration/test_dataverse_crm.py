@@ -1,0 +1,170 @@
+"""The Dataverse CRM against the sandbox, and the whole path of a job row: runner, platform, row, timeline."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config.settings import RetrySettings
+from connector import errors
+from connector.dataverse.client import DataverseClient
+from connector.dataverse.crm import DataverseCrm
+from connector.platform import Contact
+from connector.sandbox.dataverse import DataverseSandbox
+from jobs.executor import Executor
+from jobs.model import JobStatus
+from jobs.runner import Runner
+from jobs.store.dataverse import DataverseJobStore
+from tests.integration.dataverse_env import TABLE, client_for, make_record, running_sandbox
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[DataverseSandbox]:
+    with running_sandbox(tmp_path) as sb:
+        yield sb
+
+
+@pytest.fixture
+def client(sandbox: DataverseSandbox) -> Iterator[DataverseClient]:
+    with client_for(sandbox) as c:
+        yield c
+
+
+JOB = "5d3a0b7e9c21"
+
+
+@pytest.mark.parametrize("kind", ["contact", "lead", "account"])
+def test_a_post_is_written_once_per_job_even_when_retried(client, kind):
+    record = make_record(client, kind)
+    crm = DataverseCrm(client, timeline="post")
+
+    crm.post(target_kind=kind, target_id=record, job_id=JOB, text=f"Added tag Webinar (job {JOB})")
+    crm.post(target_kind=kind, target_id=record, job_id=JOB, text=f"Added tag Webinar (job {JOB})")
+    crm.post(target_kind=kind, target_id=record, job_id="other-job", text="Added tag Trial")
+
+    rows = list(client.query("posts", filter=f"_regardingobjectid_value eq {record}"))
+    assert len(rows) == 2
+    assert {(r["source"], r["type"]) for r in rows} == {(1, 7)}
+    timeline = crm.timeline(kind, record)
+    assert [(p.job_id, p.text) for p in timeline] == [
+        (JOB, f"Added tag Webinar (job {JOB})"), ("other-job", "Added tag Trial (job other-job)")]
+    assert timeline[0].target_kind == kind
+
+
+def test_a_job_id_that_is_a_prefix_of_another_does_not_count_as_posted(client):
+    record = make_record(client)
+    crm = DataverseCrm(client)
+    crm.post(target_kind="contact", target_id=record, job_id="12", text="first")
+    crm.post(target_kind="contact", target_id=record, job_id="1", text="second")
+    assert [p.job_id for p in crm.timeline("contact", record)] == ["12", "1"]
+
+
+def test_notes_when_configured(client):
+    record = make_record(client)
+    crm = DataverseCrm(client, timeline="annotation", note_subject="Spotler")
+    crm.post(target_kind="contact", target_id=record, job_id=JOB, text="Set score Lead to 10 for O'Brien")
+    crm.post(target_kind="contact", target_id=record, job_id=JOB, text="Set score Lead to 10 for O'Brien")
+    notes = list(client.query("annotations", filter=f"_objectid_value eq {record}"))
+    assert [(n["subject"], n["notetext"]) for n in notes] == [(f"Spotler (job {JOB})",
+                                                               "Set score Lead to 10 for O'Brien")]
+    assert [p.job_id for p in crm.timeline("contact", record)] == [JOB]
+    assert list(client.query("posts")) == []
+
+
+def test_identify_by_crm_id_needs_no_request(client, sandbox):
+    before = sandbox.app.api_requests
+    assert DataverseCrm(client).identify("contact", "C-1") == Contact(external_id="C-1")
+    assert sandbox.app.api_requests == before
+
+
+def test_identify_by_a_configured_column(client):
+    crm = DataverseCrm(client, identify_column="emailaddress1", identify_as="email")
+    ann = make_record(client, emailaddress1="ann@example.com")
+    nobody = make_record(client)
+    assert crm.identify("contact", ann) == Contact(email="ann@example.com")
+    with pytest.raises(errors.NotFound, match="no emailaddress1"):
+        crm.identify("contact", nobody)
+    with pytest.raises(errors.NotFound):
+        crm.identify("contact", "00000000-0000-4000-8000-0000000000ff")
+
+
+def test_a_post_on_a_missing_record_is_a_permanent_error(client):
+    crm = DataverseCrm(client)
+    with pytest.raises(errors.NotFound):
+        crm.post(target_kind="contact", target_id="00000000-0000-4000-8000-0000000000ff", job_id=JOB, text="x")
+
+
+def test_a_job_row_created_through_the_web_api_is_applied_posted_and_closed(client, sandbox, spotler_app,
+                                                                           make_spotler, spotler_server, clock):
+    """The issue's "done when": a row a CRM user creates runs on the platform, shows OK, and posts a line."""
+    contact = make_record(client, emailaddress1="ann@example.com")
+    spotler_app.seed_contact(contact, "ann@example.com")
+    row_id = client.create(TABLE.entity_set, {
+        "cr_operation": 100000003, "cr_tags": "Webinar", "cr_score": 10,
+        "cr_Contact@odata.bind": f"/contacts({contact})",
+    })
+    store = DataverseJobStore(client, TABLE, clock=clock)
+    platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
+    crm = DataverseCrm(client)
+    runner = Runner(store, Executor(platform, crm, RetrySettings(), clock=clock, sleep=clock.sleep),
+                    workers=2, lease_seconds=30, clock=clock)
+    try:
+        report = runner.drain()
+    finally:
+        runner.close()
+
+    assert report.succeeded == 1
+    row = client.get(TABLE.entity_set, row_id)
+    assert row["statuscode"] == TABLE.status_reasons.succeeded
+    assert row["cr_resultcode"] == "OK"
+    assert row["cr_attempts"] == 1
+    assert row["cr_attemptlog"].startswith("#1 | ")
+    assert spotler_app.scores(contact) == {"Webinar": 10}
+    [post] = crm.timeline("contact", contact)
+    assert post.job_id == row_id
+    assert "Webinar" in post.text
+    assert store.get(row_id).status is JobStatus.SUCCEEDED
+
+
+def test_two_runners_on_one_table_apply_each_job_once(client, sandbox, spotler_app, make_spotler, spotler_server,
+                                                      clock):
+    contacts = [make_record(client, lastname=f"P{i}") for i in range(4)]
+    for contact in contacts:
+        spotler_app.seed_contact(contact)
+    parts = []
+    for i in range(24):
+        parts.append({"cr_operation": 100000003, "cr_tags": f"Score {i % 3}", "cr_score": 1,
+                      "cr_Contact@odata.bind": f"/contacts({contacts[i % 4]})"})
+    for row in parts:
+        client.create(TABLE.entity_set, row)
+    changes_before = spotler_app.change_count()
+
+    runners = []
+    with client_for(sandbox) as second:
+        for dv in (client, second):
+            store = DataverseJobStore(dv, TABLE, clock=clock)
+            platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
+            executor = Executor(platform, DataverseCrm(dv), RetrySettings(), clock=clock, sleep=clock.sleep)
+            runners.append(Runner(store, executor, workers=4, lease_seconds=300, clock=clock))
+        threads = [threading.Thread(target=runner.drain) for runner in runners]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for runner in runners:
+            runner.close()
+
+    # Increments are not idempotent: each applied twice would show in the scores and the change log.
+    assert spotler_app.change_count() - changes_before == 24
+    for i, contact in enumerate(contacts):
+        expected: dict[str, int] = {}
+        for j in range(24):
+            if j % 4 == i:
+                expected[f"Score {j % 3}"] = expected.get(f"Score {j % 3}", 0) + 1
+        assert spotler_app.scores(contact) == expected
+    assert DataverseJobStore(client, TABLE).counts() == {"succeeded": 24}
+    for contact in contacts:
+        assert len(DataverseCrm(client).timeline("contact", contact)) == 6
