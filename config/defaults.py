@@ -27,6 +27,9 @@ INLINE_WAIT_MAX = 5.0
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 
+# What a CRM user reads on the timeline; the job id lets support staff find the job behind a post.
+TIMELINE_TEMPLATE = "{summary} (job {job_id})"
+
 # Sandbox-only credentials: they open nothing but the loopback emulators.
 SANDBOX_CONSUMER_KEY = "sandbox-consumer-key"
 SANDBOX_CONSUMER_SECRET = "sandbox-consumer-secret"

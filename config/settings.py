@@ -194,6 +194,10 @@ class Settings(BaseSettings):
     job_store: Literal["sqlite", "dataverse"] = "sqlite"
     crm: Literal["local", "dataverse"] = "local"
     log_level: str = "WARNING"
+    timeline_template: str = Field(
+        defaults.TIMELINE_TEMPLATE,
+        description="text of the timeline post; placeholders {summary} {operation} {tags} {score} {job_id}",
+    )
 
     runner: RunnerSettings = RunnerSettings()
     retry: RetrySettings = RetrySettings()
@@ -209,6 +213,18 @@ class Settings(BaseSettings):
         value = value.upper()
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"log_level is {value!r}; use DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @field_validator("timeline_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(summary="", operation="", tags="", score="", job_id="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"timeline_template {value!r} uses an unknown or malformed placeholder ({exc}); "
+                "use {summary}, {operation}, {tags}, {score} and {job_id}"
+            ) from None
         return value
 
     @property
@@ -291,6 +307,10 @@ class _TomlSource(PydanticBaseSettingsSource):
         return data
 
 
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """The effective settings. `overrides` are command-line flags, as nested dicts; None values are ignored."""
     from pydantic import ValidationError
@@ -299,7 +319,10 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**clean)
     except ValidationError as exc:
+        secret = _secret_paths(Settings)
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in exc.errors()
+            f"{_where(err['loc'])}: {err['msg']}"
+            + ("" if _where(err["loc"]) in secret else f" (got {err.get('input')!r})")
+            for err in exc.errors()
         )
         raise SettingsError(f"The configuration is not valid: {problems}.") from exc

@@ -20,6 +20,8 @@ from connector.crm import Crm
 from connector.http import ApiSession, Brake, Redactor
 from connector.localcrm import LocalCrm
 from connector.platform import Platform
+from connector.mautic import MauticPlatform
+from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import App as SandboxApp
 from connector.sandbox.server import Faults, SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
@@ -32,6 +34,10 @@ from jobs.store.sqlite import SqliteJobStore
 log = logging.getLogger(__name__)
 
 SPOTLER_PREFIX = "/integrationservice-1.1.0"
+# The Mautic sandbox field holding the CRM id: the local CRM knows records by CRM id only, not by e-mail address.
+SANDBOX_MAUTIC_CONTACT_FIELD = "crm_id"
+# The automation the embedded Spotler sandbox knows, so that Start Automation can be tried without setup.
+SANDBOX_TRIGGER = "welcome"
 
 
 @dataclass
@@ -78,11 +84,18 @@ def _faults(settings: Settings) -> Faults:
 
 
 def _session(
-    settings: Settings, api: str, brakes: dict[str, Brake], sleep: Callable[[float], Any] | None
+    settings: Settings,
+    api: str,
+    brakes: dict[str, Brake],
+    sleep: Callable[[float], Any] | None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ApiSession:
-    brake = brakes.setdefault(
-        api, Brake(api, max_per_second=settings.http.max_requests_per_second, sleep=sleep or time.sleep)
-    )
+    # One brake per API, shared by every session of that API: a 429 or the cap slows all its workers.
+    if api not in brakes:
+        # A test's sleep that does not wait needs the brake to read the same (fake) clock, or it would spin.
+        timing: dict[str, Any] = {"sleep": sleep, "clock": clock} if sleep is not None else {}
+        brakes[api] = Brake(api, max_per_second=settings.http.max_requests_per_second, **timing)
+    brake = brakes[api]
     return ApiSession(
         api, pool_size=settings.runner.workers,
         timeout=(settings.http.connect_timeout, settings.http.read_timeout), brake=brake,
@@ -102,14 +115,17 @@ def build(
     closers: list[Callable[[], Any]] = []
     brakes: dict[str, Brake] = {}
     try:
-        platform = _build_platform(settings, sandboxes, brakes, sleep)
+        platform = _build_platform(settings, sandboxes, brakes, sleep, clock)
         store = build_store(settings, clock=clock)
         closers.append(store.close)
         local_crm = LocalCrm(home / "timeline.db")
         closers.append(local_crm.close)
         crm: Crm = local_crm
         stop = threading.Event()
-        executor = Executor(platform, crm, settings.retry, clock=clock, sleep=sleep, stop=stop)
+        executor = Executor(
+            platform, crm, settings.retry, timeline_template=settings.timeline_template, clock=clock, sleep=sleep,
+            stop=stop,
+        )
         runner = Runner(
             store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,
             lease_seconds=settings.runner.lease_seconds, clock=clock,
@@ -134,24 +150,77 @@ def _build_platform(
     sandboxes: dict[str, SandboxServer],
     brakes: dict[str, Brake],
     sleep: Callable[[float], Any] | None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Platform:
     if settings.platform == "spotler":
         spotler = settings.spotler
         base_url = spotler.base_url
-        secret = spotler.consumer_secret.get_secret_value()
         if base_url is None:
-            app = SpotlerSandbox(
-                sandbox_path(settings.home, "spotler"), consumer_key=spotler.consumer_key, consumer_secret=secret,
-                auto_create_contacts=True,
-            )
-            server = SandboxServer(app, faults=_faults(settings)).start()
+            server = serve_spotler_sandbox(settings)
             sandboxes["spotler"] = server
             base_url = server.url + SPOTLER_PREFIX
         return SpotlerPlatform(
-            _session(settings, "Spotler", brakes, sleep), base_url=base_url, consumer_key=spotler.consumer_key,
-            consumer_secret=secret, create_missing_contacts=spotler.create_missing_contacts,
+            _session(settings, "Spotler", brakes, sleep, clock), base_url=base_url,
+            consumer_key=spotler.consumer_key, consumer_secret=spotler.consumer_secret.get_secret_value(),
+            create_missing_contacts=spotler.create_missing_contacts,
         )
-    raise NotImplementedError(f"platform {settings.platform!r} is not available yet")
+    if settings.platform == "mautic":
+        mautic = settings.mautic
+        session = _session(settings, "Mautic", brakes, sleep, clock)
+        if mautic.base_url is not None:
+            return MauticPlatform.from_settings(mautic, session)
+        server = serve_mautic_sandbox(settings)
+        sandboxes["mautic"] = server
+        # The local CRM names a record by its CRM id alone; the sandbox keeps it in a contact field.
+        field = mautic.contact_field or SANDBOX_MAUTIC_CONTACT_FIELD
+        return MauticPlatform.from_settings(
+            mautic.model_copy(update={"contact_field": field}), session, base_url=server.url
+        )
+    raise NotImplementedError(f"platform {settings.platform!r} is not available")
+
+
+def serve_spotler_sandbox(settings: Settings, *, port: int = 0) -> SandboxServer:
+    """The Spotler emulator of the embedded default, with the settings' faults, started on loopback."""
+    spotler = settings.spotler
+    app = SpotlerSandbox(
+        sandbox_path(settings.home, "spotler"), consumer_key=spotler.consumer_key,
+        consumer_secret=spotler.consumer_secret.get_secret_value(), auto_create_contacts=True,
+    )
+    app.seed_automation(SANDBOX_TRIGGER)
+    return SandboxServer(app, port=port, faults=_faults(settings)).start()
+
+
+def serve_mautic_sandbox(settings: Settings, *, port: int = 0) -> SandboxServer:
+    """The Mautic emulator of the embedded default, with the settings' faults, started on loopback."""
+    mautic = settings.mautic
+    app = MauticSandbox(
+        sandbox_path(settings.home, "mautic"), username=mautic.username,
+        password=mautic.password.get_secret_value(), client_id=mautic.client_id or None,
+        client_secret=mautic.client_secret.get_secret_value() or None,
+        contact_field=mautic.contact_field or SANDBOX_MAUTIC_CONTACT_FIELD, auto_create_contacts=True,
+    )
+    return SandboxServer(app, port=port, faults=_faults(settings)).start()
+
+
+# Every emulator `connector sandbox serve` starts, by name: (start function, what to append to its URL).
+SANDBOXES: dict[str, tuple[Callable[..., SandboxServer], str]] = {
+    "spotler": (serve_spotler_sandbox, SPOTLER_PREFIX),
+    "mautic": (serve_mautic_sandbox, ""),
+}
+
+
+def start_sandboxes(settings: Settings, ports: dict[str, int] | None = None) -> dict[str, tuple[SandboxServer, str]]:
+    """Start every emulator on loopback with the settings' faults: name -> (server, base URL for the adapter)."""
+    started: dict[str, tuple[SandboxServer, str]] = {}
+    try:
+        for name, (serve, suffix) in SANDBOXES.items():
+            server = serve(settings, port=(ports or {}).get(name, 0))
+            started[name] = (server, server.url + suffix)
+    except BaseException:
+        for server, _ in started.values():
+            server.stop()
+        raise
+    return started
 
 
 def sandbox_path(home: Path, name: str) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 
 import tenacity
 
+from config import defaults
 from config.settings import RetrySettings
 from connector import errors
 from connector.crm import Crm
@@ -34,7 +35,7 @@ from jobs.store import JobStore, LeaseLost
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMELINE_TEMPLATE = "{summary} (job {job_id})"
+DEFAULT_TIMELINE_TEMPLATE = defaults.TIMELINE_TEMPLATE
 
 
 class RetryLater(Exception):
