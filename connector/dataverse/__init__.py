@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 from connector.dataverse.auth import DataverseAuth
 from connector.dataverse.client import DataverseClient
-from connector.http import ApiSession, Brake
+from connector.http import CONNECT_TIMEOUT, READ_TIMEOUT, ApiSession, Brake
 
 AUTHORITY_HOST = "https://login.microsoftonline.com"
 
@@ -24,6 +28,7 @@ def connect(
     pool_size: int = 8,
     timeout: tuple[float, float] | None = None,
     brake: Brake | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
 ) -> DataverseClient:
     """A client for `environment_url`, authenticated as the app registration `client_id` in `tenant_id`.
 
@@ -31,10 +36,10 @@ def connect(
     them ignore REQUESTS_CA_BUNDLE, which would otherwise override it. Close the client to close both sessions.
     """
     environment_url = environment_url.rstrip("/")
-    options = {"timeout": timeout} if timeout else {}
+    timeout = timeout or (CONNECT_TIMEOUT, READ_TIMEOUT)
     # MSAL ignores its own timeout when given a session: ApiSession brings ours.
-    identity = ApiSession("Microsoft Entra ID", pool_size=1, **options)
-    api = ApiSession("Dataverse", pool_size=pool_size, brake=brake, **options)
+    identity = ApiSession("Microsoft Entra ID", pool_size=1, timeout=timeout)
+    api = ApiSession("Dataverse", pool_size=pool_size, timeout=timeout, brake=brake)
     for session in (identity, api):
         if ca_file:
             session.verify = ca_file
@@ -49,7 +54,7 @@ def connect(
         # Instance discovery asks Microsoft whether the authority host is known: never for a loopback sandbox.
         instance_discovery=not sandbox,
     )
-    return DataverseClient(api, environment_url)
+    return DataverseClient(api, environment_url, sleep=sleep)
 
 
 __all__ = ["DataverseAuth", "DataverseClient", "connect"]

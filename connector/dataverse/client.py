@@ -151,11 +151,13 @@ class DataverseClient:
                 wait = exc.retry_after
                 if wait is None:
                     wait = self.backoff * 2 ** (attempt - 1) * (1 + random.random())
-                log.info("Dataverse %s %s: %s; trying again in %.1f s", method, path, exc.result_code, wait)
-                if isinstance(exc, errors.RateLimited):
-                    # The session already paused its brake for the Retry-After: the next send waits there.
+                    log.info("Dataverse %s %s: %s; trying again in %.1f s", method, path, exc.result_code, wait)
+                    self._sleep(wait)
                     continue
-                self._sleep(wait)
+                log.info("Dataverse %s %s: %s; every worker waits %.1f s", method, path, exc.result_code, wait)
+                # A Retry-After is about the API, not this request: the shared brake makes every worker wait.
+                # (The session has already paused it for a 429; pausing again for the same time is a no-op.)
+                self.session.brake.pause(wait)
 
     def _may_resend(self, exc: errors.TransientError, attempt: int) -> bool:
         if attempt > self.retries:
