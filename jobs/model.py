@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_TAG_LENGTH = 255
 # Scores are stored as 32-bit integers by the platforms and the CRM.
 MAX_SCORE = 2_147_483_647
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode Cc: C0, DEL and C1 (e.g. U+0085, a line break)
 _SEPARATORS = re.compile(r"[,;]")
 
 
@@ -107,7 +107,8 @@ def split_tags(raw: object, operation: Operation) -> list[str]:
         parts = [str(p) for p in raw]
     else:
         text = "" if raw is None else str(raw)
-        parts = _SEPARATORS.split(text) if operation.takes_several_tags else [text]
+        # Always split: a tag with `,` or `;` could never be removed again, since removals split on them.
+        parts = _SEPARATORS.split(text)
     tags: list[str] = []
     for part in parts:
         tag = part.strip()
@@ -127,6 +128,10 @@ def split_tags(raw: object, operation: Operation) -> list[str]:
             )
         if tag not in tags:
             tags.append(tag)
+    if len(tags) > 1 and not operation.takes_several_tags:
+        raise ValueError(
+            f"Tag {str(raw)!r} names {len(tags)} tags; {operation.label} takes exactly one tag (no ',' or ';')."
+        )
     return tags
 
 
@@ -195,8 +200,6 @@ class JobRequest(BaseModel):
                 f"{operation.label} needs a contact, lead or account; only Add Tag can run without one "
                 f"(it then just creates the tag)."
             )
-        if not operation.takes_several_tags and len(data["tags"]) > 1:
-            raise ValueError(f"{operation.label} takes one tag; got {len(data['tags'])}.")
         return data
 
     @classmethod
