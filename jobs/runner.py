@@ -165,6 +165,9 @@ class Runner:
             except Exception:
                 log.exception("renewing leases failed; will try again")
                 continue
+            with self._lock:
+                # A job that finished while we renewed has no lease left to lose.
+                lost = [job_id for job_id in lost if job_id in self._inflight]
             for job_id in lost:
                 log.warning("job %s: lease lost; another runner may take it", job_id)
 

@@ -48,12 +48,12 @@ class JobStore(Protocol):
     def list(
         self,
         *,
-        status: JobStatus | None = None,
+        status: JobStatus | str | None = None,
         target_id: str | None = None,
         since: float | None = None,
         limit: int | None = None,
     ) -> builtins.list[Job]:
-        """Newest first."""
+        """Newest first. `status` may also be "retrying" (pending jobs that were tried); "pending" includes them."""
 
     def attempts(self, job_id: str) -> builtins.list[Attempt]: ...
 

@@ -95,8 +95,12 @@ WHERE seq IN (
     SELECT j.seq FROM jobs j INDEXED BY jobs_due  -- else the planner may pick jobs_status and sort every pending job
     WHERE j.status = 'pending' AND j.next_attempt_at <= :now
       AND NOT EXISTS (
-          SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
-          WHERE mine.seq = j.seq
+          -- an earlier unfinished job on one of its keys, or a later one already running (a failed job retried
+          -- by hand after later jobs started must not run beside them)
+          SELECT 1 FROM open_keys mine
+          JOIN open_keys other ON other.key = mine.key AND other.seq != mine.seq
+          JOIN jobs o ON o.seq = other.seq
+          WHERE mine.seq = j.seq AND (other.seq < mine.seq OR o.status = 'running')
       )
     ORDER BY j.next_attempt_at, j.seq
     LIMIT :limit
@@ -233,7 +237,7 @@ class SqliteJobStore:
         now = self._clock()
         job_id = uuid.uuid4().hex[:12]
         with self.atomic() as db:
-            db.execute(
+            cursor = db.execute(
                 INSERT_JOB,
                 {
                     "id": job_id,
@@ -246,6 +250,9 @@ class SqliteJobStore:
                     "now": now,
                 },
             )
+            # Input that happens to be valid is ordered like any other job; invalid input has no keys to wait on.
+            db.executemany(INSERT_KEY, [(key, cursor.lastrowid) for key in _keys_of_row(
+                db.execute("SELECT * FROM jobs WHERE seq = ?", (cursor.lastrowid,)).fetchone())])
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
@@ -427,7 +434,7 @@ def _raw_of(request: JobRequest) -> dict[str, Any]:
 
 
 def _keys_of_row(row: sqlite3.Row) -> builtins.list[str]:
-    """The ordering keys of a stored job, also for one whose input is invalid (it still blocks its target)."""
+    """The ordering keys of a stored job; none when its input is invalid (it will fail without touching anything)."""
     request = _request_of_row(row)
     if request is not None:
         return request.keys

@@ -587,7 +587,7 @@ def test_a_claim_searches_pending_jobs_by_index_never_the_finished_ones(store, c
     steps = plan(path, CLAIM, {"owner": "x", "expires": clock.now + LEASE, "now": clock.now, "limit": 8})
     assert any(s.startswith("SEARCH j USING INDEX jobs_due") for s in steps), steps
     assert any(s.startswith("SEARCH mine USING") and "INDEX" in s for s in steps), steps
-    assert any(s.startswith("SEARCH earlier USING PRIMARY KEY") for s in steps), steps
+    assert any(s.startswith("SEARCH other USING PRIMARY KEY") for s in steps), steps
     assert not [s for s in steps if s.startswith("SCAN") or "TEMP B-TREE" in s], steps
 
     expired = plan(path, EXPIRED_LEASES, {"now": clock.now})
@@ -733,3 +733,25 @@ def test_the_jobs_of_a_killed_runner_come_back_when_its_lease_expires(open_store
         assert "doomed" in store.attempts(job.id)[0].message
     succeed(store, "survivor", first.id)
     assert ids(store.claim("survivor", 10, 30)) == [behind.id]
+
+
+def test_a_failed_job_retried_by_hand_waits_while_a_later_job_on_its_key_runs(store, add) -> None:
+    first = add("set_score", "Lead", 1)
+    second = add("set_score", "Lead", 2)
+    assert claim_ids(store) == [first.id]
+    store.finish("runner-a", first.id, status=JobStatus.FAILED, result_code="UNAVAILABLE", message="down")
+    assert claim_ids(store) == [second.id]
+    store.retry(first.id)
+    assert claim_ids(store, "runner-b") == []  # the second job is running: the first must not run beside it
+    succeed(store, "runner-a", second.id)
+    assert claim_ids(store, "runner-b") == [first.id]
+
+
+def test_valid_input_queued_raw_keeps_its_place_in_the_key_order(store, add) -> None:
+    raw = store.add_raw({"operation": "Set Score", "target_kind": "contact", "target_id": "C-1", "tags": "Lead",
+                         "score": "5"})
+    later = add("set_score", "Lead", 6)
+    assert raw.request is not None
+    assert claim_ids(store) == [raw.id]
+    succeed(store, "runner-a", raw.id)
+    assert claim_ids(store) == [later.id]
