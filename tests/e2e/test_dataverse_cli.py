@@ -1,0 +1,40 @@
+"""The CRM user's path through the `connector` command, with Dynamics 365 as job store and timeline (sandbox)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.e2e.test_cli import connector
+
+DATAVERSE = {"CONNECTOR_JOB_STORE": "dataverse", "CONNECTOR_CRM": "dataverse"}
+
+
+def test_demo_with_dataverse_creates_rows_applies_them_and_posts_on_timelines(tmp_path: Path) -> None:
+    result = connector("demo", "--crm", "dataverse", cwd=tmp_path)
+    assert "dataverse on https://127.0.0.1:" in result.stderr
+    assert "15 succeeded, 1 failed" in result.stdout
+    assert "Newsletter=0, Product news=0, Webinar 2026=12" in result.stdout
+    assert "Increased score Webinar 2026 by 10 (job " in result.stdout
+    # The rows live in the sandbox Dataverse: the same job store lists them, statuses written back.
+    listed = json.loads(connector("jobs", "list", "--json", "--limit", "50", cwd=tmp_path, env=DATAVERSE).stdout)
+    assert sorted(j["status"] for j in listed).count("succeeded") == 15
+    failed = [j for j in listed if j["status"] == "failed"]
+    assert [j["result_code"] for j in failed] == ["INVALID_INPUT"]
+    assert failed[0]["message"].startswith("Score is -5; Increase Score needs a number greater than 0.")
+    contact = next(j["target"]["id"] for j in listed if j["target"] and j["target"]["kind"] == "contact")
+    view = json.loads(connector("contact", "show", contact, "--json", cwd=tmp_path, env=DATAVERSE).stdout)
+    assert view["timeline"], view
+    assert all("(job " in post["text"] for post in view["timeline"])
+
+
+def test_config_show_prints_the_table_mapping_with_secrets_masked(tmp_path: Path) -> None:
+    env = {**DATAVERSE, "CONNECTOR_DATAVERSE__CLIENT_SECRET": "dv-secret-0042", "CONNECTOR_DATAVERSE__JOBS__TAGS":
+           "new_tagnames"}
+    shown = connector("config", "show", "--json", cwd=tmp_path, env=env)
+    data = json.loads(shown.stdout)
+    assert data["job_store"] == "dataverse"
+    assert data["dataverse"]["jobs"]["tags"] == "new_tagnames"
+    assert data["dataverse"]["jobs"]["entity_set"] == "cr_connectorjobs"
+    assert data["dataverse"]["client_secret"] == "**********"
+    assert "dv-secret-0042" not in shown.stdout + shown.stderr
