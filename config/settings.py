@@ -59,6 +59,7 @@ class FaultSettings(BaseModel):
     jitter_ms: float = Field(0.0, ge=0)
     rate_limit: float | None = Field(None, gt=0)
     retry_after: float = Field(1.0, ge=0)
+    throttle_rate: float = Field(0.0, ge=0, le=1, description="429s at random, whatever the request rate")
     error_rate: float = Field(0.0, ge=0, le=1)
     reset_rate: float = Field(0.0, ge=0, le=1)
     timeout_rate: float = Field(0.0, ge=0, le=1)

@@ -336,6 +336,14 @@ class MauticPlatform:
 
         return self._with_contact(contact, read)
 
+    def start_automation(self, contact: Contact, trigger_code: str, *, ref: str) -> None:
+        """Mautic has no automation trigger codes: refused at once, without a request."""
+        raise errors.Rejected(
+            f"Start Automation ({trigger_code!r}) is a Spotler operation; Mautic has no automation trigger codes. "
+            "Start a Mautic campaign from a segment or a tag instead (e.g. add a tag with Add Tag).",
+            result_code="NOT_SUPPORTED",
+        )
+
     # --- contacts -------------------------------------------------------------------------------------------
 
     def contact_id(self, contact: Contact) -> int:

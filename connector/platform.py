@@ -40,3 +40,7 @@ class Platform(Protocol):
 
     def read_scores(self, contact: Contact) -> dict[str, int]:
         """The contact's tags with their scores (0 for a tag without a score)."""
+
+    def start_automation(self, contact: Contact, trigger_code: str, *, ref: str) -> None:
+        """Start the automation with this trigger code for the contact (a `Rejected` NOT_SUPPORTED where the
+        platform has no such thing)."""

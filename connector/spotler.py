@@ -130,9 +130,22 @@ class SpotlerPlatform:
 
     # --- beyond tags ------------------------------------------------------------------------------------------
 
-    def start_automation(self, contact: Contact, trigger_code: str) -> None:
-        """Start an automation for the contact. 404: trigger or contact unknown; 417: nothing was triggered."""
+    def start_automation(self, contact: Contact, trigger_code: str, *, ref: str = "") -> None:
+        """Start an automation for the contact: 200 started; 404 trigger or contact unknown; 417 not triggered.
+
+        A missing contact follows the contact-not-found policy (created first when `create_missing_contacts`).
+        """
         external_id = self.external_id(contact)
+        try:
+            self._trigger(external_id, trigger_code)
+        except errors.NotFound as exc:
+            if exc.result_code != "CONTACT_NOT_FOUND" or not self.create_missing_contacts:
+                raise
+            log.info("Spotler has no contact %s; creating it as configured", external_id)
+            self.create_contact(Contact(external_id=external_id, email=contact.email))
+            self._trigger(external_id, trigger_code)
+
+    def _trigger(self, external_id: str, trigger_code: str) -> None:
         response = self._send(
             "POST", f"automation/trigger/{quote(trigger_code, safe='')}", json={"externalContactId": external_id}
         )
@@ -145,6 +158,21 @@ class SpotlerPlatform:
                 http_status=417,
             )
         if response.status_code == 404:
+            error_type = _field(response, "errorType")
+            if error_type == "CONTACT_NOT_FOUND":
+                raise errors.NotFound(
+                    f"Spotler has no contact with external id {external_id}, so automation {trigger_code!r} "
+                    "was not started.",
+                    result_code="CONTACT_NOT_FOUND",
+                    http_status=404,
+                )
+            if error_type == "TRIGGER_NOTFOUND":
+                raise errors.NotFound(
+                    f"Spotler has no automation with trigger code {trigger_code!r}; check the code in the "
+                    "automation's trigger settings.",
+                    result_code="TRIGGER_NOT_FOUND",
+                    http_status=404,
+                )
             raise errors.NotFound(
                 f"Spotler knows no automation trigger {trigger_code!r} or no contact {external_id}.",
                 result_code="TRIGGER_NOT_FOUND",
@@ -202,8 +230,16 @@ class SpotlerPlatform:
         try:
             return self._call(route, contact=external_id, tag=tag, **kwargs)
         except errors.NotFound as exc:
-            if exc.result_code != "CONTACT_NOT_FOUND" or not self.create_missing_contacts:
+            if exc.result_code != "CONTACT_NOT_FOUND":
                 raise
+            if not self.create_missing_contacts:
+                # Say which contact: Spotler's own words ("Given contact not found") do not.
+                raise errors.NotFound(
+                    f"{exc.message} (external id {external_id}; set spotler.create_missing_contacts to create "
+                    "missing contacts).",
+                    result_code=exc.result_code,
+                    http_status=exc.http_status,
+                ) from exc
         log.info("Spotler has no contact %s; creating it as configured", external_id)
         self.create_contact(Contact(external_id=external_id, email=contact.email))
         return self._call(route, contact=external_id, tag=tag, **kwargs)

@@ -10,22 +10,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
 from connector.crm import Crm
+from connector.dataverse.client import DataverseClient
 from connector.http import ApiSession, Brake, Redactor
 from connector.localcrm import LocalCrm
-from connector.platform import Platform
 from connector.mautic import MauticPlatform
+from connector.platform import Platform
 from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import App as SandboxApp
 from connector.sandbox.server import Faults, SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
+from jobs.dataverse_wiring import dataverse_client, dataverse_crm, dataverse_store, serve_dataverse_sandbox
 from jobs.executor import Executor
 from jobs.runner import Runner
 from jobs.store import JobStore
@@ -52,6 +55,7 @@ class Connector:
     runner: Runner
     sandboxes: dict[str, SandboxServer] = field(default_factory=dict)
     _closers: list[Callable[[], Any]] = field(default_factory=list)
+    dataverse: DataverseClient | None = None  # when the job store or the CRM is Dynamics 365
 
     @property
     def sandbox_apps(self) -> dict[str, SandboxApp]:
@@ -90,16 +94,47 @@ def _session(
     sleep: Callable[[float], Any] | None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ApiSession:
+    return ApiSession(
+        api, pool_size=settings.runner.workers,
+        timeout=(settings.http.connect_timeout, settings.http.read_timeout),
+        brake=_brake(settings, api, brakes, sleep, clock),
+    )
+
+
+def _brake(
+    settings: Settings,
+    api: str,
+    brakes: dict[str, Brake],
+    sleep: Callable[[float], Any] | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Brake:
     # One brake per API, shared by every session of that API: a 429 or the cap slows all its workers.
     if api not in brakes:
         # A test's sleep that does not wait needs the brake to read the same (fake) clock, or it would spin.
         timing: dict[str, Any] = {"sleep": sleep, "clock": clock} if sleep is not None else {}
         brakes[api] = Brake(api, max_per_second=settings.http.max_requests_per_second, **timing)
-    brake = brakes[api]
-    return ApiSession(
-        api, pool_size=settings.runner.workers,
-        timeout=(settings.http.connect_timeout, settings.http.read_timeout), brake=brake,
-    )
+    return brakes[api]
+
+
+def _dataverse_client(
+    settings: Settings,
+    sandboxes: dict[str, SandboxServer],
+    brakes: dict[str, Brake],
+    sleep: Callable[[float], Any] | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> DataverseClient:
+    """The Web API client; in sandbox mode the Dataverse emulator is started first (and put in `sandboxes`)."""
+    sandbox_url = None
+    if settings.dataverse.environment_url is None:
+        server = serve_dataverse_sandbox(settings)
+        sandboxes["dataverse"] = server
+        sandbox_url = server.url
+    brake = _brake(settings, "Dataverse", brakes, sleep, clock)
+    return dataverse_client(settings, sandbox_url=sandbox_url, brake=brake, sleep=sleep or time.sleep)
+
+
+def _uses_dataverse(settings: Settings) -> bool:
+    return settings.job_store == "dataverse" or settings.crm == "dataverse"
 
 
 def build(
@@ -116,11 +151,22 @@ def build(
     brakes: dict[str, Brake] = {}
     try:
         platform = _build_platform(settings, sandboxes, brakes, sleep, clock)
-        store = build_store(settings, clock=clock)
+        client = _dataverse_client(settings, sandboxes, brakes, sleep) if _uses_dataverse(settings) else None
+        if client is not None:
+            closers.append(client.close)
+        store: JobStore
+        if client is not None and settings.job_store == "dataverse":
+            store = dataverse_store(settings, client, clock=clock)
+        else:
+            store = SqliteJobStore(home / "jobs.db", clock=clock)
         closers.append(store.close)
-        local_crm = LocalCrm(home / "timeline.db")
-        closers.append(local_crm.close)
-        crm: Crm = local_crm
+        crm: Crm
+        if client is not None and settings.crm == "dataverse":
+            crm = dataverse_crm(settings, client)
+        else:
+            local_crm = LocalCrm(home / "timeline.db")
+            closers.append(local_crm.close)
+            crm = local_crm
         stop = threading.Event()
         executor = Executor(
             platform, crm, settings.retry, timeline_template=settings.timeline_template, clock=clock, sleep=sleep,
@@ -136,13 +182,30 @@ def build(
         for server in sandboxes.values():
             server.stop()
         raise
-    return Connector(settings, store, platform, crm, executor, runner, sandboxes, closers)
+    return Connector(settings, store, platform, crm, executor, runner, sandboxes, closers, client)
 
 
-def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> JobStore:
+@contextmanager
+def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Iterator[JobStore]:
     """The job store alone: enough for the commands that only create, list or inspect jobs."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    return SqliteJobStore(settings.home / "jobs.db", clock=clock)
+    if settings.job_store == "sqlite":
+        store = SqliteJobStore(settings.home / "jobs.db", clock=clock)
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    sandboxes: dict[str, SandboxServer] = {}
+    try:
+        client = _dataverse_client(settings, sandboxes, {}, None)
+        try:
+            yield dataverse_store(settings, client, clock=clock)
+        finally:
+            client.close()
+    finally:
+        for server in sandboxes.values():
+            server.stop()
 
 
 def _build_platform(
@@ -206,6 +269,8 @@ def serve_mautic_sandbox(settings: Settings, *, port: int = 0) -> SandboxServer:
 SANDBOXES: dict[str, tuple[Callable[..., SandboxServer], str]] = {
     "spotler": (serve_spotler_sandbox, SPOTLER_PREFIX),
     "mautic": (serve_mautic_sandbox, ""),
+    # Identity provider and Web API on one https port; clients must trust `sandbox_ca_file(settings)`.
+    "dataverse": (serve_dataverse_sandbox, "/api/data/v9.2/"),
 }
 
 

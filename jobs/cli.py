@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from rich.table import Table
 from config import Settings, SettingsError, load_settings
 from connector.errors import ConnectorError
 from jobs import app as composition
+from jobs.dataverse_wiring import sandbox_ca_file
 from jobs.demo import run_demo
 from jobs.model import InvalidJob, Job, JobStatus, iso
 from jobs.runner import DrainReport
@@ -34,7 +37,7 @@ from jobs.service import (
     parse_duration,
     request_from_fields,
 )
-from jobs.store import JobNotFound, NotAllowed, StoreError
+from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
 
 # Piped output is read by people in logs and by tools; do not squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -49,13 +52,38 @@ app = typer.Typer(
 jobs_app = typer.Typer(help="Create, import, list, inspect, retry and cancel jobs.", no_args_is_help=True)
 contact_app = typer.Typer(help="What the platform and the timeline say about a CRM record.", no_args_is_help=True)
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="The local emulators of the platforms and the CRM.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(contact_app, name="contact")
 app.add_typer(config_app, name="config")
+app.add_typer(sandbox_app, name="sandbox")
 
 _overrides: dict[str, Any] = {}
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+# Faults the sandboxes inject (`faults.*` in the settings); a flag overrides the environment and connector.toml.
+LatencyFlag = Annotated[float | None, typer.Option("--latency-ms", min=0, help="Added to every answer, in ms.")]
+JitterFlag = Annotated[float | None, typer.Option("--jitter-ms", min=0, help="Random extra latency up to this, ms.")]
+RateLimitFlag = Annotated[float | None, typer.Option(
+    "--rate-limit", min=0.001, help="Requests per second per sandbox before it answers 429 with Retry-After.")]
+RetryAfterFlag = Annotated[float | None, typer.Option(
+    "--retry-after", min=0, help="Seconds in the Retry-After of a 429 (default 1).")]
+ErrorRateFlag = Annotated[float | None, typer.Option(
+    "--error-rate", min=0, max=1, help="Fraction of requests answered 500, 502 or 503.")]
+ResetRateFlag = Annotated[float | None, typer.Option(
+    "--reset-rate", min=0, max=1, help="Fraction of connections reset before the request is read.")]
+TimeoutRateFlag = Annotated[float | None, typer.Option(
+    "--timeout-rate", min=0, max=1, help="Fraction of requests never answered (the change not made).")]
+DropRateFlag = Annotated[float | None, typer.Option(
+    "--drop-rate", min=0, max=1, help="Fraction of changes made and then the answer dropped.")]
+SeedFlag = Annotated[int | None, typer.Option("--seed", help="Seed of the fault draws, for repeatable runs.")]
+
+
+def fault_overrides(**flags: float | int | None) -> dict[str, Any] | None:
+    """The `faults` settings override for the fault flags given (None when no flag was given)."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    return given or None
 
 
 class Failure(Exception):
@@ -102,8 +130,8 @@ def connector(config: Settings, *, quiet: bool = False) -> Iterator[composition.
         if built.sandboxes and not quiet:
             where = ", ".join(f"{name} on {server.url}" for name, server in built.sandboxes.items())
             err.print(
-                f"Sandbox mode: no {config.platform} URL is configured, so the built-in emulator runs on loopback "
-                f"({where}; state in {config.home / 'sandbox'}).", markup=False,
+                f"Sandbox mode: no URL is configured for {' and '.join(built.sandboxes)}, so their emulators run on "
+                f"loopback ({where}; state in {config.home / 'sandbox'}).", markup=False,
             )
         with reported():
             yield built
@@ -112,15 +140,10 @@ def connector(config: Settings, *, quiet: bool = False) -> Iterator[composition.
 
 
 @contextmanager
-def job_store(config: Settings) -> Iterator[Any]:
+def job_store(config: Settings) -> Iterator[JobStore]:
     _setup_logging(config)
-    with reported():
-        store = composition.build_store(config)
-    try:
-        with reported():
-            yield store
-    finally:
-        store.close()
+    with reported(), composition.open_store(config) as store:
+        yield store
 
 
 @app.callback()
@@ -143,8 +166,10 @@ def main_options(
 @jobs_app.command("add")
 def jobs_add(
     operation: Annotated[str, typer.Option("--operation", "-o", help='add_tag, remove_tag, set_score, increase_score, '
-                                           'decrease_score, remove_score, or the CRM name ("Add Tag").')],
-    tag: Annotated[str, typer.Option("--tag", "-t", help="Tag name; several separated by , or ; for add/remove.")],
+                                           'decrease_score, remove_score, start_automation, or the CRM name '
+                                           '("Add Tag").')],
+    tag: Annotated[str, typer.Option("--tag", "-t", help="Tag name; several separated by , or ; for add/remove. "
+                                     "For start_automation: the automation's trigger code.")],
     contact: Annotated[str | None, typer.Option(help="CRM id of the contact.")] = None,
     lead: Annotated[str | None, typer.Option(help="CRM id of the lead.")] = None,
     account: Annotated[str | None, typer.Option(help="CRM id of the account.")] = None,
@@ -370,22 +395,103 @@ def run(
 
 
 @app.command("demo")
-def demo() -> None:
-    """Queue a realistic set of jobs on the embedded default, run them, and show the outcome."""
-    config = settings()
+def demo(
+    latency_ms: LatencyFlag = None,
+    jitter_ms: JitterFlag = None,
+    rate_limit: RateLimitFlag = None,
+    retry_after: RetryAfterFlag = None,
+    error_rate: ErrorRateFlag = None,
+    reset_rate: ResetRateFlag = None,
+    timeout_rate: TimeoutRateFlag = None,
+    drop_rate: DropRateFlag = None,
+    seed: SeedFlag = None,
+    crm: Annotated[str | None, typer.Option(
+        "--crm", help="dataverse: create the job rows in (sandbox) Dynamics 365, as CRM users do.")] = None,
+) -> None:
+    """Queue a realistic set of jobs on the embedded default, run them, and show the outcome.
+
+    The fault flags make the sandboxes hostile; the demo keeps running retries that come due within a minute,
+    so that it ends with every job in a final state.
+    """
+    if crm not in (None, "local", "dataverse"):
+        fail(f"--crm is {crm!r}; use local or dataverse.", 2)
+    # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
+    where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
+    config = settings(**where, faults=fault_overrides(
+        latency_ms=latency_ms, jitter_ms=jitter_ms, rate_limit=rate_limit, retry_after=retry_after,
+        error_rate=error_rate, reset_rate=reset_rate, timeout_rate=timeout_rate, drop_rate=drop_rate, seed=seed,
+    ))
     with connector(config) as built:
         result = run_demo(built)
+        injected = {name: server.injector.counts for name, server in built.sandboxes.items()}
     out.rule("Jobs")
     _print_jobs(result.jobs)
     out.print(_report_line(result.report), markup=False)
+    for name, counts in injected.items():
+        if counts:
+            shown = ", ".join(f"{fault} x{n}" for fault, n in sorted(counts.items()))
+            out.print(f"Faults injected by the {name} sandbox: {shown}.", markup=False)
     out.rule("Tags and scores on the platform, and timeline posts")
     for view in result.records:
         tags = ", ".join(f"{t}={s}" for t, s in sorted(view["tags"].items())) or "(no tags)"
-        out.print(f"{view['kind']} {view['id']}: {tags}", markup=False)
+        if view["platform_error"]:
+            tags = f"(not read: {view['platform_error']})"
+        label = view["name"] if view["name"] == view["id"] else f"{view['name']} ({view['id']})"
+        out.print(f"{view['kind']} {label}: {tags}", markup=False)
         for post in view["timeline"][-6:]:
             out.print(f"    {post['created_at']}  {post['text']}", markup=False)
     out.print("\nTry: connector jobs list --status failed   |   connector jobs show <id>   |   "
               "connector contact show C-1001", markup=False)
+
+
+# --- sandbox ----------------------------------------------------------------------------------------------------
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    spotler_port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the Spotler sandbox (0: any free).")] = 0,
+    mautic_port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the Mautic sandbox (0: any free).")] = 0,
+    dataverse_port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Port of the Dataverse sandbox, https (0: any free).")] = 0,
+    latency_ms: LatencyFlag = None,
+    jitter_ms: JitterFlag = None,
+    rate_limit: RateLimitFlag = None,
+    retry_after: RetryAfterFlag = None,
+    error_rate: ErrorRateFlag = None,
+    reset_rate: ResetRateFlag = None,
+    timeout_rate: TimeoutRateFlag = None,
+    drop_rate: DropRateFlag = None,
+    seed: SeedFlag = None,
+) -> None:
+    """Serve every sandbox on loopback in the foreground and print their base URLs; Ctrl-C or SIGTERM stops."""
+    config = settings(faults=fault_overrides(
+        latency_ms=latency_ms, jitter_ms=jitter_ms, rate_limit=rate_limit, retry_after=retry_after,
+        error_rate=error_rate, reset_rate=reset_rate, timeout_rate=timeout_rate, drop_rate=drop_rate, seed=seed,
+    ))
+    _setup_logging(config)
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    with reported():
+        started = composition.start_sandboxes(
+            config, {"spotler": spotler_port, "mautic": mautic_port, "dataverse": dataverse_port}
+        )
+    try:
+        for name, (_, url) in started.items():
+            out.print(f"{name}: {url}", markup=False)
+        if "dataverse" in started:
+            out.print(f"dataverse CA (curl --cacert): {sandbox_ca_file(config)}", markup=False)
+        quiet = ("hang_seconds", "seed", "retry_after")
+        faults = {k: v for k, v in config.faults.model_dump().items() if v and k not in quiet}
+        err.print(f"Serving {len(started)} sandbox(es), state in {config.home / 'sandbox'}; "
+                  f"faults: {faults or 'none'}. Ctrl-C stops.", markup=False)
+        sys.stdout.flush()
+        while not stopped.wait(0.2):
+            pass
+    finally:
+        for server, _ in started.values():
+            server.stop()
+    err.print("Stopped.", markup=False)
 
 
 # --- config -----------------------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.app import Connector
+from jobs.demo_dataverse import create_job_rows, ensure_records
 from jobs.model import Job
 from jobs.runner import DrainReport
 from jobs.service import contact_view, request_from_fields
@@ -31,6 +34,10 @@ DEMO_JOBS: list[dict[str, Any]] = [
 ]
 CARELESS_JOB = {"operation": "increase_score", "target_kind": "contact", "target_id": "C-1003", "tags": "Lead score",
                 "score": "-5"}
+# Retries due within this many seconds are waited for, so that the demo ends with every job final even with
+# injected faults: longer than the default retry budget's backoff (1 + 2 + 4 + 8 s, plus jitter). A job whose
+# next try is further away (a long Retry-After) is left retrying; `connector run` picks it up.
+DEMO_RETRY_WINDOW = 60.0
 SHOWN_RECORDS = [("contact", "C-1001"), ("contact", "C-1002"), ("contact", "C-1003"), ("lead", "L-2001"),
                  ("account", "A-3001")]
 
@@ -42,12 +49,44 @@ class DemoResult:
     records: list[dict[str, Any]]
 
 
-def run_demo(connector: Connector) -> DemoResult:
+def run_demo(
+    connector: Connector,
+    *,
+    retry_window: float = DEMO_RETRY_WINDOW,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> DemoResult:
+    """Queue the demo jobs and drain them, then keep draining the retries that come due within `retry_window`."""
+    store = connector.store
+    job_ids, shown = _queue(connector)
+    report = connector.runner.drain()
+    deadline = clock() + retry_window
+    while report.retrying and report.next_retry_at is not None and report.next_retry_at <= deadline:
+        # A job the runner put back to pending (a backoff longer than the inline wait): wait for it, drain again.
+        sleep(max(0.0, report.next_retry_at - clock()))
+        more = connector.runner.drain()
+        more.succeeded += report.succeeded
+        more.failed += report.failed
+        more.seconds += report.seconds
+        report = more
+    jobs = [store.get(job_id) for job_id in job_ids]
+    records = [
+        {**contact_view(connector.platform, connector.crm, kind, record_id), "name": name}
+        for kind, record_id, name in shown
+    ]
+    return DemoResult(jobs, report, records)
+
+
+def _queue(connector: Connector) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Queue the demo jobs; returns their ids and the records to show as (kind, CRM id, demo name)."""
+    client = connector.dataverse
+    if client is not None and connector.settings.job_store == "dataverse":
+        # The CRM user's path: records and job rows created through the Web API, as the job form would.
+        ids = ensure_records(client)
+        rows = create_job_rows(client, connector.settings.dataverse.jobs, [*DEMO_JOBS, CARELESS_JOB], ids)
+        return rows, [(kind, ids[name], name) for kind, name in SHOWN_RECORDS]
     store = connector.store
     queued = store.add([request_from_fields(fields) for fields in DEMO_JOBS])
     # As if a user had edited the job record in the CRM after it was validated: the runner must catch it.
     careless = store.add_raw(CARELESS_JOB)
-    report = connector.runner.drain()
-    jobs = [store.get(job.id) for job in [*queued, careless]]
-    records = [contact_view(connector.platform, connector.crm, kind, rid) for kind, rid in SHOWN_RECORDS]
-    return DemoResult(jobs, report, records)
+    return [job.id for job in [*queued, careless]], [(kind, name, name) for kind, name in SHOWN_RECORDS]

@@ -61,6 +61,8 @@ class _Run:
     owner: str
     contact: Contact | None = None
     last_error: errors.ConnectorError | None = None
+    # The final attempt (succeeded, or failed for good), written together with the job's outcome.
+    final_attempt: Attempt | None = None
 
 
 class Executor:
@@ -135,10 +137,11 @@ class Executor:
             if isinstance(exc, errors.TransientError):
                 message = f"Gave up after {self.policy.max_attempts} attempts: {message}"
             store.finish(owner, job.id, status=JobStatus.FAILED, result_code=exc.result_code, message=message,
-                         http_status=exc.http_status)
+                         http_status=exc.http_status, attempt=run.final_attempt)
             log.info("job %s failed: %s %s", job.id, exc.result_code, message)
             return JobStatus.FAILED
-        store.finish(owner, job.id, status=JobStatus.SUCCEEDED, result_code="OK", message=self._summary(run))
+        store.finish(owner, job.id, status=JobStatus.SUCCEEDED, result_code="OK", message=self._summary(run),
+                     attempt=run.final_attempt, posted=run.job.posted_at is not None)
         log.info("job %s succeeded", job.id)
         return JobStatus.SUCCEEDED
 
@@ -153,9 +156,10 @@ class Executor:
         except InvalidJob as exc:
             message = str(exc)
         now = self._clock()
-        store.record_attempt(owner, Attempt(job_id=job.id, started_at=now, ended_at=now, outcome="failed",
-                                            result_code=InvalidJob.result_code, message=message))
-        store.finish(owner, job.id, status=JobStatus.FAILED, result_code=InvalidJob.result_code, message=message)
+        attempt = Attempt(job_id=job.id, started_at=now, ended_at=now, outcome="failed",
+                          result_code=InvalidJob.result_code, message=message)
+        store.finish(owner, job.id, status=JobStatus.FAILED, result_code=InvalidJob.result_code, message=message,
+                     attempt=attempt)
         return JobStatus.FAILED
 
     # --- one attempt ----------------------------------------------------------------------------------------
@@ -179,7 +183,7 @@ class Executor:
         store.record_attempt(run.owner, Attempt(
             job_id=run.job.id, started_at=started, ended_at=self._clock(), outcome="succeeded", result_code="OK",
             message=self._summary(run),
-        ))
+        )
 
     def _apply(self, run: _Run, store: JobStore) -> None:
         request, job = run.request, run.job

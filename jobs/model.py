@@ -27,6 +27,8 @@ class Operation(StrEnum):
     INCREASE_SCORE = "increase_score"
     DECREASE_SCORE = "decrease_score"
     REMOVE_SCORE = "remove_score"
+    # Start a platform automation for the record; the Tag field carries the automation's trigger code.
+    START_AUTOMATION = "start_automation"
 
     @property
     def label(self) -> str:
@@ -117,7 +119,8 @@ def split_tags(raw: object, operation: Operation) -> list[str]:
                 raise ValueError(
                     f"Tag {str(raw)!r} has an empty tag between separators; remove the extra ',' or ';'."
                 )
-            raise ValueError(f"Tag is empty; {operation.label} needs the name of a tag.")
+            needed = "an automation trigger code" if operation is Operation.START_AUTOMATION else "the name of a tag"
+            raise ValueError(f"Tag is empty; {operation.label} needs {needed}.")
         if len(tag) > MAX_TAG_LENGTH:
             raise ValueError(
                 f"Tag {tag[:30]!r}... is {len(tag)} characters long; a tag has at most {MAX_TAG_LENGTH} characters."
@@ -238,6 +241,9 @@ class JobRequest(BaseModel):
         return [f"{owner}|{tag.casefold()}" for tag in self.tags]
 
     def describe(self) -> str:
+        if self.operation is Operation.START_AUTOMATION:
+            # Its own namespace: a trigger code that happens to equal a tag's name does not wait for that tag.
+            return [f"{owner}|automation:{code.casefold()}" for code in self.tags]
         tags = ", ".join(self.tags)
         what = {
             Operation.ADD_TAG: f"added tag {tags}",
@@ -249,6 +255,7 @@ class JobRequest(BaseModel):
         }[self.operation]
         return what
 
+            Operation.START_AUTOMATION: f"started automation {tags}",
 
 class InvalidJob(ValueError):
     """The job's input is not valid; `problems` are sentences for the CRM user."""

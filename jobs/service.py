@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from connector.crm import Crm
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
 from jobs.model import InvalidJob, Job, JobRequest, TargetKind
 from jobs.store import JobStore
@@ -133,15 +134,30 @@ def import_jobs(
     return result
 
 
-def contact_view(platform: Platform, crm: Crm, kind: str, record_id: str) -> dict[str, Any]:
+# A read for a person is tried this often on a transient error (a flaky network, a sandbox with faults), with a
+# short pause between tries: long enough to ride out a blip, short enough that a person keeps waiting.
+VIEW_TRIES = 5
+VIEW_PAUSE = 0.2
+
+
+def contact_view(
+    platform: Platform, crm: Crm, kind: str, record_id: str, *, sleep: Callable[[float], Any] = time.sleep
+) -> dict[str, Any]:
     """What the platform reports for a CRM record, and its timeline: the `contact show` output."""
     contact = crm.identify(kind, record_id)
-    tags: dict[str, int] | None
+    tags: dict[str, int] | None = None
     error = None
-    try:
-        tags = platform.read_scores(contact)
-    except ConnectorError as exc:
-        tags, error = None, f"{exc.result_code}: {exc.message}"
+    for attempt in range(1, VIEW_TRIES + 1):
+        try:
+            tags, error = platform.read_scores(contact), None
+            break
+        except TransientError as exc:
+            error = f"{exc.result_code}: {exc.message}"
+            if attempt < VIEW_TRIES:
+                sleep(VIEW_PAUSE * attempt)
+        except ConnectorError as exc:
+            error = f"{exc.result_code}: {exc.message}"
+            break
     posts = crm.timeline(kind, record_id)
     return {
         "kind": kind,

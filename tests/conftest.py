@@ -1,15 +1,25 @@
-"""Fixtures shared by every tier: a clean environment, a fresh store, a job factory, the Spotler sandbox."""
+"""Fixtures shared by every tier: a clean environment, a fresh store, a job factory, the platform sandboxes.
+
+`platform_case` runs a test once per platform (Spotler, Mautic): the real adapter against its sandbox over
+loopback, with the same five contacts C-1 ... C-5 (e-mail c1@example.com ...) on both.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from requests.auth import HTTPBasicAuth
 
 from connector.http import ApiSession, Brake
+from connector.mautic import MauticPlatform
+from connector.platform import Contact
+from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import Faults, SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
@@ -18,6 +28,9 @@ from jobs.store.sqlite import SqliteJobStore
 
 SPOTLER_KEY = "test-consumer-key"
 SPOTLER_SECRET = "test-consumer-secret-7f3a9"
+MAUTIC_USER = "test-user"
+MAUTIC_PASSWORD = "test-password-5c2e1"
+MAUTIC_CONTACT_FIELD = "crm_id"
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +52,12 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    _lock = threading.Lock()  # workers of a runner share one clock
+
     def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+        with self._lock:
+            self.slept.append(seconds)
+            self.now += seconds
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -110,4 +126,85 @@ def spotler(
     return make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock, read_timeout=0.5)
 
 
-__all__ = ["SPOTLER_KEY", "SPOTLER_SECRET", "FakeClock", "Faults"]
+@pytest.fixture
+def mautic_app(tmp_path: Path) -> MauticSandbox:
+    app = MauticSandbox(tmp_path / "mautic.db", username=MAUTIC_USER, password=MAUTIC_PASSWORD,
+                        contact_field=MAUTIC_CONTACT_FIELD)
+    for i in range(1, 6):
+        app.seed_contact(f"c{i}@example.com", external_id=f"C-{i}")
+    return app
+
+
+@pytest.fixture
+def mautic_server(mautic_app: MauticSandbox) -> Iterator[SandboxServer]:
+    with SandboxServer(mautic_app) as server:
+        yield server
+
+
+@pytest.fixture
+def make_mautic() -> Iterator[Callable[..., MauticPlatform]]:
+    """A real Mautic adapter (basic auth, CRM id in `crm_id`) pointed at a base URL; sessions closed after."""
+    sessions: list[ApiSession] = []
+
+    def make(base_url: str, *, clock: FakeClock | None = None, read_timeout: float = 2.0,
+             contact_field: str | None = MAUTIC_CONTACT_FIELD) -> MauticPlatform:
+        brake = Brake("Mautic", clock=clock, sleep=clock.sleep) if clock else Brake("Mautic")
+        session = ApiSession("Mautic", timeout=(2.0, read_timeout), brake=brake)
+        sessions.append(session)
+        return MauticPlatform(session, base_url=base_url, auth=HTTPBasicAuth(MAUTIC_USER, MAUTIC_PASSWORD),
+                              contact_field=contact_field)
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def mautic_platform(
+    mautic_server: SandboxServer, make_mautic: Callable[..., MauticPlatform], clock: FakeClock
+) -> MauticPlatform:
+    return make_mautic(mautic_server.url, clock=clock, read_timeout=0.5)
+
+
+@dataclass
+class PlatformCase:
+    """One platform under test: the real adapter, its sandbox app and server, and what the test reads back."""
+
+    name: str
+    platform: SpotlerPlatform | MauticPlatform
+    app: SpotlerSandbox | MauticSandbox
+    server: SandboxServer
+
+    def scores(self, external_id: str = "C-1") -> dict[str, int]:
+        """The contact's tags and scores as the adapter reads them (faults off for the read)."""
+        faults, self.server.injector.faults = self.server.injector.faults, Faults()
+        try:
+            return self.platform.read_scores(Contact(external_id=external_id))
+        finally:
+            self.server.injector.faults = faults
+
+    def tag_names(self) -> list[str]:
+        return sorted(self.app.tag_names())
+
+    def score_changes(self, external_id: str) -> list[tuple[str, int]]:
+        """(tag, change) for every score change the platform logged for the contact, oldest first."""
+        if isinstance(self.app, SpotlerSandbox):
+            return [(tag, int(value or 0)) for tag, what, value in self.app.changes_of(external_id)
+                    if what == "score_changed"]
+        cid = self.app.contact_id(external_id)
+        names = dict(enumerate(self.app.group_names(), start=1))  # the sandbox numbers groups from 1
+        return [(names[entry["group_id"]], int(entry["delta"])) for entry in self.app.points_log(cid)]
+
+
+@pytest.fixture(params=["spotler", "mautic"])
+def platform_case(request: pytest.FixtureRequest, clock: FakeClock) -> PlatformCase:
+    """The test runs once per platform; only that platform's sandbox is started."""
+    name = str(request.param)
+    if name == "spotler":
+        return PlatformCase(name, request.getfixturevalue("spotler"), request.getfixturevalue("spotler_app"),
+                            request.getfixturevalue("spotler_server"))
+    return PlatformCase(name, request.getfixturevalue("mautic_platform"), request.getfixturevalue("mautic_app"),
+                        request.getfixturevalue("mautic_server"))
+
+
+__all__ = ["MAUTIC_PASSWORD", "MAUTIC_USER", "SPOTLER_KEY", "SPOTLER_SECRET", "FakeClock", "Faults", "PlatformCase"]

@@ -80,8 +80,12 @@ class MauticSandbox(App):
         client_secret: str | None = None,
         contact_field: str = "crm_id",
         clock: Callable[[], float] = time.time,
+        auto_create_contacts: bool = False,
     ) -> None:
         super().__init__()
+        # The embedded default lets a newcomer name any contact: a search by `contact_field` that finds nobody
+        # creates the contact, as the Spotler sandbox does. Tests keep Mautic's real behaviour (nobody found).
+        self.auto_create_contacts = auto_create_contacts
         self.store = Store(path, SCHEMA)
         self._username = username
         self._password = password
@@ -188,6 +192,25 @@ class MauticSandbox(App):
                 db.execute("INSERT OR IGNORE INTO contact_tags VALUES (?, ?)", (cid, self._tag_id(db, tag)))
         return cid
 
+    def _contact_with_field(self, value: str) -> Any:
+        """The contact whose `contact_field` is `value`, created when there is none (one write, so never twice)."""
+        with self.store.atomic() as db:
+            for row in db.execute("SELECT * FROM contacts ORDER BY id").fetchall():
+                if str(json.loads(row["fields"]).get(self.contact_field)) == value:
+                    return row
+            cid = db.execute(
+                "INSERT INTO contacts (fields, date_added) VALUES (?, ?)",
+                (json.dumps({"email": None, self.contact_field: value}), _now()),
+            ).lastrowid
+            return db.execute("SELECT * FROM contacts WHERE id = ?", (cid,)).fetchone()
+
+    def contact_id(self, external_id: str) -> int | None:
+        """The Mautic id of the contact whose `contact_field` holds `external_id` (for tests and people)."""
+        for row in self.store.read().execute("SELECT id, fields FROM contacts ORDER BY id").fetchall():
+            if str(json.loads(row["fields"]).get(self.contact_field)) == external_id:
+                return int(row["id"])
+        return None
+
     def delete_contact(self, cid: int) -> None:
         with self.store.atomic() as db:
             for table in ("contact_tags", "group_scores"):
@@ -249,6 +272,10 @@ class MauticSandbox(App):
             if expr != "eq":
                 raise _error(400, f"Expression {expr} is not supported by the sandbox.")
             rows = [r for r in rows if str(json.loads(r["fields"]).get(col)) == val]
+        if not rows and not search and self.auto_create_contacts:
+            wanted = [val for col, _, val in where if col == self.contact_field]
+            if len(where) == 1 and wanted:
+                rows = [self._contact_with_field(wanted[0])]
         start = int(request.arg("start") or 0)
         limit = int(request.arg("limit") or DEFAULT_LIMIT)
         page = rows[start : start + limit]
@@ -520,6 +547,7 @@ def build_mautic_sandbox(
     client_id: str | None = None,
     client_secret: str | None = None,
     contact_field: str = "crm_id",
+    auto_create_contacts: bool = False,
 ) -> MauticSandbox:
     """The emulator with its state in the SQLite file `path` (created when missing)."""
     return MauticSandbox(
@@ -529,6 +557,7 @@ def build_mautic_sandbox(
         client_id=client_id,
         client_secret=client_secret,
         contact_field=contact_field,
+        auto_create_contacts=auto_create_contacts,
     )
 
 

@@ -175,6 +175,7 @@ class Faults(BaseModel):
     jitter_ms: float = Field(0.0, ge=0)
     rate_limit: float | None = Field(None, gt=0, description="requests per second before answering 429")
     retry_after: float = Field(1.0, ge=0, description="seconds in the Retry-After of a 429")
+    throttle_rate: float = Field(0.0, ge=0, le=1, description="429 answers at random, whatever the request rate")
     error_rate: float = Field(0.0, ge=0, le=1, description="500 / 502 / 503 answers")
     reset_rate: float = Field(0.0, ge=0, le=1, description="connection reset before the request is read")
     timeout_rate: float = Field(0.0, ge=0, le=1, description="no answer at all, the change not made")
@@ -186,7 +187,7 @@ class Faults(BaseModel):
     def any(self) -> bool:
         return bool(
             self.latency_ms or self.jitter_ms or self.rate_limit or self.error_rate or self.reset_rate
-            or self.timeout_rate or self.drop_rate
+            or self.timeout_rate or self.drop_rate or self.throttle_rate
         )
 
 
@@ -230,6 +231,7 @@ class FaultInjector:
                 self._recent.append(now)
             roll = self._random.random()
             for name, rate in (
+                ("429", f.throttle_rate),
                 ("error", f.error_rate),
                 ("reset", f.reset_rate),
                 ("timeout", f.timeout_rate),

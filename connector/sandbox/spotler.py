@@ -253,6 +253,8 @@ class SpotlerSandbox(App):
     def trigger_automation(self, request: Request) -> Response:
         code = request.params["trigger"]
         contact = (request.json() or {}).get("externalContactId")
+        if self.auto_create_contacts and isinstance(contact, str) and contact:
+            self.seed_contact(contact)
         with self.store.atomic() as db:
             automation = db.execute("SELECT * FROM automations WHERE trigger_code = ?", (code,)).fetchone()
             if automation is None:
@@ -280,6 +282,20 @@ class SpotlerSandbox(App):
 
     def tag_names(self) -> list[str]:
         return [r["name"] for r in self.store.read().execute("SELECT name FROM tags ORDER BY name")]
+
+    def changes_of(self, external_id: str) -> list[tuple[str, str, int | None]]:
+        """The contact's change log, oldest first: (tag, what, value)."""
+        rows = self.store.read().execute(
+            "SELECT tag, what, value FROM changes WHERE external_id = ? ORDER BY id", (external_id,)
+        )
+        return [(r["tag"], r["what"], r["value"]) for r in rows]
+
+    def participations(self, trigger_code: str) -> list[str]:
+        """External ids of the contacts the automation was started for, oldest first."""
+        rows = self.store.read().execute(
+            "SELECT external_id FROM participations WHERE trigger_code = ? ORDER BY rowid", (trigger_code,)
+        )
+        return [r["external_id"] for r in rows]
 
     def change_count(self) -> int:
         return int(self.store.read().execute("SELECT count(*) FROM changes").fetchone()[0])

@@ -15,6 +15,12 @@ import pytest
 SECRET = "s3cr3t-consumer-value-91c"
 
 
+@pytest.fixture(params=["spotler", "mautic"])
+def platform_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The user-path tests run once per platform, each on its sandbox."""
+    return {"CONNECTOR_PLATFORM": str(request.param)}
+
+
 def connector(
     *args: str, cwd: Path, env: dict[str, str] | None = None, check: int | None = 0
 ) -> subprocess.CompletedProcess[str]:
@@ -29,29 +35,44 @@ def connector(
     return result
 
 
-def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path) -> None:
-    first = connector("demo", cwd=tmp_path)
+def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path, platform_env: dict[str, str]) -> None:
+    first = connector("demo", cwd=tmp_path, env=platform_env)
     assert "Sandbox mode" in first.stderr
+    assert f"{platform_env['CONNECTOR_PLATFORM']} on http://127.0.0.1:" in first.stderr
     assert "15 succeeded, 1 failed" in first.stdout
     assert "INVALID_INPUT: Score is -5; Increase Score needs a number greater than 0." in first.stdout
     assert "contact C-1001: Newsletter=0, Product news=0, Webinar 2026=12" in first.stdout
-    assert "Increased score Webinar 2026 by 10 for contact C-1001 (job " in first.stdout
+    assert "Increased score Webinar 2026 by 10 (job " in first.stdout
     assert "lead L-2001: Lead score=25" in first.stdout
-    second = connector("demo", cwd=tmp_path)
+    second = connector("demo", cwd=tmp_path, env=platform_env)
     assert "Webinar 2026=24" in second.stdout  # the platform's state persists between runs
+    assert (tmp_path / ".connector" / "sandbox" / f"{platform_env['CONNECTOR_PLATFORM']}.db").is_file()
 
 
-def test_a_user_adds_jobs_runs_them_and_reads_the_contact(tmp_path: Path) -> None:
+def test_demo_through_injected_faults_still_ends_with_every_job_final(
+    tmp_path: Path, platform_env: dict[str, str]
+) -> None:
+    env = {**platform_env, "CONNECTOR_RETRY__MAX_ATTEMPTS": "10", "CONNECTOR_RETRY__BACKOFF_INITIAL": "0.05",
+           "CONNECTOR_RETRY__BACKOFF_MAX": "0.2", "CONNECTOR_RETRY__JITTER": "0.05"}
+    result = connector("demo", "--error-rate", "0.15", "--reset-rate", "0.05", "--drop-rate", "0.1",
+                       "--latency-ms", "1", "--jitter-ms", "2", "--seed", "7", cwd=tmp_path, env=env)
+    assert "15 succeeded, 1 failed" in result.stdout
+    assert "Faults injected by the " in result.stdout
+    assert "contact C-1001: Newsletter=0, Product news=0, Webinar 2026=12" in result.stdout
+
+
+def test_a_user_adds_jobs_runs_them_and_reads_the_contact(tmp_path: Path, platform_env: dict[str, str]) -> None:
     added = connector("jobs", "add", "--operation", "Add Tag", "--contact", "C-7", "--tag", "VIP; Webinar",
                       "--json", cwd=tmp_path)
     job = json.loads(added.stdout)
     assert job["status"] == "pending"
     connector("jobs", "add", "-o", "increase_score", "--contact", "C-7", "-t", "Lead", "--score", "12", cwd=tmp_path)
-    run = connector("run", "--once", cwd=tmp_path)
+    run = connector("run", "--once", cwd=tmp_path, env=platform_env)
     assert "2 succeeded, 0 failed" in run.stdout
-    view = json.loads(connector("contact", "show", "C-7", "--json", cwd=tmp_path).stdout)
+    view = json.loads(connector("contact", "show", "C-7", "--json", cwd=tmp_path, env=platform_env).stdout)
+    assert view["platform"] == platform_env["CONNECTOR_PLATFORM"]
     assert view["tags"] == {"Lead": 12, "VIP": 0, "Webinar": 0}
-    assert view["timeline"][0]["text"] == f"Added tag VIP, Webinar for contact C-7 (job {job['id']})"
+    assert view["timeline"][0]["text"] == f"Added tag VIP, Webinar (job {job['id']})"
     listed = json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)
     assert {"id", "operation", "status", "result_code", "message", "attempts"} <= set(listed[0])
     assert [j["status"] for j in listed] == ["succeeded", "succeeded"]
@@ -188,3 +209,42 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert process.returncode == 0, stderr
     assert "Stopped." in stderr
     assert "1 succeeded, 0 failed" in stdout
+
+
+def test_start_automation_runs_on_spotler_and_is_not_supported_on_mautic(tmp_path: Path) -> None:
+    # The embedded Spotler sandbox knows the trigger "welcome".
+    connector("jobs", "add", "-o", "Start Automation", "--contact", "C-1", "-t", "welcome", cwd=tmp_path)
+    assert "1 succeeded, 0 failed" in connector("run", "--once", cwd=tmp_path).stdout
+    connector("jobs", "add", "-o", "start_automation", "--contact", "C-1", "-t", "welcome", cwd=tmp_path)
+    refused = connector("run", "--once", cwd=tmp_path, env={"CONNECTOR_PLATFORM": "mautic"}, check=1)
+    assert "0 succeeded, 1 failed" in refused.stdout
+    failed = json.loads(connector("jobs", "list", "--status", "failed", "--json", cwd=tmp_path).stdout)
+    assert failed[0]["result_code"] == "NOT_SUPPORTED"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sandbox_serve_prints_urls_a_runner_can_use_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "sandbox", "serve", "--latency-ms", "1"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        urls = dict(process.stdout.readline().strip().split(": ", 1) for _ in range(2))
+        assert set(urls) == {"spotler", "mautic"}
+        connector("jobs", "add", "-o", "set_score", "--contact", "C-5", "-t", "Lead", "--score", "4", cwd=tmp_path)
+        served = {"CONNECTOR_SPOTLER__BASE_URL": urls["spotler"]}
+        run = connector("run", "--once", cwd=tmp_path, env=served)
+        assert "1 succeeded, 0 failed" in run.stdout
+        assert "Sandbox mode" not in run.stderr
+        connector("jobs", "add", "-o", "add_tag", "--contact", "C-5", "-t", "VIP", cwd=tmp_path)
+        mautic = {"CONNECTOR_PLATFORM": "mautic", "CONNECTOR_MAUTIC__BASE_URL": urls["mautic"],
+                  "CONNECTOR_MAUTIC__CONTACT_FIELD": "crm_id"}
+        assert "1 succeeded, 0 failed" in connector("run", "--once", cwd=tmp_path, env=mautic).stdout
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "Stopped." in stderr

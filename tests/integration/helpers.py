@@ -1,4 +1,4 @@
-"""A runner wired like the real one, on the Spotler sandbox, with a clock and a sleep the test controls."""
+"""A runner wired like the real one, on a platform sandbox, with a clock and a sleep the test controls."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from config.settings import RetrySettings
 from connector.localcrm import LocalCrm
-from connector.spotler import SpotlerPlatform
+from connector.platform import Platform
 from jobs.executor import Executor
 from jobs.model import Job, JobRequest
 from jobs.runner import DrainReport, Runner
@@ -36,9 +36,10 @@ class Rig:
         self.crm.close()
 
 
-def make_rig(tmp_path: Path, store: SqliteJobStore, platform: SpotlerPlatform, clock: FakeClock,
-             retry: RetrySettings | None = None, workers: int = 4) -> Rig:
-    crm = LocalCrm(tmp_path / "timeline.db")
+def make_rig(tmp_path: Path, store: SqliteJobStore, platform: Platform, clock: FakeClock,
+             retry: RetrySettings | None = None, workers: int = 4, lease_seconds: float = 30,
+             crm: LocalCrm | None = None) -> Rig:
+    crm = crm or LocalCrm(tmp_path / "timeline.db")
     executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=clock.sleep)
-    runner = Runner(store, executor, workers=workers, lease_seconds=30, clock=clock)
+    runner = Runner(store, executor, workers=workers, lease_seconds=lease_seconds, clock=clock)
     return Rig(store, crm, executor, runner, clock)
