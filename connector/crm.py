@@ -23,8 +23,12 @@ class Crm(Protocol):
     def identify(self, target_kind: str, target_id: str) -> Contact:
         """How the platform knows this CRM record."""
 
-    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str) -> None:
-        """Write one line on the record's timeline. Idempotent per job: a job never gets two posts."""
+    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str, may_exist: bool = True) -> None:
+        """Write one line on the record's timeline. Idempotent per job: a job never gets two posts.
+
+        `may_exist=False` says this is the job's first try at posting, so no earlier post can exist and a CRM
+        that must look before it writes may skip the look.
+        """
 
     def timeline(self, target_kind: str, target_id: str) -> list[TimelinePost]:
         """The record's posts written by the connector, oldest first."""

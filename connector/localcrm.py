@@ -39,7 +39,7 @@ class LocalCrm:
     def identify(self, target_kind: str, target_id: str) -> Contact:
         return Contact(external_id=target_id)
 
-    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str) -> None:
+    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str, may_exist: bool = True) -> None:
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         with self._lock:
             self._conn.execute(

@@ -63,6 +63,8 @@ class _Run:
     last_error: errors.ConnectorError | None = None
     # The final attempt (succeeded, or failed for good), written together with the job's outcome.
     final_attempt: Attempt | None = None
+    # Whether a timeline post may exist already: the change was applied before this claim, or a post was tried.
+    post_may_exist: bool = False
 
 
 class Executor:
@@ -103,7 +105,7 @@ class Executor:
         request = job.request
         if request is None:
             return self._invalid(job, store, owner)
-        run = _Run(job=job, request=request, owner=owner)
+        run = _Run(job=job, request=request, owner=owner, post_may_exist=job.applied_at is not None)
         remaining = self.policy.max_attempts - job.attempts
         if remaining <= 0:
             message = f"Gave up after {job.attempts} attempts. {job.message}".strip()
@@ -173,21 +175,25 @@ class Executor:
                 self._post(run, store)
         except errors.ConnectorError as exc:
             retry = isinstance(exc, errors.TransientError) and not last
-            store.record_attempt(run.owner, Attempt(
+            attempt = Attempt(
                 job_id=run.job.id, started_at=started, ended_at=self._clock(),
                 outcome="retrying" if retry else "failed", result_code=exc.result_code,
                 http_status=exc.http_status, message=exc.message,
-            ))
+            )
+            if retry:
+                store.record_attempt(run.owner, attempt)
+            else:
+                run.final_attempt = attempt
             run.last_error = exc
             raise
-        store.record_attempt(run.owner, Attempt(
+        run.final_attempt = Attempt(
             job_id=run.job.id, started_at=started, ended_at=self._clock(), outcome="succeeded", result_code="OK",
             message=self._summary(run),
         )
 
     def _apply(self, run: _Run, store: JobStore) -> None:
         request, job = run.request, run.job
-        ref = f"job {job.id}"
+        ref = job.id  # the platform's own log names the job (Mautic: "Connector job <id>")
         if request.target is None:
             self.platform.create_tags(request.tags)
         else:
@@ -200,6 +206,8 @@ class Executor:
             elif op is Operation.SET_SCORE:
                 assert request.score is not None
                 self.platform.set_score(contact, tag, request.score, ref=ref)
+            elif op is Operation.START_AUTOMATION:
+                self.platform.start_automation(contact, tag, ref=ref)
             else:
                 self._increment(run, store, contact, tag)
         store.save_progress(run.owner, job.id, applied=True)
@@ -209,29 +217,32 @@ class Executor:
         request, job = run.request, run.job
         assert request.score is not None
         change = request.score if request.operation is Operation.INCREASE_SCORE else -request.score
-        current = self.platform.read_scores(contact).get(tag, 0)
+        current = _score_of(self.platform.read_scores(contact), tag)
         if job.score_before is not None and current == job.score_before + change:
             log.info("job %s: score of %s is already %s; the earlier attempt was applied", job.id, tag, current)
             return
         if job.score_before != current:
             store.save_progress(run.owner, job.id, score_before=current)
             run.job = job = job.model_copy(update={"score_before": current})
-        self.platform.change_score(contact, tag, change, ref=f"job {job.id}")
+        self.platform.change_score(contact, tag, change, ref=job.id)
 
     def _post(self, run: _Run, store: JobStore) -> None:
         target = run.request.target
         assert target is not None
         text = self.timeline_template.format(
-            summary=self._summary(run), job_id=run.job.id, operation=run.request.operation.label,
+            # The post sits on the record's own timeline: naming the record there again says nothing.
+            summary=self._summary(run, with_target=False), job_id=run.job.id, operation=run.request.operation.label,
             tags=", ".join(run.request.tags), score="" if run.request.score is None else run.request.score,
         )
+        may_exist, run.post_may_exist = run.post_may_exist, True
         try:
-            self.crm.post(target_kind=target.kind.value, target_id=target.id, job_id=run.job.id, text=text)
+            self.crm.post(target_kind=target.kind.value, target_id=target.id, job_id=run.job.id, text=text,
+                          may_exist=may_exist)
         except errors.PermanentError as exc:
             raise TimelineFailed(
                 f"{self._summary(run)}, but the timeline post failed: {exc.message}", http_status=exc.http_status
             ) from exc
-        store.save_progress(run.owner, run.job.id, posted=True)
+        # Marked posted with the job's outcome: a post repeated after a crash right here is found by the CRM.
         run.job = run.job.model_copy(update={"posted_at": self._clock()})
 
     def _contact(self, run: _Run) -> Contact:
@@ -241,10 +252,10 @@ class Executor:
             run.contact = self.crm.identify(target.kind.value, target.id)
         return run.contact
 
-    def _summary(self, run: _Run) -> str:
+    def _summary(self, run: _Run, *, with_target: bool = True) -> str:
         request = run.request
         what = request.describe()
-        where = f" for {request.target}" if request.target else " (tag only)"
+        where = "" if not with_target else f" for {request.target}" if request.target else " (tag only)"
         return what[0].upper() + what[1:] + where
 
     # --- waiting --------------------------------------------------------------------------------------------
@@ -264,6 +275,15 @@ class Executor:
         self._sleep(delay)
         if self.stop.is_set():
             raise RetryLater(0.0)
+
+
+def _score_of(scores: dict[str, int], tag: str) -> int:
+    """The tag's score as read back: an exact name first, else one differing only in case (Mautic compares tag
+    names case-insensitively and reports the name it stored first); a missing tag is 0."""
+    if tag in scores:
+        return scores[tag]
+    folded = tag.casefold()
+    return next((score for name, score in scores.items() if name.casefold() == folded), 0)
 
 
 @dataclass

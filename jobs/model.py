@@ -129,7 +129,8 @@ def split_tags(raw: object, operation: Operation) -> list[str]:
             raise ValueError(
                 f"Tag {tag!r} contains a control character (a line break or tab); use letters, digits and spaces."
             )
-        if tag not in tags:
+        # Tags match without regard to case on the platforms, as in the ordering keys: keep the first spelling.
+        if tag.casefold() not in {t.casefold() for t in tags}:
             tags.append(tag)
     if len(tags) > 1 and not operation.takes_several_tags:
         raise ValueError(
@@ -156,8 +157,10 @@ def parse_score(raw: object, operation: Operation) -> int | None:
         text = str(raw).strip()
         if isinstance(raw, float):
             text = repr(raw)
-        if not re.fullmatch(r"[+-]?\d+", text):
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
             raise ValueError(f"Score is {text!r}; it must be a whole number such as 10, without decimals.")
+        if len(text.lstrip("+-")) > 10:
+            raise ValueError(f"Score is {text[:20]}...; it must be between -{MAX_SCORE} and {MAX_SCORE}.")
         score = int(text)
     if abs(score) > MAX_SCORE:
         raise ValueError(f"Score is {score}; it must be between -{MAX_SCORE} and {MAX_SCORE}.")
@@ -238,12 +241,12 @@ class JobRequest(BaseModel):
     def keys(self) -> list[str]:
         """What must be ordered: one key per (target, tag). Jobs sharing a key run in creation order."""
         owner = f"{self.target.kind.value}:{self.target.id}" if self.target else "tag-only"
-        return [f"{owner}|{tag.casefold()}" for tag in self.tags]
-
-    def describe(self) -> str:
         if self.operation is Operation.START_AUTOMATION:
             # Its own namespace: a trigger code that happens to equal a tag's name does not wait for that tag.
             return [f"{owner}|automation:{code.casefold()}" for code in self.tags]
+        return [f"{owner}|{tag.casefold()}" for tag in self.tags]
+
+    def describe(self) -> str:
         tags = ", ".join(self.tags)
         what = {
             Operation.ADD_TAG: f"added tag {tags}",
@@ -252,10 +255,10 @@ class JobRequest(BaseModel):
             Operation.SET_SCORE: f"set score {tags} to {self.score}",
             Operation.INCREASE_SCORE: f"increased score {tags} by {self.score}",
             Operation.DECREASE_SCORE: f"decreased score {tags} by {self.score}",
+            Operation.START_AUTOMATION: f"started automation {tags}",
         }[self.operation]
         return what
 
-            Operation.START_AUTOMATION: f"started automation {tags}",
 
 class InvalidJob(ValueError):
     """The job's input is not valid; `problems` are sentences for the CRM user."""

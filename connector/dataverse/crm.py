@@ -87,10 +87,11 @@ class DataverseCrm:
 
     # -- the timeline --------------------------------------------------------------------------------------
 
-    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str) -> None:
+    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str, may_exist: bool = True) -> None:
         entity_set, _ = _record(target_kind)
         record = row_url(entity_set, target_id)
-        if self._existing(target_kind, target_id, job_id):
+        # The look costs a request per job; on a job's first try at posting there is nothing to find.
+        if may_exist and self._existing(target_kind, target_id, job_id):
             log.info("job %s: the timeline record exists already; not writing another", job_id)
             return
         mark = job_mark(job_id)

@@ -82,8 +82,14 @@ class JobStore(Protocol):
         message: str,
         http_status: int | None = None,
         next_attempt_at: float | None = None,
+        attempt: Attempt | None = None,
+        posted: bool = False,
     ) -> None:
-        """Leave `running`: succeeded, failed, or back to pending (retrying at `next_attempt_at`)."""
+        """Leave `running`: succeeded, failed, or back to pending (retrying at `next_attempt_at`).
+
+        `attempt`, when given, is recorded in the same write (the last try of a job is written once, not twice);
+        `posted` marks the timeline post as done, like `save_progress(posted=True)`.
+        """
 
     def release(self, owner: str, job_id: str) -> None:
         """Give a claimed job back without counting an attempt (clean shutdown)."""

@@ -443,6 +443,8 @@ class DataverseJobStore:
         message: str,
         http_status: int | None = None,
         next_attempt_at: float | None = None,
+        attempt: Attempt | None = None,
+        posted: bool = False,
     ) -> None:
         t = self.t
         if status is JobStatus.RUNNING:
@@ -453,7 +455,18 @@ class DataverseJobStore:
                                                                 else self._clock()),
             t.lease_owner: None, t.lease_expires_at: None,
         }
-        self._write(owner, job_id, lambda row: changes, keep=False)
+        now = _iso(self._clock())
+
+        def with_attempt(row: Row) -> Row:
+            # One PATCH for the last attempt, the posted mark and the outcome: a request per job saved twice over.
+            out = dict(changes)
+            if attempt is not None:
+                out.update(self._attempt_columns(row, attempt))
+            if posted and not row.get(t.posted_at):
+                out[t.posted_at] = now
+            return out
+
+        self._write(owner, job_id, with_attempt, keep=False)
 
     def release(self, owner: str, job_id: str) -> None:
         t = self.t

@@ -126,7 +126,8 @@ WHERE id = :job_id AND status = 'running' AND lease_owner = :owner
 
 FINISH = """
 UPDATE jobs SET status = :status, result_code = :result_code, message = :message, http_status = :http_status,
-                next_attempt_at = :next_attempt_at, lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+                next_attempt_at = :next_attempt_at, lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
+                posted_at = CASE WHEN :posted THEN coalesce(posted_at, :now) ELSE posted_at END
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
 RETURNING seq
 """
@@ -337,12 +338,15 @@ class SqliteJobStore:
 
     def record_attempt(self, owner: str, attempt: Attempt) -> None:
         with self.atomic() as db:
-            changed = db.execute(
-                COUNT_ATTEMPT, {"now": self._clock(), "job_id": attempt.job_id, "owner": owner},
-            ).rowcount
-            if not changed:
-                raise LeaseLost(f"Job {attempt.job_id} is no longer held by {owner}.")
-            db.execute(RECORD_ATTEMPT, attempt.model_dump(exclude={"number"}))
+            self._record_attempt(db, owner, attempt)
+
+    def _record_attempt(self, db: sqlite3.Connection, owner: str, attempt: Attempt) -> None:
+        changed = db.execute(
+            COUNT_ATTEMPT, {"now": self._clock(), "job_id": attempt.job_id, "owner": owner},
+        ).rowcount
+        if not changed:
+            raise LeaseLost(f"Job {attempt.job_id} is no longer held by {owner}.")
+        db.execute(RECORD_ATTEMPT, attempt.model_dump(exclude={"number"}))
 
     def save_progress(
         self,
@@ -376,9 +380,13 @@ class SqliteJobStore:
         message: str,
         http_status: int | None = None,
         next_attempt_at: float | None = None,
+        attempt: Attempt | None = None,
+        posted: bool = False,
     ) -> None:
         now = self._clock()
         with self.atomic() as db:
+            if attempt is not None:
+                self._record_attempt(db, owner, attempt)
             row = db.execute(
                 FINISH,
                 {
@@ -390,6 +398,7 @@ class SqliteJobStore:
                     "now": now,
                     "id": job_id,
                     "owner": owner,
+                    "posted": posted,
                 },
             ).fetchone()
             if row is None:

@@ -168,3 +168,37 @@ def test_two_runners_on_one_table_apply_each_job_once(client, sandbox, spotler_a
     assert DataverseJobStore(client, TABLE).counts() == {"succeeded": 24}
     for contact in contacts:
         assert len(DataverseCrm(client).timeline("contact", contact)) == 6
+
+
+def test_on_a_first_try_the_crm_writes_without_looking(client):
+    record = make_record(client)
+    crm = DataverseCrm(client)
+    crm.post(target_kind="contact", target_id=record, job_id=JOB, text="first", may_exist=False)
+    # Had it looked, it would have found the first post; a first try never looks (one request saved per job).
+    crm.post(target_kind="contact", target_id=record, job_id=JOB, text="again", may_exist=False)
+    assert len(crm.timeline("contact", record)) == 2
+
+
+def test_a_runner_that_died_after_posting_does_not_post_twice(client, spotler_app, make_spotler, spotler_server,
+                                                             clock):
+    contact = make_record(client)
+    spotler_app.seed_contact(contact)
+    row_id = client.create(TABLE.entity_set, {"cr_operation": 100000000, "cr_tags": "Webinar",
+                                              "cr_Contact@odata.bind": f"/contacts({contact})"})
+    store = DataverseJobStore(client, TABLE, clock=clock)
+    crm = DataverseCrm(client)
+    # What a runner leaves when it dies between the post and the job's outcome: applied, posted, still running.
+    [job] = store.claim("dead-runner", 1, 10)
+    store.save_progress("dead-runner", job.id, applied=True)
+    crm.post(target_kind="contact", target_id=contact, job_id=job.id, text=f"Added tag Webinar (job {job.id})",
+             may_exist=False)
+    clock.advance(11)
+    platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
+    runner = Runner(store, Executor(platform, crm, RetrySettings(), clock=clock, sleep=clock.sleep),
+                    workers=2, lease_seconds=30, clock=clock)
+    try:
+        assert runner.drain().succeeded == 1
+    finally:
+        runner.close()
+    assert len(crm.timeline("contact", contact)) == 1
+    assert [a.outcome for a in store.attempts(row_id)] == ["lease_expired", "succeeded"]

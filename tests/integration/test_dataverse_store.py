@@ -296,7 +296,7 @@ class _NoCrm:
     def identify(self, target_kind: str, target_id: str) -> Contact:
         raise AssertionError("an invalid job must not be looked up")
 
-    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str) -> None:
+    def post(self, *, target_kind: str, target_id: str, job_id: str, text: str, may_exist: bool = True) -> None:
         raise AssertionError("an invalid job must not be posted")
 
     def timeline(self, target_kind: str, target_id: str) -> list[Any]:

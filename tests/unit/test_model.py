@@ -404,3 +404,18 @@ def test_increase_and_decrease_accept_any_positive_int_in_range(op: str, score: 
 def test_increase_and_decrease_refuse_any_non_positive_int(op: str, score: int) -> None:
     message = problem(operation=op, tags="Lead", score=score)
     assert message.startswith(f"Score is {score}; {Operation(op).label} needs a number greater than 0.")
+
+
+def test_tags_that_differ_only_in_case_are_one_tag() -> None:
+    assert make(operation="add_tag", tags="Webinar, webinar; WEBINAR").tags == ["Webinar"]
+
+
+@pytest.mark.parametrize("raw", ["1" * 5000, "-" + "9" * 11])
+def test_an_absurdly_long_score_gets_a_sentence_not_a_crash(raw: str) -> None:
+    message = problem(operation="set_score", tags="Lead", score=raw)
+    assert message.startswith("Score is ")
+    assert message.endswith(f"it must be between -{MAX_SCORE} and {MAX_SCORE}.")
+
+
+def test_scores_in_other_scripts_digits_are_refused() -> None:
+    assert "must be a whole number" in problem(operation="set_score", tags="Lead", score="١٢")
