@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from config.settings import RetrySettings
 from connector import errors
-from connector.dataverse.client import DataverseClient
 from connector.dataverse.crm import DataverseCrm
 from connector.platform import Contact
-from connector.sandbox.dataverse import DataverseSandbox
 from jobs.executor import Executor
 from jobs.model import JobStatus
 from jobs.runner import Runner
 from jobs.store.dataverse import DataverseJobStore
-from tests.integration.dataverse_env import TABLE, client_for, make_record, running_sandbox
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[DataverseSandbox]:
-    with running_sandbox(tmp_path) as sb:
-        yield sb
-
-
-@pytest.fixture
-def client(sandbox: DataverseSandbox) -> Iterator[DataverseClient]:
-    with client_for(sandbox) as c:
-        yield c
-
+from tests.integration.dataverse_env import TABLE, client_for, make_record
 
 JOB = "5d3a0b7e9c21"
 

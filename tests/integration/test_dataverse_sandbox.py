@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -16,18 +15,6 @@ from connector.http import Brake
 from connector.sandbox.dataverse import SANDBOX_CLIENT_ID, DataverseSandbox
 from connector.sandbox.server import Faults
 from tests.integration.dataverse_env import client_for, make_record, running_sandbox
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[DataverseSandbox]:
-    with running_sandbox(tmp_path) as sb:
-        yield sb
-
-
-@pytest.fixture
-def client(sandbox: DataverseSandbox) -> Iterator[DataverseClient]:
-    with client_for(sandbox) as c:
-        yield c
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from config.settings import DataverseTableSettings, RetrySettings
 from connector.dataverse.client import DataverseClient
 from connector.platform import Contact
-from connector.sandbox.dataverse import DataverseSandbox
 from jobs.executor import Executor
 from jobs.model import Attempt, JobRequest, JobStatus
 from jobs.store import JobNotFound, LeaseLost, NotAllowed, StoreError
@@ -21,18 +19,6 @@ from tests.conftest import FakeClock
 from tests.integration.dataverse_env import TABLE, client_for, make_record, running_sandbox
 
 ENTITY = TABLE.entity_set
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[DataverseSandbox]:
-    with running_sandbox(tmp_path) as sb:
-        yield sb
-
-
-@pytest.fixture
-def client(sandbox: DataverseSandbox) -> Iterator[DataverseClient]:
-    with client_for(sandbox) as c:
-        yield c
 
 
 @pytest.fixture
