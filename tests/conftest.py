@@ -107,10 +107,10 @@ def make_spotler() -> Iterator[Callable[..., SpotlerPlatform]]:
     sessions: list[ApiSession] = []
 
     def make(base_url: str, *, secret: str = SPOTLER_SECRET, clock: FakeClock | None = None,
-             read_timeout: float = 2.0, **kwargs: Any) -> SpotlerPlatform:
+             read_timeout: float = 2.0, pool_size: int = 8, **kwargs: Any) -> SpotlerPlatform:
         # With a FakeClock, a 429's pause passes in test time; without one, the brake waits for real.
         brake = Brake("Spotler", clock=clock, sleep=clock.sleep) if clock else Brake("Spotler")
-        session = ApiSession("Spotler", timeout=(2.0, read_timeout), brake=brake)
+        session = ApiSession("Spotler", pool_size=pool_size, timeout=(2.0, read_timeout), brake=brake)
         sessions.append(session)
         return SpotlerPlatform(session, base_url=base_url, consumer_key=SPOTLER_KEY, consumer_secret=secret, **kwargs)
 
@@ -146,10 +146,10 @@ def make_mautic() -> Iterator[Callable[..., MauticPlatform]]:
     """A real Mautic adapter (basic auth, CRM id in `crm_id`) pointed at a base URL; sessions closed after."""
     sessions: list[ApiSession] = []
 
-    def make(base_url: str, *, clock: FakeClock | None = None, read_timeout: float = 2.0,
+    def make(base_url: str, *, clock: FakeClock | None = None, read_timeout: float = 2.0, pool_size: int = 8,
              contact_field: str | None = MAUTIC_CONTACT_FIELD) -> MauticPlatform:
         brake = Brake("Mautic", clock=clock, sleep=clock.sleep) if clock else Brake("Mautic")
-        session = ApiSession("Mautic", timeout=(2.0, read_timeout), brake=brake)
+        session = ApiSession("Mautic", pool_size=pool_size, timeout=(2.0, read_timeout), brake=brake)
         sessions.append(session)
         return MauticPlatform(session, base_url=base_url, auth=HTTPBasicAuth(MAUTIC_USER, MAUTIC_PASSWORD),
                               contact_field=contact_field)

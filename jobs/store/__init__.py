@@ -104,6 +104,7 @@ class JobStore(Protocol):
         """Jobs per display status (pending, retrying, running, succeeded, failed, cancelled)."""
 
     def next_due(self) -> float | None:
-        """When the earliest pending job becomes due, or None when nothing is pending."""
+        """When the earliest pending job becomes due, or None when nothing is pending. A job waiting behind an
+        earlier unfinished job on its key does not count: it can only run after that one."""
 
     def close(self) -> None: ...

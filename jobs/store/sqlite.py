@@ -156,7 +156,16 @@ COUNTS = """
 SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END AS s, count(*)
 FROM jobs GROUP BY s
 """
-NEXT_DUE = "SELECT min(next_attempt_at) FROM jobs WHERE status = 'pending'"
+# When the next job can run: a pending job that waits behind an earlier unfinished job on its key cannot run at
+# its own next_attempt_at (long past, often), only after that job; it must not make the queue look due now.
+NEXT_DUE = """
+SELECT min(j.next_attempt_at) FROM jobs j
+WHERE j.status = 'pending'
+  AND NOT EXISTS (
+      SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
+      WHERE mine.seq = j.seq
+  )
+"""
 
 
 class SqliteJobStore:

@@ -52,7 +52,8 @@ def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path,
 def test_demo_through_injected_faults_still_ends_with_every_job_final(
     tmp_path: Path, platform_env: dict[str, str]
 ) -> None:
-    env = {**platform_env, "CONNECTOR_RETRY__MAX_ATTEMPTS": "10", "CONNECTOR_RETRY__BACKOFF_INITIAL": "0.05",
+    # A Mautic try is up to five requests: at these rates about one in three gets through, hence the budget.
+    env = {**platform_env, "CONNECTOR_RETRY__MAX_ATTEMPTS": "40", "CONNECTOR_RETRY__BACKOFF_INITIAL": "0.05",
            "CONNECTOR_RETRY__BACKOFF_MAX": "0.2", "CONNECTOR_RETRY__JITTER": "0.05"}
     result = connector("demo", "--error-rate", "0.15", "--reset-rate", "0.05", "--drop-rate", "0.1",
                        "--latency-ms", "1", "--jitter-ms", "2", "--seed", "7", cwd=tmp_path, env=env)
