@@ -111,7 +111,8 @@ class DataverseStatusReasons(BaseModel):
 
 
 def _default_operation_values() -> dict[str, int]:
-    names = ["add_tag", "remove_tag", "set_score", "increase_score", "decrease_score", "remove_score"]
+    names = ["add_tag", "remove_tag", "set_score", "increase_score", "decrease_score", "remove_score",
+             "start_automation"]
     return {name: 100_000_000 + i for i, name in enumerate(names)}
 
 
@@ -157,7 +158,7 @@ class DataverseTableSettings(BaseModel):
     @field_validator("operation_values")
     @classmethod
     def _operations(cls, value: dict[str, int]) -> dict[str, int]:
-        known = {"add_tag", "remove_tag", "set_score", "increase_score", "decrease_score", "remove_score"}
+        known = set(_default_operation_values())
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"dataverse.jobs.operation_values names unknown operations {unknown}; use {sorted(known)}")

@@ -298,23 +298,38 @@ class DataverseJobStore:
         return counts
 
     def next_due(self) -> float | None:
-        due = [job.next_attempt_at for job in map(self._job, self._unfinished()) if job.status is JobStatus.PENDING]
+        # A job waiting behind another on its key is not due, whatever its own time says.
+        due = [job.next_attempt_at for job, _ in self._unblocked(self._clock()) if job.status is JobStatus.PENDING]
         return min(due) if due else None
+
+    def _unblocked(self, now: float) -> builtins.list[tuple[Job, Row]]:
+        """Unfinished jobs, in creation order, that no earlier unfinished job shares a key with, and that no
+        running job shares one with (a failed job retried by hand must not run beside a later job)."""
+        jobs = [(self._job(row), row) for row in self._unfinished()]
+
+        def holds_lease(job: Job) -> bool:
+            return job.status is JobStatus.RUNNING and (job.lease_expires_at or 0) >= now
+
+        running = {key for job, _ in jobs if holds_lease(job) for key in (job.request.keys if job.request else [])}
+        blocked: set[str] = set()
+        free: builtins.list[tuple[Job, Row]] = []
+        for job, row in jobs:
+            keys = job.request.keys if job.request else []
+            if not blocked.intersection(keys) and (holds_lease(job) or not running.intersection(keys)):
+                free.append((job, row))
+            blocked.update(keys)
+        return free
 
     # -- claiming ------------------------------------------------------------------------------------------
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> builtins.list[Job]:
         now = self._clock()
-        blocked: set[str] = set()
         offers: builtins.list[tuple[Job, Row]] = []
-        for row in self._unfinished():
-            job = self._job(row)
-            keys = job.request.keys if job.request else []
+        for job, row in self._unblocked(now):
             due = job.status is JobStatus.PENDING and job.next_attempt_at <= now
             expired = job.status is JobStatus.RUNNING and (job.lease_expires_at or 0) < now
-            if (due or expired) and not blocked.intersection(keys):
+            if due or expired:
                 offers.append((job, row))
-            blocked.update(keys)
         offers.sort(key=lambda offer: (offer[0].next_attempt_at if offer[0].status is JobStatus.PENDING else now))
         offers = offers[:limit]
         if not offers:

@@ -287,3 +287,26 @@ class _NoCrm:
 
     def timeline(self, target_kind: str, target_id: str) -> list[Any]:
         return []
+
+
+def test_a_failed_job_retried_by_hand_waits_while_a_later_job_on_its_key_runs(dv_store, queue, clock):
+    first = queue()
+    second = queue()
+    [claimed] = dv_store.claim("runner-a", 10, 30.0)
+    dv_store.finish("runner-a", first.id, status=JobStatus.FAILED, result_code="UNAVAILABLE", message="503")
+    assert [j.id for j in dv_store.claim("runner-a", 10, 30.0)] == [second.id]
+    dv_store.retry(first.id)
+    assert dv_store.claim("runner-b", 10, 30.0) == []
+    assert dv_store.next_due() is None  # nothing is due while it waits
+    dv_store.finish("runner-a", second.id, status=JobStatus.SUCCEEDED, result_code="OK", message="Done.")
+    assert [j.id for j in dv_store.claim("runner-b", 10, 30.0)] == [first.id]
+    assert claimed.id == first.id
+
+
+def test_next_due_ignores_a_job_waiting_behind_an_earlier_one(dv_store, queue, clock):
+    first = queue()
+    queue()
+    dv_store.claim("runner-a", 10, 30.0)
+    dv_store.finish("runner-a", first.id, status=JobStatus.PENDING, result_code="UNAVAILABLE", message="503",
+                    next_attempt_at=clock.now + 120)
+    assert dv_store.next_due() == clock.now + 120
