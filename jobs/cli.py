@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -106,6 +107,13 @@ def reported() -> Iterator[None]:
         fail(str(exc), 2)
     except (JobNotFound, StoreError, Failure, ConnectorError) as exc:
         fail(str(exc), 1)
+    except sqlite3.DatabaseError as exc:
+        fail(f"A data file of the connector cannot be used as a database ({exc}); move the damaged file out of "
+             f"the data directory, or point CONNECTOR_HOME elsewhere.", 1)
+    except OSError as exc:
+        # A port already taken, a data directory that is a file, a file we may not write: the system's words.
+        where = f": {exc.filename}" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}.", 1)
 
 
 def settings(**overrides: Any) -> Settings:
@@ -473,9 +481,13 @@ def sandbox_serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     with reported():
-        started = composition.start_sandboxes(
-            config, {"spotler": spotler_port, "mautic": mautic_port, "dataverse": dataverse_port}
-        )
+        try:
+            started = composition.start_sandboxes(
+                config, {"spotler": spotler_port, "mautic": mautic_port, "dataverse": dataverse_port}
+            )
+        except OSError as exc:
+            fail(f"A sandbox could not listen ({exc.strerror}); give free ports with --spotler-port, --mautic-port "
+                 f"and --dataverse-port, or 0 for any free port.", 1)
     try:
         for name, (_, url) in started.items():
             out.print(f"{name}: {url}", markup=False)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from connector.sandbox.server import Faults, SandboxServer
 from jobs.app import Connector
 from jobs.demo_dataverse import create_job_rows, ensure_records
 from jobs.model import Job
 from jobs.runner import DrainReport
-from jobs.service import contact_view, request_from_fields
+from jobs.service import contact_view, read_for_a_person, request_from_fields
 
 # What CRM users typically queue: every operation, several contacts, a lead, an account, a tag-only job, a
 # removal of several tags, and one job from a careless user (a negative increase).
@@ -69,7 +72,7 @@ def run_demo(
         more.failed += report.failed
         more.seconds += report.seconds
         report = more
-    jobs = [store.get(job_id) for job_id in job_ids]
+    jobs = [read_for_a_person(functools.partial(store.get, job_id)) for job_id in job_ids]
     records = [
         {**contact_view(connector.platform, connector.crm, kind, record_id), "name": name}
         for kind, record_id, name in shown
@@ -77,13 +80,28 @@ def run_demo(
     return DemoResult(jobs, report, records)
 
 
+@contextmanager
+def _faults_paused(server: SandboxServer | None) -> Iterator[None]:
+    if server is None:
+        yield
+        return
+    faults, server.injector.faults = server.injector.faults, Faults()
+    try:
+        yield
+    finally:
+        server.injector.faults = faults
+
+
 def _queue(connector: Connector) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Queue the demo jobs; returns their ids and the records to show as (kind, CRM id, demo name)."""
     client = connector.dataverse
     if client is not None and connector.settings.job_store == "dataverse":
-        # The CRM user's path: records and job rows created through the Web API, as the job form would.
-        ids = ensure_records(client)
-        rows = create_job_rows(client, connector.settings.dataverse.jobs, [*DEMO_JOBS, CARELESS_JOB], ids)
+        # The CRM user's path: records and job rows created through the Web API, as the job form would. The
+        # user's own typing is not what the fault flags are about (and a create whose answer is lost cannot be
+        # repeated safely), so the Dataverse sandbox's faults are off while the demo sets up.
+        with _faults_paused(connector.sandboxes.get("dataverse")):
+            ids = ensure_records(client)
+            rows = create_job_rows(client, connector.settings.dataverse.jobs, [*DEMO_JOBS, CARELESS_JOB], ids)
         return rows, [(kind, ids[name], name) for kind, name in SHOWN_RECORDS]
     store = connector.store
     queued = store.add([request_from_fields(fields) for fields in DEMO_JOBS])

@@ -36,6 +36,8 @@ from jobs.store import JobStore, LeaseLost
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMELINE_TEMPLATE = defaults.TIMELINE_TEMPLATE
+# How often the outcome of a job is offered to a job store that does not answer, before the lease takes over.
+STORE_TRIES = 4
 
 
 class RetryLater(Exception):
@@ -109,7 +111,7 @@ class Executor:
         remaining = self.policy.max_attempts - job.attempts
         if remaining <= 0:
             message = f"Gave up after {job.attempts} attempts. {job.message}".strip()
-            store.finish(owner, job.id, status=JobStatus.FAILED, result_code=job.result_code or "GAVE_UP",
+            self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=job.result_code or "GAVE_UP",
                          message=message)
             return JobStatus.FAILED
         retrying = tenacity.Retrying(
@@ -125,8 +127,8 @@ class Executor:
                     self._attempt(run, store, last=attempt.retry_state.attempt_number >= remaining)
         except RetryLater as later:
             error = run.last_error
-            store.finish(
-                owner, job.id, status=JobStatus.PENDING,
+            self._finish(
+                store, owner, job.id, status=JobStatus.PENDING,
                 result_code=error.result_code if error else "RETRYING",
                 message=error.message if error else "Waiting to retry.",
                 http_status=error.http_status if error else None,
@@ -138,14 +140,27 @@ class Executor:
             message = exc.message
             if isinstance(exc, errors.TransientError):
                 message = f"Gave up after {self.policy.max_attempts} attempts: {message}"
-            store.finish(owner, job.id, status=JobStatus.FAILED, result_code=exc.result_code, message=message,
+            self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=exc.result_code, message=message,
                          http_status=exc.http_status, attempt=run.final_attempt)
             log.info("job %s failed: %s %s", job.id, exc.result_code, message)
             return JobStatus.FAILED
-        store.finish(owner, job.id, status=JobStatus.SUCCEEDED, result_code="OK", message=self._summary(run),
+        self._finish(store, owner, job.id, status=JobStatus.SUCCEEDED, result_code="OK", message=self._summary(run),
                      attempt=run.final_attempt, posted=run.job.posted_at is not None)
         log.info("job %s succeeded", job.id)
         return JobStatus.SUCCEEDED
+
+    def _finish(self, store: JobStore, owner: str, job_id: str, **outcome: Any) -> None:
+        """Record the job's outcome, asking a job store that does not answer (Dataverse 5xx) a few times more.
+
+        Safe to repeat: a write that was applied after all has moved the row on, and the next try finds the job
+        no longer held (LeaseLost). If the store stays down, the job keeps its lease until it expires and is
+        run again, and the platform change is not repeated (`applied_at`, `score_before`).
+        """
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(STORE_TRIES), wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            retry=tenacity.retry_if_exception_type(errors.TransientError), sleep=self._pause, reraise=True,
+        )
+        retrying(store.finish, owner, job_id, **outcome)
 
     def _invalid(self, job: Job, store: JobStore, owner: str) -> JobStatus:
         raw = job.raw
@@ -160,7 +175,7 @@ class Executor:
         now = self._clock()
         attempt = Attempt(job_id=job.id, started_at=now, ended_at=now, outcome="failed",
                           result_code=InvalidJob.result_code, message=message)
-        store.finish(owner, job.id, status=JobStatus.FAILED, result_code=InvalidJob.result_code, message=message,
+        self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=InvalidJob.result_code, message=message,
                      attempt=attempt)
         return JobStatus.FAILED
 
@@ -268,6 +283,9 @@ class Executor:
             return float(min(retry_after, self.policy.retry_after_cap))
         total = _AttemptCount(job.attempts + state.attempt_number)
         return float(self._backoff(total))  # type: ignore[arg-type]
+
+    def _pause(self, delay: float) -> None:
+        self._sleep(delay)
 
     def _inline_sleep(self, delay: float) -> None:
         if delay > self.policy.inline_wait_max or self.stop.is_set():

@@ -18,11 +18,16 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from connector import errors
 from jobs.executor import Executor
 from jobs.model import Job, JobStatus
 from jobs.store import JobStore, LeaseLost
 
 log = logging.getLogger(__name__)
+
+# A job store that does not answer a claim (Dataverse 5xx, a dropped connection) is asked again after these
+# pauses, in seconds, before a drain gives up; running jobs go on meanwhile.
+CLAIM_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Runner:
         lease_seconds: float = 60.0,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -60,6 +66,8 @@ class Runner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop_event = executor.stop
         self._clock = clock
+        # Waiting on the stop event lets a shutdown cut a pause short; tests pass a sleep that does not wait.
+        self._sleep = sleep or self.stop_event.wait
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker")
         self._inflight: dict[str, Future[JobStatus | None]] = {}
         self._lock = threading.Lock()
@@ -91,6 +99,12 @@ class Runner:
                 self.store.release(self.owner, job.id)
                 return None
             return self.executor.execute(job, self.store, self.owner)
+        except errors.ConnectorError as exc:
+            # The executor handles the platform's and the CRM's errors; what reaches here is the job store failing
+            # to record. The job keeps its lease until it expires, then another claim takes it up again.
+            log.warning("job %s: the job store failed to record it (%s %s); it is retried when its lease "
+                        "expires", job.id, exc.result_code, exc.message)
+            return None
         except Exception as exc:
             # A bug or a surprise from an API must fail this one job, never the runner.
             log.exception("job %s: unexpected error", job.id)
@@ -110,9 +124,21 @@ class Runner:
         report = DrainReport()
         self._start_renewer()
         outstanding: set[Future[JobStatus | None]] = set()
+        claim_failures = 0
         try:
             while True:
-                outstanding.update(self.tick())
+                try:
+                    outstanding.update(self.tick())
+                    claim_failures = 0
+                except errors.TransientError as exc:
+                    claim_failures += 1
+                    if claim_failures > len(CLAIM_RETRY_DELAYS):
+                        raise
+                    delay = CLAIM_RETRY_DELAYS[claim_failures - 1]
+                    log.warning("The job store did not answer a claim (%s); asking again in %g s", exc.message, delay)
+                    if not outstanding:
+                        self._sleep(delay)
+                        continue
                 if not outstanding:
                     break
                 done, outstanding = wait(outstanding, return_when=FIRST_COMPLETED, timeout=1.0)
@@ -126,9 +152,11 @@ class Runner:
                     on_progress(report)
         finally:
             self._stop_renewer()
-        counts = self.store.counts()
-        report.retrying = counts.get("retrying", 0)
-        report.next_retry_at = self.store.next_due() if report.retrying else None
+        try:
+            report.retrying = self.store.counts().get("retrying", 0)
+            report.next_retry_at = self.store.next_due() if report.retrying else None
+        except errors.TransientError as exc:
+            log.warning("The job store did not say what is left waiting (%s)", exc.message)
         report.seconds = time.monotonic() - started
         return report
 
@@ -162,6 +190,9 @@ class Runner:
                 continue
             try:
                 lost = self.store.renew(self.owner, ids, self.lease_seconds)
+            except errors.ConnectorError as exc:
+                log.warning("Renewing leases failed (%s); trying again in %g s", exc.message, self.lease_seconds / 3)
+                continue
             except Exception:
                 log.exception("renewing leases failed; will try again")
                 continue

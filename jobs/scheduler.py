@@ -15,6 +15,7 @@ from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from connector.errors import ConnectorError
 from jobs.runner import DrainReport, Runner
 
 log = logging.getLogger(__name__)
@@ -31,18 +32,27 @@ def run_forever(
     stopped = threading.Event()
 
     def tick() -> None:
-        report = runner.drain()
+        try:
+            report = runner.drain()
+        except ConnectorError as exc:
+            # The job store is down for longer than a drain waits: say so, and try again at the next tick.
+            log.warning("This tick could not reach the job store: %s %s", exc.result_code, exc.message)
+            return
         if on_tick and report.processed:
             on_tick(report)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        log.warning("signal %s: stopping; running attempts finish, waiting jobs are released", signum)
+        log.warning("%s: stopping; running attempts finish, waiting jobs are released", signal.Signals(signum).name)
         runner.request_stop()
         stopped.set()
 
     if install_signals:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+    # A tick skipped because the previous drain still runs is the design (max_instances=1), not news for the
+    # operator: APScheduler would warn about it at every tick of a long drain.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
     scheduler = BackgroundScheduler(timezone=UTC)
     scheduler.add_job(
         tick, "interval", seconds=tick_seconds, id="tick", max_instances=1, coalesce=True,

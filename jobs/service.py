@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import tenacity
 
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
@@ -37,10 +39,20 @@ def parse_duration(text: str) -> float:
 
 def request_from_fields(fields: dict[str, Any]) -> JobRequest:
     """A JobRequest from a form, a CSV row or a JSON object: `contact`/`lead`/`account` or `target_kind`+`target_id`."""
-    kinds = [k.value for k in TargetKind if str(fields.get(k.value) or "").strip()]
+    for kind in [k.value for k in TargetKind] + ["target_id"]:
+        value = fields.get(kind)
+        if value is not None and not str(value).strip():
+            # A blank record id is a mistake (an empty script variable), not a wish for a tag-only job.
+            name = "The record id" if kind == "target_id" else kind.capitalize()
+            raise InvalidJob([f"{name} is empty; give the CRM id of the record, or leave it out entirely for a "
+                              f"tag-only Add Tag."])
+    kinds = [k.value for k in TargetKind if fields.get(k.value) is not None]
     target_kind, target_id = fields.get("target_kind"), fields.get("target_id")
     if len(kinds) > 1:
-        raise InvalidJob([f"The job names a {' and a '.join(kinds)}; a job is about one contact, lead or account."])
+        raise InvalidJob([f"The job names more than one record ({', '.join(kinds)}); a job is about one contact, "
+                          f"lead or account."])
+    if target_kind not in (None, "") and target_id is None:
+        raise InvalidJob([f"Record type is {target_kind!r} but no record id is given; give target_id too."])
     if kinds:
         if target_id:
             raise InvalidJob(["Give either target_kind and target_id, or contact / lead / account, not both."])
@@ -69,6 +81,15 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, fields) for each row of a CSV file with a header, or of a JSON Lines file."""
     if not path.is_file():
         raise UsageProblem(f"{path} is not a file.")
+    try:
+        yield from _rows(path)
+    except UnicodeDecodeError as exc:
+        raise UsageProblem(
+            f"{path} is not UTF-8 text (byte {exc.start} cannot be read); save it as 'CSV UTF-8' or JSON Lines."
+        ) from None
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         first = handle.readline()
         handle.seek(0)
@@ -83,7 +104,9 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     continue
                 yield number, value if isinstance(value, dict) else {"__error__": "not a JSON object"}
             return
-        reader = csv.DictReader(handle)
+        # Excel in many European locales saves CSV with `;` between fields.
+        delimiter = ";" if ";" in first and "," not in first else ","
+        reader = csv.DictReader(handle, delimiter=delimiter)
         header = [h.strip().lower() for h in reader.fieldnames or []]
         unknown = [h for h in header if h not in IMPORT_COLUMNS]
         if not header or unknown:
@@ -91,14 +114,24 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 f"{path}: unknown column(s) {', '.join(repr(u) for u in unknown) or '(no header row)'}; "
                 f"use {', '.join(sorted(IMPORT_COLUMNS))}."
             )
+        if "operation" not in header:
+            raise UsageProblem(f"{path}: the header has no 'operation' column; every job needs one.")
         reader.fieldnames = header
         for row in reader:
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+            if row.get(None):
+                yield reader.line_num, {"__error__": f"longer than the header ({len(header)} columns)"}
+                continue
+            # A blank cell is an empty field of the sheet: the same as leaving the column out for this row.
+            yield reader.line_num, {k: v for k, v in row.items() if k is not None and (v or "").strip()}
 
 
 def count_rows(path: Path) -> int:
-    with path.open(encoding="utf-8-sig") as handle:
-        return sum(1 for line in handle if line.strip())
+    """Lines with content, for the progress bar (0 when the file cannot be read: the import itself says why)."""
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            return sum(1 for line in handle if line.strip())
+    except (OSError, UnicodeDecodeError):
+        return 0
 
 
 def import_jobs(
@@ -134,31 +167,35 @@ def import_jobs(
     return result
 
 
+T = TypeVar("T")
+
 # A read for a person is tried this often on a transient error (a flaky network, a sandbox with faults), with a
 # short pause between tries: long enough to ride out a blip, short enough that a person keeps waiting.
 VIEW_TRIES = 5
 VIEW_PAUSE = 0.2
 
 
+def read_for_a_person(read: Callable[[], T], *, sleep: Callable[[float], Any] = time.sleep) -> T:
+    """`read()`, tried again on a transient error (reads are safe to repeat); the last error is raised."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(VIEW_TRIES), wait=tenacity.wait_incrementing(VIEW_PAUSE, VIEW_PAUSE),
+        retry=tenacity.retry_if_exception_type(TransientError), sleep=sleep, reraise=True,
+    )
+    return retrying(read)
+
+
 def contact_view(
     platform: Platform, crm: Crm, kind: str, record_id: str, *, sleep: Callable[[float], Any] = time.sleep
 ) -> dict[str, Any]:
     """What the platform reports for a CRM record, and its timeline: the `contact show` output."""
-    contact = crm.identify(kind, record_id)
+    contact = read_for_a_person(lambda: crm.identify(kind, record_id), sleep=sleep)
     tags: dict[str, int] | None = None
     error = None
-    for attempt in range(1, VIEW_TRIES + 1):
-        try:
-            tags, error = platform.read_scores(contact), None
-            break
-        except TransientError as exc:
-            error = f"{exc.result_code}: {exc.message}"
-            if attempt < VIEW_TRIES:
-                sleep(VIEW_PAUSE * attempt)
-        except ConnectorError as exc:
-            error = f"{exc.result_code}: {exc.message}"
-            break
-    posts = crm.timeline(kind, record_id)
+    try:
+        tags = read_for_a_person(lambda: platform.read_scores(contact), sleep=sleep)
+    except ConnectorError as exc:
+        error = f"{exc.result_code}: {exc.message}"
+    posts = read_for_a_person(lambda: crm.timeline(kind, record_id), sleep=sleep)
     return {
         "kind": kind,
         "id": record_id,

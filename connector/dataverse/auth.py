@@ -14,7 +14,10 @@ the client so that every request sent with this auth gets the same single retry,
 from __future__ import annotations
 
 import logging
+import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msal
@@ -70,7 +73,7 @@ class DataverseAuth(AuthBase):
 
     def _application(self) -> msal.ConfidentialClientApplication:
         if self._app is None:
-            with translate_exceptions("Microsoft Entra ID"):
+            with translate_exceptions("Microsoft Entra ID"), _msal_errors():
                 try:
                     self._app = msal.ConfidentialClientApplication(
                         self.client_id,
@@ -89,7 +92,7 @@ class DataverseAuth(AuthBase):
         """A valid access token, from MSAL's cache when it has one."""
         with self._lock:
             app = self._application()
-            with translate_exceptions("Microsoft Entra ID"):
+            with translate_exceptions("Microsoft Entra ID"), _msal_errors():
                 result: dict[str, Any] = app.acquire_token_for_client(scopes=self.scopes) or {}
         token = result.get("access_token")
         if not token:
@@ -138,3 +141,19 @@ class DataverseAuth(AuthBase):
         second.history.append(response)
         second.request = resend
         return second
+
+
+@contextmanager
+def _msal_errors() -> Iterator[None]:
+    """MSAL raises its own error for an identity provider that answers with an HTTP error: map it onto our tree."""
+    try:
+        yield
+    except msal.exceptions.MsalServiceError as exc:
+        text = str(exc)
+        match = re.search(r"HTTP Error: (\d{3})", text)
+        status = int(match.group(1)) if match else None
+        if status == 429 or (status is not None and status >= 500):
+            raise errors.Unavailable(
+                f"Microsoft Entra ID answered HTTP {status}; the token will be asked for again.", http_status=status
+            ) from exc
+        raise errors.AuthError(f"Microsoft Entra ID refused the request: {text[:200]}", http_status=status) from exc

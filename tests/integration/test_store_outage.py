@@ -1,0 +1,97 @@
+"""A job store that stops answering (Dynamics 365 returning 5xx) loses nothing and crashes nothing.
+
+Claims that fail are asked again after a pause; a job whose outcome could not be written stays leased until the
+lease runs out, then runs again. The Dataverse sandbox's scripted faults decide which request fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from config.settings import RetrySettings
+from connector.dataverse.client import DataverseClient
+from connector.localcrm import LocalCrm
+from connector.sandbox.dataverse import DataverseSandbox
+from connector.sandbox.server import SandboxServer
+from connector.sandbox.spotler import SpotlerSandbox
+from connector.spotler import SpotlerPlatform
+from jobs.executor import STORE_TRIES, Executor
+from jobs.model import JobRequest, JobStatus
+from jobs.runner import Runner
+from jobs.store.dataverse import DataverseJobStore
+from tests.conftest import FakeClock
+from tests.integration.dataverse_env import TABLE, make_record
+
+LEASE = 30.0
+
+
+def _runner(tmp_path, client: DataverseClient, spotler: SpotlerPlatform, clock: FakeClock) -> Runner:
+    store = DataverseJobStore(client, TABLE, clock=clock)
+    crm = LocalCrm(tmp_path / "timeline.db")
+    executor = Executor(spotler, crm, RetrySettings(), clock=clock, sleep=clock.sleep)
+    return Runner(store, executor, workers=2, lease_seconds=LEASE, clock=clock, sleep=clock.sleep)
+
+
+def test_a_claim_the_store_does_not_answer_is_asked_again(
+    tmp_path, sandbox: DataverseSandbox, client: DataverseClient, spotler_app: SpotlerSandbox,
+    spotler_server: SandboxServer, make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock,
+) -> None:
+    contact = make_record(client)
+    spotler_app.seed_contact(contact)
+    runner = _runner(tmp_path, client, make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock),
+                     clock)
+    try:
+        [job] = runner.store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
+                                                        target_id=contact)])
+        sandbox.server.injector.script("500", "502")  # the first two claims' reads fail
+        report = runner.drain()
+    finally:
+        runner.close()
+    assert report.succeeded == 1
+    assert clock.slept[:2] == [1.0, 2.0]
+    assert runner.store.get(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_an_outcome_the_store_could_not_record_runs_again_after_the_lease(
+    tmp_path, sandbox: DataverseSandbox, client: DataverseClient, spotler_app: SpotlerSandbox,
+    spotler_server: SandboxServer, make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock,
+) -> None:
+    contact = make_record(client)
+    spotler_app.seed_contact(contact)
+    runner = _runner(tmp_path, client, make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock),
+                     clock)
+    try:
+        [job] = runner.store.add([JobRequest.from_input(operation="set_score", tags="Lead", score=7,
+                                                        target_kind="contact", target_id=contact)])
+        # The claim (a read and a $batch) and the mark "applied" pass; every write of the outcome fails. (A write
+        # that fails inside the attempt is retried with the attempt, like a platform error.)
+        sandbox.server.injector.script(None, None, None, *["500"] * STORE_TRIES)
+        first = runner.drain()
+        assert (first.succeeded, first.failed) == (0, 0)
+        assert runner.store.get(job.id).status is JobStatus.RUNNING  # leased, not lost, not failed
+        clock.advance(LEASE + 1)
+        second = runner.drain()
+    finally:
+        runner.close()
+    assert second.succeeded == 1
+    assert [a.outcome for a in runner.store.attempts(job.id)] == ["lease_expired", "succeeded"]
+    assert spotler_app.scores(contact) == {"Lead": 7}
+
+
+def test_an_outcome_the_store_answers_late_is_offered_again_at_once(
+    tmp_path, sandbox: DataverseSandbox, client: DataverseClient, spotler_app: SpotlerSandbox,
+    spotler_server: SandboxServer, make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock,
+) -> None:
+    contact = make_record(client)
+    spotler_app.seed_contact(contact)
+    runner = _runner(tmp_path, client, make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock),
+                     clock)
+    try:
+        [job] = runner.store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
+                                                        target_id=contact)])
+        sandbox.server.injector.script(None, None, None, "502")
+        assert runner.drain().succeeded == 1
+    finally:
+        runner.close()
+    assert runner.store.get(job.id).status is JobStatus.SUCCEEDED
+

@@ -1,0 +1,61 @@
+"""Reading job files as CRM users export them: CSV (comma or semicolon, UTF-8) and JSON Lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.model import InvalidJob
+from jobs.service import UsageProblem, read_rows, request_from_fields
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+    return list(read_rows(path))
+
+
+def test_semicolon_separated_csv_from_excel_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text('operation;contact;tags;score\nAdd Tag;C-1;"VIP; Webinar";\nSet Score;C-2;Lead;5\n',
+                    encoding="utf-8")
+    rows = _rows(path)
+    assert rows == [(2, {"operation": "Add Tag", "contact": "C-1", "tags": "VIP; Webinar"}),
+                    (3, {"operation": "Set Score", "contact": "C-2", "tags": "Lead", "score": "5"})]
+
+
+def test_a_row_longer_than_the_header_is_reported_not_cut(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("operation,contact,tags\nAdd Tag,C-1,X,extra\n", encoding="utf-8")
+    assert _rows(path) == [(2, {"__error__": "longer than the header (3 columns)"})]
+
+
+def test_a_file_that_is_not_utf8_gets_a_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_bytes("operation,contact,tags\nAdd Tag,C-1,Café\n".encode("cp1252"))
+    with pytest.raises(UsageProblem, match=r"is not UTF-8 text .*save it as 'CSV UTF-8'"):
+        _rows(path)
+
+
+def test_a_header_without_operation_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("contact,tags\nC-1,X\nC-2,Y\n", encoding="utf-8")
+    with pytest.raises(UsageProblem, match="no 'operation' column"):
+        _rows(path)
+
+
+def test_a_blank_cell_is_an_absent_field(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("operation,contact,tags\nAdd Tag,,Spring campaign\n", encoding="utf-8")
+    [(_, fields)] = _rows(path)
+    assert request_from_fields(fields).target is None  # a tag-only Add Tag, as the sheet says
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_record_id_given_on_purpose_is_refused(blank: str) -> None:
+    with pytest.raises(InvalidJob, match="Contact is empty; give the CRM id of the record"):
+        request_from_fields({"operation": "Add Tag", "tags": "X", "contact": blank})
+
+
+def test_two_records_are_named_in_a_sentence() -> None:
+    with pytest.raises(InvalidJob, match=r"names more than one record \(contact, account\)"):
+        request_from_fields({"operation": "Add Tag", "tags": "X", "contact": "C-1", "account": "A-1"})
