@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -28,7 +28,13 @@ class SettingsError(ValueError):
     """The configuration cannot be used; the message says which key and what would be right."""
 
 
-class RetrySettings(BaseModel):
+class _Section(BaseModel):
+    """A section of the settings: a key it does not know (`[runner] workerz = 4`) is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrySettings(_Section):
     max_attempts: int = Field(defaults.MAX_ATTEMPTS, ge=1, le=100)
     backoff_initial: float = Field(defaults.BACKOFF_INITIAL, gt=0)
     backoff_max: float = Field(defaults.BACKOFF_MAX, gt=0)
@@ -37,14 +43,14 @@ class RetrySettings(BaseModel):
     inline_wait_max: float = Field(defaults.INLINE_WAIT_MAX, ge=0)
 
 
-class RunnerSettings(BaseModel):
+class RunnerSettings(_Section):
     workers: int = Field(defaults.WORKERS, ge=1, le=256)
     batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=5000)
     lease_seconds: float = Field(defaults.LEASE_SECONDS, gt=0)
     tick_seconds: float = Field(defaults.TICK_SECONDS, gt=0)
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     connect_timeout: float = Field(defaults.CONNECT_TIMEOUT, gt=0)
     read_timeout: float = Field(defaults.READ_TIMEOUT, gt=0)
     max_requests_per_second: float | None = Field(
@@ -52,7 +58,7 @@ class HttpSettings(BaseModel):
     )
 
 
-class FaultSettings(BaseModel):
+class FaultSettings(_Section):
     """Faults injected by the sandboxes (ignored outside sandbox mode)."""
 
     latency_ms: float = Field(0.0, ge=0)
@@ -68,14 +74,14 @@ class FaultSettings(BaseModel):
     seed: int | None = None
 
 
-class SpotlerSettings(BaseModel):
+class SpotlerSettings(_Section):
     base_url: str | None = Field(None, description="unset: the sandbox is started on loopback")
     consumer_key: str = defaults.SANDBOX_CONSUMER_KEY
     consumer_secret: SecretStr = SecretStr(defaults.SANDBOX_CONSUMER_SECRET)
     create_missing_contacts: bool = False
 
 
-class MauticSettings(BaseModel):
+class MauticSettings(_Section):
     base_url: str | None = Field(None, description="unset: the sandbox is started on loopback")
     auth: Literal["basic", "oauth2"] = "basic"
     username: str = defaults.SANDBOX_MAUTIC_USER
@@ -87,7 +93,7 @@ class MauticSettings(BaseModel):
     )
 
 
-class DataverseStatusReasons(BaseModel):
+class DataverseStatusReasons(_Section):
     """The job table's status reason (`statuscode`) for each job status, and the state (`statecode`, 0 active,
     1 inactive) it belongs to. Custom status reasons get values from 100000000 up in Dataverse."""
 
@@ -116,7 +122,7 @@ def _default_operation_values() -> dict[str, int]:
     return {name: 100_000_000 + i for i, name in enumerate(names)}
 
 
-class DataverseTableSettings(BaseModel):
+class DataverseTableSettings(_Section):
     """The custom table CRM users fill in with jobs: entity set, columns and lookups, as named in the organisation.
 
     Column names are logical names (lower case). Lookups are navigation property names, which are case sensitive
@@ -163,11 +169,13 @@ class DataverseTableSettings(BaseModel):
         if unknown:
             raise ValueError(f"dataverse.jobs.operation_values names unknown operations {unknown}; use {sorted(known)}")
         if len(set(value.values())) != len(value):
-            raise ValueError("dataverse.jobs.operation_values must give each operation its own choice value")
+            raise ValueError(
+                f"dataverse.jobs.operation_values must give each operation its own choice value; got {value}"
+            )
         return value
 
 
-class DataverseSettings(BaseModel):
+class DataverseSettings(_Section):
     environment_url: str | None = Field(None, description="unset: the sandbox is started on loopback")
     tenant_id: str = ""
     client_id: str = ""
@@ -212,10 +220,9 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
-        value = value.upper()
-        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"log_level is {value!r}; use DEBUG, INFO, WARNING or ERROR")
-        return value
+        return value.upper()
 
     @field_validator("timeline_template")
     @classmethod
@@ -262,6 +269,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         secrets_file = os.environ.get("CONNECTOR_SECRETS_FILE")
+        if secrets_file and not Path(secrets_file).is_file():
+            # Like CONNECTOR_CONFIG: a secrets file that is not there would silently leave the secrets unset.
+            raise SettingsError(f"CONNECTOR_SECRETS_FILE names {secrets_file!r}, which is not a file.")
         if secrets_file:
             sources.append(DotEnvSettingsSource(settings_cls, env_file=secrets_file))
         sources.append(_TomlSource(settings_cls))
@@ -313,6 +323,20 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _problem(error: Any, secret: set[str]) -> str:
+    """One problem of a ValidationError as `key: what is wrong (got value)`, never showing a secret."""
+    where = _where(error["loc"])
+    message = str(error["msg"])
+    if error["type"] == "value_error":
+        # Our validators write a sentence that names the key and the value already.
+        message = message.removeprefix("Value error, ")
+        return message if message.startswith(where) else f"{where}: {message}"
+    if error["type"] == "extra_forbidden":
+        # A misspelled key (its value may be a secret under a misspelled name: not shown).
+        return f"{where}: no such setting (config/example.toml lists every key)"
+    return f"{where}: {message}" + ("" if where in secret else f" (got {error.get('input')!r})")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """The effective settings. `overrides` are command-line flags, as nested dicts; None values are ignored."""
     from pydantic import ValidationError
@@ -322,9 +346,5 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**clean)
     except ValidationError as exc:
         secret = _secret_paths(Settings)
-        problems = "; ".join(
-            f"{_where(err['loc'])}: {err['msg']}"
-            + ("" if _where(err["loc"]) in secret else f" (got {err.get('input')!r})")
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err, secret) for err in exc.errors())
         raise SettingsError(f"The configuration is not valid: {problems}.") from exc
