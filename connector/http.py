@@ -67,19 +67,24 @@ class Brake:
         name: str,
         *,
         max_per_second: float | None = None,
+        max_pause: float = RETRY_AFTER_CAP,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = time.sleep,
+        stop: threading.Event | None = None,
     ) -> None:
         self.name = name
         self.interval = 1.0 / max_per_second if max_per_second else 0.0
+        self.max_pause = max_pause
         self._clock = clock
         self._sleep = sleep
+        self._stop = stop
         self._lock = threading.Lock()
         self._paused_until = 0.0
         self._next_slot = 0.0
         self.pauses = 0
 
     def pause(self, seconds: float) -> None:
+        seconds = min(seconds, self.max_pause)
         with self._lock:
             until = self._clock() + seconds
             if until > self._paused_until:
@@ -100,6 +105,9 @@ class Brake:
                     delay, done = slot - now, True
             if delay > 0:
                 self._sleep(delay)
+            if self._stop is not None and self._stop.is_set() and not done:
+                # Shutting down: do not sit out the API's pause; the caller's job goes back to the queue.
+                raise errors.RateLimited(f"{self.name} asked us to wait, and the connector is stopping.")
             if done:
                 return
 
@@ -211,4 +219,7 @@ class Redactor(logging.Filter):
         if self._pattern:
             record.msg = self.redact(record.getMessage())
             record.args = None
+            if record.exc_info and not record.exc_text:
+                # The formatter uses exc_text when it is set: a traceback is masked like the message.
+                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
         return True

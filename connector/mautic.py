@@ -12,11 +12,11 @@ How the DESIGN's tag-with-a-score maps onto Mautic:
   Mautic's own points log says which job made each change.
 - **Setting or changing a score also tags the contact**, so that "the contact has tag T with score n" reads
   the same on both platforms. `read_scores` reports the contact's tags, each with its group score (0 without
-  one).
+  one), and also a non-zero group score whose tag is gone.
 - **Removing a tag removes its score**: Mautic has no call that deletes a contact's group score, so the score
   is set to 0 (which the points log records) before the tag is removed. A group score left behind by someone
-  who removed the tag in Mautic's UI is not visible through `read_scores`, and a later increase continues from
-  it.
+  who removed the tag in Mautic's UI is still reported by `read_scores`: a later increase continues from it,
+  and the read-back that keeps increments from being applied twice must see the score the change starts from.
 - **Contacts** are Mautic's numeric ids. They are looked up by e-mail address, or, when `contact_field` names
   a unique Mautic field holding the CRM id, by the contact's external id first. The mapping is cached; a 404
   on a cached id (a contact merged or deleted) looks the contact up once more before failing.
@@ -329,10 +329,12 @@ class MauticPlatform:
             body = self._call("GET", f"/contacts/{cid}", "read the contact's tags", contact_route=True)
             record = body.get("contact") or {}
             tags = [str(t["tag"]) for t in record.get("tags") or [] if isinstance(t, dict) and t.get("tag")]
-            scores: dict[str, int] = {}
+            scores: dict[str, tuple[str, int]] = {}
             for _, group_name, score in self._group_scores(cid):
-                scores.setdefault(group_name.casefold(), score)
-            return {tag: scores.get(tag.casefold(), 0) for tag in tags}
+                scores.setdefault(group_name.casefold(), (group_name, score))
+            result = {tag: scores.pop(tag.casefold(), (tag, 0))[1] for tag in tags}
+            result.update({name: score for name, score in scores.values() if score})
+            return result
 
         return self._with_contact(contact, read)
 

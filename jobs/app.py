@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from config.settings import Settings
+from config import defaults
+from config.settings import Settings, SettingsError
 from connector.crm import Crm
 from connector.dataverse.client import DataverseClient
 from connector.http import ApiSession, Brake, Redactor
@@ -87,50 +89,55 @@ def _faults(settings: Settings) -> Faults:
     return Faults(**settings.faults.model_dump())
 
 
-def _session(
-    settings: Settings,
-    api: str,
-    brakes: dict[str, Brake],
-    sleep: Callable[[float], Any] | None,
-    clock: Callable[[], float] = time.monotonic,
-) -> ApiSession:
-    return ApiSession(
-        api, pool_size=settings.runner.workers,
-        timeout=(settings.http.connect_timeout, settings.http.read_timeout),
-        brake=_brake(settings, api, brakes, sleep, clock),
-    )
+@dataclass
+class _Parts:
+    """What the pieces of one connector share: its settings, the sandboxes started for it, one brake per API,
+    the stop event, and the clock and sleep (tests pass ones that do not wait)."""
 
+    settings: Settings
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Any] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    sandboxes: dict[str, SandboxServer] = field(default_factory=dict)
+    brakes: dict[str, Brake] = field(default_factory=dict)
 
-def _brake(
-    settings: Settings,
-    api: str,
-    brakes: dict[str, Brake],
-    sleep: Callable[[float], Any] | None,
-    clock: Callable[[], float] = time.monotonic,
-) -> Brake:
-    # One brake per API, shared by every session of that API: a 429 or the cap slows all its workers.
-    if api not in brakes:
-        # A test's sleep that does not wait needs the brake to read the same (fake) clock, or it would spin.
-        timing: dict[str, Any] = {"sleep": sleep, "clock": clock} if sleep is not None else {}
-        brakes[api] = Brake(api, max_per_second=settings.http.max_requests_per_second, **timing)
-    return brakes[api]
+    def brake(self, api: str) -> Brake:
+        """One brake per API, shared by every session of that API: a 429 or the cap slows all its workers."""
+        if api not in self.brakes:
+            settings = self.settings
+            if self.sleep is not None:
+                # A test's sleep that does not wait needs the brake to read the same (fake) clock, or it would spin.
+                timing: dict[str, Any] = {"sleep": self.sleep, "clock": self.clock}
+            else:
+                # Waiting on the stop event: a shutdown is not held up by an API's long Retry-After.
+                timing = {"sleep": self.stop.wait, "stop": self.stop}
+            self.brakes[api] = Brake(
+                api, max_per_second=settings.http.max_requests_per_second,
+                max_pause=settings.retry.retry_after_cap, **timing,
+            )
+        return self.brakes[api]
 
+    def session(self, api: str) -> ApiSession:
+        settings = self.settings
+        return ApiSession(
+            api, pool_size=settings.runner.workers,
+            timeout=(settings.http.connect_timeout, settings.http.read_timeout), brake=self.brake(api),
+        )
 
-def _dataverse_client(
-    settings: Settings,
-    sandboxes: dict[str, SandboxServer],
-    brakes: dict[str, Brake],
-    sleep: Callable[[float], Any] | None,
-    clock: Callable[[], float] = time.monotonic,
-) -> DataverseClient:
-    """The Web API client; in sandbox mode the Dataverse emulator is started first (and put in `sandboxes`)."""
-    sandbox_url = None
-    if settings.dataverse.environment_url is None:
-        server = serve_dataverse_sandbox(settings)
-        sandboxes["dataverse"] = server
-        sandbox_url = server.url
-    brake = _brake(settings, "Dataverse", brakes, sleep, clock)
-    return dataverse_client(settings, sandbox_url=sandbox_url, brake=brake, sleep=sleep or time.sleep)
+    def dataverse_client(self) -> DataverseClient:
+        """The Web API client; in sandbox mode the Dataverse emulator is started first."""
+        sandbox_url = None
+        if self.settings.dataverse.environment_url is None:
+            server = serve_dataverse_sandbox(self.settings)
+            self.sandboxes["dataverse"] = server
+            sandbox_url = server.url
+        return dataverse_client(
+            self.settings, sandbox_url=sandbox_url, brake=self.brake("Dataverse"), sleep=self.sleep or time.sleep
+        )
+
+    def stop_sandboxes(self) -> None:
+        for server in self.sandboxes.values():
+            server.stop()
 
 
 def _uses_dataverse(settings: Settings) -> bool:
@@ -146,12 +153,11 @@ def build(
     """Build the connector described by `settings`. `clock` and `sleep` are for tests that must not wait."""
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
-    sandboxes: dict[str, SandboxServer] = {}
+    parts = _Parts(settings, clock=clock, sleep=sleep)
     closers: list[Callable[[], Any]] = []
-    brakes: dict[str, Brake] = {}
     try:
-        platform = _build_platform(settings, sandboxes, brakes, sleep, clock)
-        client = _dataverse_client(settings, sandboxes, brakes, sleep) if _uses_dataverse(settings) else None
+        platform = _build_platform(parts)
+        client = parts.dataverse_client() if _uses_dataverse(settings) else None
         if client is not None:
             closers.append(client.close)
         store: JobStore
@@ -167,10 +173,9 @@ def build(
             local_crm = LocalCrm(home / "timeline.db")
             closers.append(local_crm.close)
             crm = local_crm
-        stop = threading.Event()
         executor = Executor(
             platform, crm, settings.retry, timeline_template=settings.timeline_template, clock=clock, sleep=sleep,
-            stop=stop,
+            stop=parts.stop,
         )
         runner = Runner(
             store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,
@@ -179,10 +184,9 @@ def build(
     except BaseException:
         for close in reversed(closers):
             close()
-        for server in sandboxes.values():
-            server.stop()
+        parts.stop_sandboxes()
         raise
-    return Connector(settings, store, platform, crm, executor, runner, sandboxes, closers, client)
+    return Connector(settings, store, platform, crm, executor, runner, parts.sandboxes, closers, client)
 
 
 @contextmanager
@@ -196,44 +200,69 @@ def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         finally:
             store.close()
         return
-    sandboxes: dict[str, SandboxServer] = {}
+    parts = _Parts(settings, clock=clock)
     try:
-        client = _dataverse_client(settings, sandboxes, {}, None)
+        client = parts.dataverse_client()
         try:
             yield dataverse_store(settings, client, clock=clock)
         finally:
             client.close()
     finally:
-        for server in sandboxes.values():
-            server.stop()
+        parts.stop_sandboxes()
 
 
-def _build_platform(
-    settings: Settings,
-    sandboxes: dict[str, SandboxServer],
-    brakes: dict[str, Brake],
-    sleep: Callable[[float], Any] | None,
-    clock: Callable[[], float] = time.monotonic,
-) -> Platform:
+def _remote(url: str | None) -> bool:
+    """A URL of a real service: not unset, not loopback (where `connector sandbox serve` runs its emulators)."""
+    if url is None:
+        return False
+    host = urlsplit(url).hostname or ""
+    return host not in ("localhost", "::1") and not host.startswith("127.")
+
+
+def _refuse_sandbox_credentials(settings: Settings) -> None:
+    """A real service with the sandbox's credentials would fail every job with AUTH_FAILED: say so at once."""
+    spotler, mautic = settings.spotler, settings.mautic
+    if (settings.platform == "spotler" and _remote(spotler.base_url)
+            and spotler.consumer_secret.get_secret_value() == defaults.SANDBOX_CONSUMER_SECRET):
+        raise SettingsError(
+            "spotler.base_url points at a real Spotler API, but CONNECTOR_SPOTLER__CONSUMER_SECRET is not set; "
+            "set it (and spotler.consumer_key) from the account's REST API settings."
+        )
+    if settings.platform == "mautic" and _remote(mautic.base_url):
+        if mautic.auth == "basic" and mautic.password.get_secret_value() == defaults.SANDBOX_MAUTIC_PASSWORD:
+            raise SettingsError(
+                "mautic.base_url points at a real Mautic, but CONNECTOR_MAUTIC__PASSWORD is not set; set it and "
+                "mautic.username to an API user's credentials."
+            )
+        if mautic.auth == "oauth2" and not (mautic.client_id and mautic.client_secret.get_secret_value()):
+            raise SettingsError(
+                "mautic.auth is oauth2, but mautic.client_id or CONNECTOR_MAUTIC__CLIENT_SECRET is not set; set "
+                "both from the Mautic API credentials (client credentials grant)."
+            )
+
+
+def _build_platform(parts: _Parts) -> Platform:
+    settings = parts.settings
+    _refuse_sandbox_credentials(settings)
     if settings.platform == "spotler":
         spotler = settings.spotler
         base_url = spotler.base_url
         if base_url is None:
             server = serve_spotler_sandbox(settings)
-            sandboxes["spotler"] = server
+            parts.sandboxes["spotler"] = server
             base_url = server.url + SPOTLER_PREFIX
         return SpotlerPlatform(
-            _session(settings, "Spotler", brakes, sleep, clock), base_url=base_url,
+            parts.session("Spotler"), base_url=base_url,
             consumer_key=spotler.consumer_key, consumer_secret=spotler.consumer_secret.get_secret_value(),
             create_missing_contacts=spotler.create_missing_contacts,
         )
     if settings.platform == "mautic":
         mautic = settings.mautic
-        session = _session(settings, "Mautic", brakes, sleep, clock)
+        session = parts.session("Mautic")
         if mautic.base_url is not None:
             return MauticPlatform.from_settings(mautic, session)
         server = serve_mautic_sandbox(settings)
-        sandboxes["mautic"] = server
+        parts.sandboxes["mautic"] = server
         # The local CRM names a record by its CRM id alone; the sandbox keeps it in a contact field.
         field = mautic.contact_field or SANDBOX_MAUTIC_CONTACT_FIELD
         return MauticPlatform.from_settings(

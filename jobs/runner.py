@@ -7,7 +7,6 @@ hold a lease for nothing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -85,6 +84,10 @@ class Runner:
         if free <= 0:
             return []
         jobs = self.store.claim(self.owner, min(free, self.batch_size), self.lease_seconds)
+        if jobs:
+            # One renewer for the runner's whole life: it must outlive every drain, also one cut short by an
+            # exception or a signal, for as long as any claimed job runs (it stops in close()).
+            self._start_renewer()
         futures = []
         for job in jobs:
             with self._lock:
@@ -108,55 +111,62 @@ class Runner:
         except Exception as exc:
             # A bug or a surprise from an API must fail this one job, never the runner.
             log.exception("job %s: unexpected error", job.id)
-            with contextlib.suppress(LeaseLost):
+            try:
                 self.store.finish(
                     self.owner, job.id, status=JobStatus.FAILED, result_code="INTERNAL_ERROR",
                     message=f"Unexpected error in the connector ({type(exc).__name__}); see the runner's log.",
                 )
+            except LeaseLost:
+                pass
+            except Exception:
+                # Not even that could be written: the lease runs out and the job is tried again.
+                log.exception("job %s: its failure could not be recorded either", job.id)
+                return None
             return JobStatus.FAILED
         finally:
             with self._lock:
                 self._inflight.pop(job.id, None)
 
-    def drain(self, on_progress: Callable[[DrainReport], None] | None = None) -> DrainReport:
-        """Run everything that is due now, including retries that come due while draining, then return."""
+    def drain(
+        self, on_progress: Callable[[DrainReport], None] | None = None, *, report_waiting: bool = True
+    ) -> DrainReport:
+        """Run everything that is due now, including retries that come due while draining, then return.
+
+        `report_waiting` also asks the store what is left waiting for a retry (one more query: a scheduler's
+        idle tick does without it)."""
         started = time.monotonic()
         report = DrainReport()
-        self._start_renewer()
         outstanding: set[Future[JobStatus | None]] = set()
         claim_failures = 0
-        try:
-            while True:
-                try:
-                    outstanding.update(self.tick())
-                    claim_failures = 0
-                except errors.TransientError as exc:
-                    claim_failures += 1
-                    if claim_failures > len(CLAIM_RETRY_DELAYS):
-                        raise
-                    delay = CLAIM_RETRY_DELAYS[claim_failures - 1]
-                    log.warning("The job store did not answer a claim (%s); asking again in %g s", exc.message, delay)
-                    if not outstanding:
-                        self._sleep(delay)
-                        continue
+        while True:
+            try:
+                outstanding.update(self.tick())
+                claim_failures = 0
+            except errors.TransientError as exc:
+                claim_failures += 1
+                if claim_failures > len(CLAIM_RETRY_DELAYS):
+                    raise
+                delay = CLAIM_RETRY_DELAYS[claim_failures - 1]
+                log.warning("The job store did not answer a claim (%s); asking again in %g s", exc.message, delay)
                 if not outstanding:
-                    break
-                done, outstanding = wait(outstanding, return_when=FIRST_COMPLETED, timeout=1.0)
-                for future in done:
-                    status = future.result()
-                    if status is JobStatus.SUCCEEDED:
-                        report.succeeded += 1
-                    elif status is JobStatus.FAILED:
-                        report.failed += 1
-                if done and on_progress:
-                    on_progress(report)
-        finally:
-            self._stop_renewer()
-        try:
-            report.retrying = self.store.counts().get("retrying", 0)
-            report.next_retry_at = self.store.next_due() if report.retrying else None
-        except errors.TransientError as exc:
-            log.warning("The job store did not say what is left waiting (%s)", exc.message)
+                    self._sleep(delay)
+                    continue
+            if not outstanding:
+                break
+            done, outstanding = wait(outstanding, return_when=FIRST_COMPLETED, timeout=1.0)
+            for future in done:
+                status = future.result()
+                if status is JobStatus.SUCCEEDED:
+                    report.succeeded += 1
+                elif status is JobStatus.FAILED:
+                    report.failed += 1
+            if done and on_progress:
+                on_progress(report)
+        if report_waiting:
+            try:
+                report.retrying, report.next_retry_at = self.store.waiting()
+            except errors.TransientError as exc:
+                log.warning("The job store did not say what is left waiting (%s)", exc.message)
         report.seconds = time.monotonic() - started
         return report
 

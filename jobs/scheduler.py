@@ -33,7 +33,7 @@ def run_forever(
 
     def tick() -> None:
         try:
-            report = runner.drain()
+            report = runner.drain(report_waiting=False)
         except ConnectorError as exc:
             # The job store is down for longer than a drain waits: say so, and try again at the next tick.
             log.warning("This tick could not reach the job store: %s %s", exc.result_code, exc.message)

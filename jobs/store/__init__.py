@@ -13,11 +13,18 @@ import builtins
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from connector import errors
 from jobs.model import Attempt, Job, JobRequest, JobStatus
 
 
 class StoreError(Exception):
     """The job store could not do what was asked; the message says why."""
+
+
+class StoreUnavailable(errors.TransientError):
+    """The job store is busy or cannot be reached; the same request may succeed later."""
+
+    result_code = "STORE_UNAVAILABLE"
 
 
 class JobNotFound(StoreError):
@@ -106,5 +113,9 @@ class JobStore(Protocol):
     def next_due(self) -> float | None:
         """When the earliest pending job becomes due, or None when nothing is pending. A job waiting behind an
         earlier unfinished job on its key does not count: it can only run after that one."""
+
+    def waiting(self) -> tuple[int, float | None]:
+        """How many jobs wait for a retry, and (when some do) when the first pending job is due; without reading
+        the finished jobs, so that it costs the same with a long history."""
 
     def close(self) -> None: ...

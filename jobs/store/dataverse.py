@@ -297,15 +297,28 @@ class DataverseJobStore:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
+    def waiting(self) -> tuple[int, float | None]:
+        # Unfinished rows only, read once: a table with a million finished jobs costs the same as an empty one.
+        jobs = [(self._job(row), row) for row in self._unfinished()]
+        retrying = sum(1 for job, _ in jobs if job.status is JobStatus.PENDING and job.attempts > 0)
+        if not retrying:
+            return 0, None
+        due = [job.next_attempt_at for job, _ in self._unblocked(self._clock(), jobs)
+               if job.status is JobStatus.PENDING]
+        return retrying, (min(due) if due else None)
+
     def next_due(self) -> float | None:
         # A job waiting behind another on its key is not due, whatever its own time says.
         due = [job.next_attempt_at for job, _ in self._unblocked(self._clock()) if job.status is JobStatus.PENDING]
         return min(due) if due else None
 
-    def _unblocked(self, now: float) -> builtins.list[tuple[Job, Row]]:
+    def _unblocked(
+        self, now: float, jobs: builtins.list[tuple[Job, Row]] | None = None
+    ) -> builtins.list[tuple[Job, Row]]:
         """Unfinished jobs, in creation order, that no earlier unfinished job shares a key with, and that no
         running job shares one with (a failed job retried by hand must not run beside a later job)."""
-        jobs = [(self._job(row), row) for row in self._unfinished()]
+        if jobs is None:
+            jobs = [(self._job(row), row) for row in self._unfinished()]
 
         def holds_lease(job: Job) -> bool:
             return job.status is JobStatus.RUNNING and (job.lease_expires_at or 0) >= now
@@ -509,8 +522,10 @@ class DataverseJobStore:
 
     def retry(self, job_id: str | None = None) -> builtins.list[str]:
         t = self.t
+        # Started afresh: later jobs on its key may have run since, so its old score_before means nothing now.
         changes = {**self._status_columns(JobStatus.PENDING), t.attempts: 0, t.result_code: None,
-                   t.message: "Retry requested.", t.http_status: None, t.next_attempt_at: _iso(self._clock())}
+                   t.message: "Retry requested.", t.http_status: None, t.next_attempt_at: _iso(self._clock()),
+                   t.score_before: None}
         if job_id is not None:
             self._change_if(job_id, lambda job: job.status is JobStatus.FAILED, changes,
                             "Job {id} is {status}; only failed jobs can be retried.")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.model import Attempt, Job, JobRequest, JobStatus, Operation
-from jobs.store import JobNotFound, LeaseLost, NotAllowed
+from jobs.store import JobNotFound, LeaseLost, NotAllowed, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -138,9 +138,11 @@ UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
 """
 
+# A job retried by hand starts afresh: later jobs on its key may have run since, so a score read before its
+# earlier attempts says nothing about them any more (score_before).
 RETRY = """
 UPDATE jobs SET status = 'pending', next_attempt_at = :now, updated_at = :now, attempts = 0,
-                result_code = NULL, message = 'Retry requested.', http_status = NULL
+                result_code = NULL, message = 'Retry requested.', http_status = NULL, score_before = NULL
 WHERE status = 'failed' AND (:id IS NULL OR id = :id)
 RETURNING seq, id, operation, target_kind, target_id, tags, score
 """
@@ -173,10 +175,14 @@ class SqliteJobStore:
 
     name = "sqlite"
 
-    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path | str, *, clock: Callable[[], float] = time.time, busy_timeout: float = 30.0
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
+        # How long a writer waits for another process's write lock before the store counts as unavailable.
+        self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._connections: builtins.list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -188,10 +194,12 @@ class SqliteJobStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             # isolation_level=None: we issue BEGIN ourselves, so that writers take the lock up front (IMMEDIATE).
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -199,14 +207,22 @@ class SqliteJobStore:
 
     @contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A file that stays locked (a backup, a `sqlite3` shell) or cannot be written
+        (a full disk) is StoreUnavailable: the runner treats it like any job store that does not answer."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"The job store {self.path} is busy or cannot be written ({exc}).") from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreUnavailable(f"The job store {self.path} is busy or cannot be written ({exc}).") from exc
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -304,6 +320,12 @@ class SqliteJobStore:
 
     def counts(self) -> dict[str, int]:
         return {row[0]: row[1] for row in self._conn().execute(COUNTS)}
+
+    def waiting(self) -> tuple[int, float | None]:
+        retrying = self._conn().execute(
+            "SELECT count(*) FROM jobs WHERE status = 'pending' AND attempts > 0"
+        ).fetchone()[0]
+        return int(retrying), self.next_due() if retrying else None
 
     def next_due(self) -> float | None:
         value = self._conn().execute(NEXT_DUE).fetchone()[0]

@@ -153,3 +153,21 @@ def test_only_the_timeline_post_is_retried_when_only_it_fails(
     assert spotler_app.scores("C-1") == {"Lead": 5}  # applied once
     assert spotler_app.change_count() == 1
     assert len(rig.crm.timeline("contact", "C-1")) == 1
+
+
+def test_an_increment_retried_by_hand_after_a_later_job_ran_is_applied(
+    rig: Rig, spotler_server: SandboxServer, spotler_app: SpotlerSandbox
+) -> None:
+    rig.queue(operation="set_score", tags="Lead", score=5, target_id="C-1")
+    rig.drain()
+    spotler_server.injector.script(None, "503", "503", "503", "503")  # the read passes, every change fails
+    first = rig.queue(operation="increase_score", tags="Lead", score=10, target_id="C-1")
+    assert rig.drain().failed == 1
+    assert rig.store.get(first.id).score_before == 5
+    rig.queue(operation="increase_score", tags="Lead", score=10, target_id="C-1")  # runs while the first is failed
+    rig.drain()
+    assert spotler_app.scores("C-1") == {"Lead": 15}
+    rig.store.retry(first.id)
+    assert rig.drain().succeeded == 1
+    # 15 = 5 + 10 must not be taken for "the first job's change was applied": it was the second job's.
+    assert spotler_app.scores("C-1") == {"Lead": 25}

@@ -755,3 +755,27 @@ def test_valid_input_queued_raw_keeps_its_place_in_the_key_order(store, add) -> 
     assert claim_ids(store) == [raw.id]
     succeed(store, "runner-a", raw.id)
     assert claim_ids(store) == [later.id]
+
+
+def test_a_file_locked_by_someone_else_is_a_transient_store_error(tmp_path, clock) -> None:
+    from connector.errors import TransientError
+    from jobs.store import StoreUnavailable
+
+    store = SqliteJobStore(tmp_path / "locked.db", clock=clock, busy_timeout=0.1)
+    try:
+        [job] = store.add([req()])
+        store.claim("runner-a", 1, LEASE)
+        other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # a backup or a sqlite3 shell holding the write lock
+        try:
+            with pytest.raises(StoreUnavailable) as caught:
+                succeed(store, "runner-a", job.id)
+            assert isinstance(caught.value, TransientError)
+            assert caught.value.result_code == "STORE_UNAVAILABLE"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        succeed(store, "runner-a", job.id)  # the same connection works again once the lock is gone
+        assert store.get(job.id).status is JobStatus.SUCCEEDED
+    finally:
+        store.close()

@@ -146,3 +146,46 @@ def test_a_429_through_the_session_pauses_its_brake() -> None:
 def test_redactor_masks_secrets_in_log_text() -> None:
     redactor = Redactor(["s3cr3t-value", ""])
     assert redactor.redact("token=s3cr3t-value; other") == "token=***; other"
+
+
+def test_a_pause_is_capped_like_every_retry_after() -> None:
+    clock = _Clock()
+    brake = Brake("API", max_pause=2.0, clock=clock, sleep=clock.sleep)
+    brake.pause(600.0)
+    brake.wait()
+    assert clock.slept == [2.0]
+
+
+def test_a_stopping_connector_does_not_sit_out_a_pause() -> None:
+    import threading
+
+    from connector.errors import RateLimited
+
+    stop = threading.Event()
+    clock = _Clock()
+
+    def sleep(seconds: float) -> None:
+        stop.set()  # the signal arrives while the workers wait
+        clock.sleep(1.0)
+
+    brake = Brake("API", clock=clock, sleep=sleep, stop=stop)
+    brake.pause(25.0)
+    with pytest.raises(RateLimited, match="the connector is stopping"):
+        brake.wait()
+    assert clock.slept == [1.0]
+
+
+def test_redactor_masks_secrets_in_tracebacks() -> None:
+    import logging
+
+    redactor = Redactor(["s3cr3t-value"])
+    try:
+        raise ValueError("token s3cr3t-value refused")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    redactor.filter(record)
+    text = logging.Formatter().format(record)
+    assert "s3cr3t-value" not in text
+    assert "token *** refused" in text
