@@ -110,7 +110,7 @@ class Executor:
         run = _Run(job=job, request=request, owner=owner, post_may_exist=job.applied_at is not None)
         remaining = self.policy.max_attempts - job.attempts
         if remaining <= 0:
-            message = f"Gave up after {job.attempts} attempts. {job.message}".strip()
+            message = f"Gave up after {_attempts(job.attempts)}. {job.message}".strip()
             self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=job.result_code or "GAVE_UP",
                          message=message)
             return JobStatus.FAILED
@@ -139,7 +139,7 @@ class Executor:
         except errors.ConnectorError as exc:
             message = exc.message
             if isinstance(exc, errors.TransientError):
-                message = f"Gave up after {self.policy.max_attempts} attempts: {message}"
+                message = f"Gave up after {_attempts(self.policy.max_attempts)}: {message}"
             self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=exc.result_code, message=message,
                          http_status=exc.http_status, attempt=run.final_attempt)
             log.info("job %s failed: %s %s", job.id, exc.result_code, message)
@@ -309,3 +309,7 @@ class _AttemptCount:
     """tenacity's wait strategies read only `attempt_number`; this carries the job's total across claims."""
 
     attempt_number: int
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
