@@ -6,8 +6,10 @@ invalid input.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import shlex
 import signal
 import sqlite3
 import sys
@@ -22,12 +24,13 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from typer.core import TyperOption
 
-from config import Settings, SettingsError, load_settings
+from config import Settings, SettingsError, defaults, load_settings
 from connector.errors import ConnectorError
 from jobs import app as composition
 from jobs.dataverse_wiring import sandbox_ca_file
-from jobs.demo import run_demo
+from jobs.demo import DemoResult, run_demo
 from jobs.model import InvalidJob, Job, JobStatus, iso
 from jobs.runner import DrainReport
 from jobs.service import (
@@ -96,6 +99,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def count(n: int, word: str, words: str | None = None) -> str:
+    """`1 job`, `2 jobs`."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
 @contextmanager
 def reported() -> Iterator[None]:
     """Our errors become one `Error:` line and the exit code of the module docstring."""
@@ -137,8 +145,10 @@ def connector(config: Settings, *, quiet: bool = False) -> Iterator[composition.
     try:
         if built.sandboxes and not quiet:
             where = ", ".join(f"{name} on {server.url}" for name, server in built.sandboxes.items())
+            names = list(built.sandboxes)
+            emulators = "its emulator runs" if len(names) == 1 else "their emulators run"
             err.print(
-                f"Sandbox mode: no URL is configured for {' and '.join(built.sandboxes)}, so their emulators run on "
+                f"Sandbox mode: no URL is configured for {' and '.join(names)}, so {emulators} on "
                 f"loopback ({where}; state in {config.home / 'sandbox'}).", markup=False,
             )
         with reported():
@@ -154,12 +164,24 @@ def job_store(config: Settings) -> Iterator[JobStore]:
         yield store
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        try:
+            version = importlib.metadata.version("connector-job-runner")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        out.print(f"connector {version}", markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
-    home: Annotated[
-        Path | None, typer.Option(help="Data directory of the embedded default [env: CONNECTOR_HOME].")
-    ] = None,
+    home: Annotated[Path | None, typer.Option(
+        help=f"Data directory of the embedded default: {defaults.HOME} unless CONNECTOR_HOME says otherwise. "
+             "Give it before the sub-command: connector --home DIR jobs list.")] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
 ) -> None:
     _overrides.clear()
     if home is not None:
@@ -202,8 +224,9 @@ def jobs_add(
 
 @jobs_app.command("import")
 def jobs_import(
-    file: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines.")],
-    skip_invalid: Annotated[bool, typer.Option(help="Queue the valid rows even when some are bad.")] = False,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="CSV with a header row, or JSON Lines.")],
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="Queue the valid rows even when some are bad.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Queue the jobs of a file: all or nothing unless --skip-invalid; every bad row reported with its line."""
@@ -221,11 +244,15 @@ def jobs_import(
     for problem in result.problems if not as_json else []:
         err.print(f"line {problem.line}: {problem.message}", markup=False)
     if result.problems and not skip_invalid:
-        fail(f"{len(result.problems)} of {result.rows} rows are invalid; nothing was queued. "
+        fail(f"{len(result.problems)} of {count(result.rows, 'row')} {'is' if len(result.problems) == 1 else 'are'} "
+             f"invalid; nothing was queued. "
              f"Fix them, or use --skip-invalid to queue the valid rows.", 2)
     if not as_json:
-        skipped = f", {len(result.problems)} invalid rows skipped" if result.problems else ""
-        out.print(f"Queued {len(result.queued)} jobs from {file}{skipped}.", markup=False)
+        skipped = f", {count(len(result.problems), 'invalid row')} skipped" if result.problems else ""
+        out.print(f"Queued {count(len(result.queued), 'job')} from {file}{skipped}.", markup=False)
+
+
+DEFAULT_LIMIT = 100
 
 
 @jobs_app.command("list")
@@ -235,7 +262,7 @@ def jobs_list(
     ] = None,
     contact: Annotated[str | None, typer.Option(help="Only jobs for this CRM record id.")] = None,
     since: Annotated[str | None, typer.Option(help="Only jobs created within this period: 30m, 2h, 7d.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many jobs, newest first.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs, newest first.")] = DEFAULT_LIMIT,
     as_json: JsonFlag = False,
 ) -> None:
     """Jobs, newest first, with their status and result."""
@@ -252,6 +279,9 @@ def jobs_list(
         out.print_json(data=[job.to_json() for job in found])
         return
     _print_jobs(found)
+    if len(found) == limit:
+        # There may be more: say so rather than let the listing look complete.
+        err.print(f"Showing the newest {limit} jobs; use --limit to see more.", markup=False)
 
 
 def _print_jobs(found: list[Job]) -> None:
@@ -294,16 +324,24 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job id.")], as_jso
     with job_store(config) as store:
         job = store.get(job_id)
         attempts = store.attempts(job_id)
-    data = {**job.to_json(), "attempt_log": [a.to_json() for a in attempts]}
+    # `attempts` counts the tries since the job was queued or last retried by hand (the retry budget); the
+    # attempt log keeps every try, so support staff see both.
+    data = {**job.to_json(), "attempts_total": len(attempts), "attempt_log": [a.to_json() for a in attempts]}
     if as_json:
         out.print_json(data=data)
         return
-    for key in ("id", "operation", "target", "tags", "score", "display_status", "result_code", "message",
-                "attempts", "created_at", "updated_at", "next_attempt_at", "applied_at", "posted_at"):
+    labels = {"display_status": "status", "attempts": "attempts (since last retry)",
+              "attempts_total": "attempts in all"}
+    keys = ("id", "operation", "target", "tags", "score", "display_status", "result_code", "message", "attempts",
+            "attempts_total", "created_at", "updated_at", "next_attempt_at", "applied_at", "posted_at")
+    width = max(len(labels.get(key, key)) for key in keys)
+    for key in keys:
         value = data[key]
         if isinstance(value, dict):
             value = f"{value['kind']} {value['id']}"
-        out.print(f"{key.replace('display_', ''):>16}: {'' if value is None else value}", markup=False)
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        out.print(f"{labels.get(key, key):>{width}}: {'' if value is None else value}", markup=False)
     table = Table(title="attempts", show_edge=False)
     for column in ("#", "started", "ended", "outcome", "result", "http", "message"):
         table.add_column(column, overflow="fold")
@@ -324,7 +362,7 @@ def jobs_retry(
         fail("give either a job id or --failed.", 2)
     with job_store(config) as store:
         ids = store.retry(None if failed else job_id)
-    out.print(f"Queued again: {len(ids)} job(s){': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
+    out.print(f"Queued again: {count(len(ids), 'job')}{': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
               markup=False)
 
 
@@ -391,7 +429,7 @@ def run(
             report = built.runner.drain()
             out.print(_report_line(report), markup=False)
             if report.failed:
-                raise Failure(f"{report.failed} job(s) failed; see `connector jobs list --status failed`.")
+                raise Failure(f"{count(report.failed, 'job')} failed; see `connector jobs list --status failed`.")
             return
         from jobs.scheduler import run_forever
 
@@ -440,16 +478,37 @@ def demo(
             shown = ", ".join(f"{fault} x{n}" for fault, n in sorted(counts.items()))
             out.print(f"Faults injected by the {name} sandbox: {shown}.", markup=False)
     out.rule("Tags and scores on the platform, and timeline posts")
+    this_run = {job.id for job in result.jobs}
     for view in result.records:
         tags = ", ".join(f"{t}={s}" for t, s in sorted(view["tags"].items())) or "(no tags)"
         if view["platform_error"]:
             tags = f"(not read: {view['platform_error']})"
         label = view["name"] if view["name"] == view["id"] else f"{view['name']} ({view['id']})"
         out.print(f"{view['kind']} {label}: {tags}", markup=False)
-        for post in view["timeline"][-6:]:
-            out.print(f"    {post['created_at']}  {post['text']}", markup=False)
-    out.print("\nTry: connector jobs list --status failed   |   connector jobs show <id>   |   "
-              "connector contact show C-1001", markup=False)
+        for post in view["timeline"]:
+            if post["job_id"] in this_run:  # the posts of this demo's jobs, not those of earlier runs
+                out.print(f"    {post['created_at']}  {post['text']}", markup=False)
+    out.print("\nTry:", markup=False)
+    for hint in _demo_hints(config, result):
+        out.print(f"  {hint}", markup=False)
+
+
+def _demo_hints(config: Settings, result: DemoResult) -> list[str]:
+    """Commands that show more of what the demo did, as they work in the setup the demo ran in."""
+    env = []
+    if config.job_store == "dataverse":
+        env.append("CONNECTOR_JOB_STORE=dataverse")
+    if config.crm == "dataverse":
+        env.append("CONNECTOR_CRM=dataverse")
+    if config.platform != "spotler":
+        env.append(f"CONNECTOR_PLATFORM={config.platform}")
+    home = [] if config.home == Path(defaults.HOME) else ["--home", shlex.quote(str(config.home))]
+    command = " ".join([*env, "connector", *home])
+    failed = [job.id for job in result.jobs if job.status is JobStatus.FAILED]
+    shown = failed[0] if failed else result.jobs[0].id if result.jobs else "<job id>"
+    # On Dynamics 365 a record is known by its GUID: C-1001 is the demo's name for it.
+    contact = next((view["id"] for view in result.records if view["kind"] == "contact"), "C-1001")
+    return [f"{command} jobs list --status failed", f"{command} jobs show {shown}", f"{command} contact show {contact}"]
 
 
 # --- sandbox ----------------------------------------------------------------------------------------------------
@@ -495,7 +554,7 @@ def sandbox_serve(
             out.print(f"dataverse CA (curl --cacert): {sandbox_ca_file(config)}", markup=False)
         quiet = ("hang_seconds", "seed", "retry_after")
         faults = {k: v for k, v in config.faults.model_dump().items() if v and k not in quiet}
-        err.print(f"Serving {len(started)} sandbox(es), state in {config.home / 'sandbox'}; "
+        err.print(f"Serving {count(len(started), 'sandbox', 'sandboxes')}, state in {config.home / 'sandbox'}; "
                   f"faults: {faults or 'none'}. Ctrl-C stops.", markup=False)
         sys.stdout.flush()
         while not stopped.wait(0.2):
@@ -530,9 +589,24 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{key} = {json.dumps(value)}"
 
 
+def _flags_without_a_value_type(command: Any) -> Any:
+    """Help shows `--json`, not `--json <bool>`.
+
+    This typer's rich help prints a value type after every option, flags included (its plain help skips flags;
+    neither `is_flag=True` nor `--json/--no-json` changes the rich one). An empty metavar leaves that column blank
+    for the options that take no value, `--help` among them.
+    """
+    for param in command.get_params(typer.Context(command)):
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_without_a_value_type(sub)
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
-    command = typer.main.get_command(app)
+    command = _flags_without_a_value_type(typer.main.get_command(app))
     try:
         command.main(args=argv, prog_name="connector", standalone_mode=True)
     except SystemExit as exc:

@@ -17,13 +17,15 @@ from jobs.runner import DrainReport
 from jobs.service import contact_view, read_for_a_person, request_from_fields
 
 # What CRM users typically queue: every operation, several contacts, a lead, an account, a tag-only job, a
-# removal of several tags, and one job from a careless user (a negative increase).
+# removal of several tags, and one job from a careless user (a negative increase). Start Automation uses the trigger
+# code the Spotler sandbox knows; Mautic has no trigger codes, so there it fails with NOT_SUPPORTED.
 DEMO_JOBS: list[dict[str, Any]] = [
     {"operation": "Add Tag", "contact": "C-1001", "tags": "Webinar 2026"},
     {"operation": "Add Tag", "contact": "C-1001", "tags": "Newsletter; Product news"},
     {"operation": "Increase Score", "contact": "C-1001", "tags": "Webinar 2026", "score": "10"},
     {"operation": "Increase Score", "contact": "C-1001", "tags": "Webinar 2026", "score": "5"},
     {"operation": "Decrease Score", "contact": "C-1001", "tags": "Webinar 2026", "score": "3"},
+    {"operation": "Start Automation", "contact": "C-1001", "tags": "welcome"},
     {"operation": "Add Tag", "contact": "C-1002", "tags": "Newsletter, Event Amsterdam, Trial"},
     {"operation": "Set Score", "contact": "C-1002", "tags": "Engagement", "score": "40"},
     {"operation": "Remove Tag", "contact": "C-1002", "tags": "Event Amsterdam; Trial"},

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_TAG_LENGTH = 255
+MAX_RECORD_ID_LENGTH = 100
 # Scores are stored as 32-bit integers by the platforms and the CRM.
 MAX_SCORE = 2_147_483_647
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode Cc: C0, DEL and C1 (e.g. U+0085, a line break)
@@ -95,8 +96,15 @@ class Target(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("The record id is empty; give the id of the contact, lead or account.")
-        if len(value) > 100 or _CONTROL.search(value):
-            raise ValueError(f"The record id {value[:40]!r} is not a valid CRM id.")
+        if len(value) > MAX_RECORD_ID_LENGTH:
+            raise ValueError(
+                f"The record id {value[:40]!r}… is {len(value)} characters long; a CRM id has at most "
+                f"{MAX_RECORD_ID_LENGTH} characters."
+            )
+        if _CONTROL.search(value):
+            raise ValueError(
+                f"The record id {value!r} contains a control character (a line break or tab); it is not a valid CRM id."
+            )
         return value
 
     def __str__(self) -> str:
@@ -316,6 +324,27 @@ class Attempt(BaseModel):
         }
 
 
+def _raw_tags(raw: object) -> list[str]:
+    """The tags of input that did not validate, as well as they can be read: split on `,` and `;`, trimmed."""
+    if raw is None:
+        return []
+    parts = [str(p) for p in raw] if isinstance(raw, list | tuple) else _SEPARATORS.split(str(raw))
+    return [tag for tag in (part.strip() for part in parts) if tag]
+
+
+def _raw_score(raw: object) -> int | None:
+    """The score of input that did not validate, when it is a whole number; otherwise None."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        return int(raw) if raw.is_integer() else None
+    if isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9]+", raw.strip()):
+        return int(raw.strip())
+    return None
+
+
 class Job(BaseModel):
     """A job as the store keeps it."""
 
@@ -359,8 +388,11 @@ class Job(BaseModel):
             "id": self.id,
             "operation": req.operation.value if req else raw.get("operation"),
             "target": target,
-            "tags": req.tags if req else raw.get("tags"),
-            "score": req.score if req else raw.get("score"),
+            # The same shape whether or not the stored input is valid: tags a list of strings, score an int or
+            # None; `input` keeps what was given, so nothing is hidden.
+            "tags": req.tags if req else _raw_tags(raw.get("tags")),
+            "score": req.score if req else _raw_score(raw.get("score")),
+            "input": raw,
             "status": self.status.value,
             "display_status": self.display_status,
             "result_code": self.result_code,

@@ -110,10 +110,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         header = [h.strip().lower() for h in reader.fieldnames or []]
         unknown = [h for h in header if h not in IMPORT_COLUMNS]
         if not header or unknown:
-            raise UsageProblem(
-                f"{path}: unknown column(s) {', '.join(repr(u) for u in unknown) or '(no header row)'}; "
-                f"use {', '.join(sorted(IMPORT_COLUMNS))}."
-            )
+            found = (f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)}"
+                     if unknown else "no header row")
+            raise UsageProblem(f"{path}: {found}; use {', '.join(sorted(IMPORT_COLUMNS))}.")
         if "operation" not in header:
             raise UsageProblem(f"{path}: the header has no 'operation' column; every job needs one.")
         reader.fieldnames = header
@@ -153,7 +152,9 @@ def import_jobs(
             continue
         unknown = sorted(set(fields) - IMPORT_COLUMNS)
         if unknown:
-            result.problems.append(RowProblem(line, f"Unknown field(s) {', '.join(unknown)}."))
+            result.problems.append(
+                RowProblem(line, f"Unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}.")
+            )
             continue
         try:
             valid.append(request_from_fields(fields))

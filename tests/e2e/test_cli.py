@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -35,18 +37,60 @@ def connector(
     return result
 
 
+# The demo's counts: every operation; Start Automation is a Spotler operation, NOT_SUPPORTED on Mautic.
+DEMO_COUNTS = {"spotler": "16 succeeded, 1 failed", "mautic": "15 succeeded, 2 failed"}
+
+
+def demo_hints(stdout: str) -> list[tuple[dict[str, str], list[str]]]:
+    """The `Try:` commands the demo prints, as (environment, arguments after `connector`)."""
+    hints = []
+    for line in stdout.split("\nTry:\n", 1)[1].splitlines():
+        words = shlex.split(line)
+        env = dict(word.split("=", 1) for word in words[: words.index("connector")])
+        hints.append((env, words[words.index("connector") + 1:]))
+    assert len(hints) == 3, stdout
+    return hints
+
+
+def timeline_of(stdout: str, record: str) -> list[str]:
+    """The timeline lines the demo prints under one record."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{record}: "))
+    posts = []
+    for line in lines[start + 1:]:
+        if not line.startswith("    "):
+            break
+        posts.append(line)
+    return posts
+
+
 def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path, platform_env: dict[str, str]) -> None:
+    platform = platform_env["CONNECTOR_PLATFORM"]
     first = connector("demo", cwd=tmp_path, env=platform_env)
-    assert "Sandbox mode" in first.stderr
-    assert f"{platform_env['CONNECTOR_PLATFORM']} on http://127.0.0.1:" in first.stderr
-    assert "15 succeeded, 1 failed" in first.stdout
+    assert f"Sandbox mode: no URL is configured for {platform}, so its emulator runs on loopback" in first.stderr
+    assert f"{platform} on http://127.0.0.1:" in first.stderr
+    assert DEMO_COUNTS[platform] in first.stdout
     assert "INVALID_INPUT: Score is -5; Increase Score needs a number greater than 0." in first.stdout
     assert "contact C-1001: Newsletter=0, Product news=0, Webinar 2026=12" in first.stdout
     assert "Increased score Webinar 2026 by 10 (job " in first.stdout
     assert "lead L-2001: Lead score=25" in first.stdout
+    assert ("Started automation welcome (job " in first.stdout) == (platform == "spotler")
+    # The careless job's input did not validate: the listing keeps its shape, and shows the input as given.
+    careless = next(j for j in json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)
+                    if j["result_code"] == "INVALID_INPUT")
+    assert (careless["tags"], careless["score"]) == (["Lead score"], -5)
+    assert careless["input"]["score"] == "-5"
     second = connector("demo", cwd=tmp_path, env=platform_env)
     assert "Webinar 2026=24" in second.stdout  # the platform's state persists between runs
-    assert (tmp_path / ".connector" / "sandbox" / f"{platform_env['CONNECTOR_PLATFORM']}.db").is_file()
+    assert (tmp_path / ".connector" / "sandbox" / f"{platform}.db").is_file()
+    # The timeline shows the posts of this run's jobs, and all of them; not those of the first run.
+    this_run = set(re.findall(r"^([0-9a-f]{12}) ", second.stdout, re.MULTILINE))
+    posts = timeline_of(second.stdout, "contact C-1001")
+    assert len(posts) == (6 if platform == "spotler" else 5), second.stdout
+    assert {re.findall(r"\(job ([0-9a-f]+)\)", post)[0] for post in posts} <= this_run
+    # The closing hints work as printed.
+    for env, args in demo_hints(second.stdout):
+        connector(*args, cwd=tmp_path, env={**platform_env, **env})
 
 
 def test_demo_through_injected_faults_still_ends_with_every_job_final(
@@ -57,7 +101,7 @@ def test_demo_through_injected_faults_still_ends_with_every_job_final(
            "CONNECTOR_RETRY__BACKOFF_MAX": "0.2", "CONNECTOR_RETRY__JITTER": "0.05"}
     result = connector("demo", "--error-rate", "0.15", "--reset-rate", "0.05", "--drop-rate", "0.1",
                        "--latency-ms", "1", "--jitter-ms", "2", "--seed", "7", cwd=tmp_path, env=env)
-    assert "15 succeeded, 1 failed" in result.stdout
+    assert DEMO_COUNTS[platform_env["CONNECTOR_PLATFORM"]] in result.stdout
     assert "Faults injected by the " in result.stdout
     assert "contact C-1001: Newsletter=0, Product news=0, Webinar 2026=12" in result.stdout
 
@@ -112,11 +156,14 @@ def test_import_is_all_or_nothing_and_reports_every_bad_line(tmp_path: Path) -> 
     assert json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout) == []
     partial = connector("jobs", "import", str(csv), "--skip-invalid", cwd=tmp_path)
     assert "Queued 2 jobs" in partial.stdout
+    one = tmp_path / "one.csv"
+    one.write_text("operation,contact,tags\nAdd Tag,C-1,Webinar\n", encoding="utf-8")
+    assert f"Queued 1 job from {one}." in connector("jobs", "import", str(one), cwd=tmp_path).stdout
     jsonl = tmp_path / "jobs.jsonl"
     jsonl.write_text('{"operation": "add_tag", "tags": "Fair"}\n{"operation": "set_score", "lead": "L-1", '
                      '"tags": "Lead", "score": -2}\n', encoding="utf-8")
     assert "Queued 2 jobs" in connector("jobs", "import", str(jsonl), cwd=tmp_path).stdout
-    assert len(json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)) == 4
+    assert len(json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)) == 5
 
 
 def test_cancel_and_retry_refuse_jobs_in_the_wrong_status(tmp_path: Path) -> None:
@@ -141,12 +188,20 @@ def test_a_job_failing_under_run_once_exits_1(tmp_path: Path) -> None:
            "CONNECTOR_RETRY__MAX_ATTEMPTS": "1"}
     result = connector("run", "--once", cwd=tmp_path, env=env, check=1)
     assert "0 succeeded, 1 failed" in result.stdout
-    assert "Error: 1 job(s) failed" in result.stderr
+    assert "Error: 1 job failed;" in result.stderr
     failed = json.loads(connector("jobs", "list", "--status", "failed", "--json", cwd=tmp_path).stdout)
     assert failed[0]["result_code"] == "NETWORK_ERROR"
     retried = connector("jobs", "retry", "--failed", cwd=tmp_path)
-    assert "Queued again: 1 job(s)" in retried.stdout
+    assert f"Queued again: 1 job: {failed[0]['id']}." in retried.stdout
     assert "1 succeeded, 0 failed" in connector("run", "--once", cwd=tmp_path).stdout
+    # `attempts` is the retry budget used since the manual retry; the attempt log has every try.
+    shown = json.loads(connector("jobs", "show", failed[0]["id"], "--json", cwd=tmp_path).stdout)
+    assert (shown["attempts"], shown["attempts_total"], len(shown["attempt_log"])) == (1, 2, 2)
+    human = [line.strip() for line in connector("jobs", "show", failed[0]["id"], cwd=tmp_path).stdout.splitlines()]
+    assert "attempts (since last retry): 1" in human
+    assert "attempts in all: 2" in human
+    assert "tags: VIP" in human
+    assert "attempts_total" not in json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)[0]
 
 
 def test_secrets_never_appear_in_output_logs_or_attempts(tmp_path: Path) -> None:
@@ -249,3 +304,42 @@ def test_sandbox_serve_prints_urls_a_runner_can_use_and_stops_on_sigterm(tmp_pat
             process.communicate()
     assert process.returncode == 0, stderr
     assert "Stopped." in stderr
+
+
+def test_a_misspelled_setting_or_a_missing_secrets_file_is_refused_with_exit_2(tmp_path: Path) -> None:
+    refused = connector("config", "show", cwd=tmp_path, env={"CONNECTOR_RUNNER__WORKERZ": "4"}, check=2)
+    assert refused.stderr.startswith("Error: The configuration is not valid: runner.workerz: no such setting")
+    (tmp_path / "connector.toml").write_text('[dataverse.jobs]\nentity_sett = "x"\n', encoding="utf-8")
+    assert "dataverse.jobs.entity_sett: no such setting" in connector("jobs", "list", cwd=tmp_path, check=2).stderr
+    (tmp_path / "connector.toml").unlink()
+    missing = connector("config", "show", cwd=tmp_path, env={"CONNECTOR_SECRETS_FILE": "nope.env"}, check=2)
+    assert missing.stderr.strip() == "Error: CONNECTOR_SECRETS_FILE names 'nope.env', which is not a file."
+
+
+def test_help_shows_flags_without_a_value_type_and_the_version_is_printed(tmp_path: Path) -> None:
+    shown = "".join(connector(*command, "--help", cwd=tmp_path).stdout
+                    for command in [[], ["run"], ["jobs", "list"], ["jobs", "import"], ["jobs", "retry"]])
+    assert "<bool>" not in shown
+    for flag in ("--json", "--once", "--failed", "--skip-invalid", "--help", "--version"):
+        assert flag in shown
+    assert "--no-skip-invalid" not in shown
+    usage = connector("jobs", "import", "--help", cwd=tmp_path).stdout
+    assert "connector jobs import [OPTIONS] {FILE}" in usage
+    assert "{file}" not in usage
+    home = next(line for line in connector("--help", cwd=tmp_path, env={"COLUMNS": "250"}).stdout.splitlines()
+                if "--home" in line)
+    assert "Data directory of the embedded default: .connector unless CONNECTOR_HOME says otherwise." in home
+    assert not re.search(r" \.(?!\w)", home)  # no full stop after a space (a lost [env: ...] once)
+    version = connector("--version", cwd=tmp_path).stdout.strip()
+    assert re.fullmatch(r"connector \d+\.\d+\.\d+\S*", version), version
+
+
+def test_jobs_list_says_when_it_stops_at_the_limit_and_refuses_a_limit_below_1(tmp_path: Path) -> None:
+    for contact in ("C-1", "C-2", "C-3"):
+        connector("jobs", "add", "-o", "add_tag", "--contact", contact, "-t", "VIP", cwd=tmp_path)
+    cut = connector("jobs", "list", "--limit", "2", cwd=tmp_path)
+    assert cut.stderr.strip() == "Showing the newest 2 jobs; use --limit to see more."
+    assert connector("jobs", "list", "--limit", "4", cwd=tmp_path).stderr == ""
+    assert connector("jobs", "list", "--limit", "2", "--json", cwd=tmp_path).stderr == ""
+    for bad in ("0", "-1"):
+        assert "--limit" in connector("jobs", "list", "--limit", bad, cwd=tmp_path, check=2).stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.test_cli import connector
+from tests.e2e.test_cli import connector, demo_hints
 
 DATAVERSE = {"CONNECTOR_JOB_STORE": "dataverse", "CONNECTOR_CRM": "dataverse"}
 
@@ -13,12 +13,13 @@ DATAVERSE = {"CONNECTOR_JOB_STORE": "dataverse", "CONNECTOR_CRM": "dataverse"}
 def test_demo_with_dataverse_creates_rows_applies_them_and_posts_on_timelines(tmp_path: Path) -> None:
     result = connector("demo", "--crm", "dataverse", cwd=tmp_path)
     assert "dataverse on https://127.0.0.1:" in result.stderr
-    assert "15 succeeded, 1 failed" in result.stdout
+    assert "so their emulators run on loopback" in result.stderr
+    assert "16 succeeded, 1 failed" in result.stdout  # every operation, Start Automation on the Spotler sandbox
     assert "Newsletter=0, Product news=0, Webinar 2026=12" in result.stdout
     assert "Increased score Webinar 2026 by 10 (job " in result.stdout
     # The rows live in the sandbox Dataverse: the same job store lists them, statuses written back.
     listed = json.loads(connector("jobs", "list", "--json", "--limit", "50", cwd=tmp_path, env=DATAVERSE).stdout)
-    assert sorted(j["status"] for j in listed).count("succeeded") == 15
+    assert sorted(j["status"] for j in listed).count("succeeded") == 16
     failed = [j for j in listed if j["status"] == "failed"]
     assert [j["result_code"] for j in failed] == ["INVALID_INPUT"]
     assert failed[0]["message"].startswith("Score is -5; Increase Score needs a number greater than 0.")
@@ -26,6 +27,12 @@ def test_demo_with_dataverse_creates_rows_applies_them_and_posts_on_timelines(tm
     view = json.loads(connector("contact", "show", contact, "--json", cwd=tmp_path, env=DATAVERSE).stdout)
     assert view["timeline"], view
     assert all("(job " in post["text"] for post in view["timeline"])
+    # The closing hints name the Dynamics 365 store and a record's GUID, and work as printed.
+    hints = demo_hints(result.stdout)
+    assert all(env == DATAVERSE for env, _ in hints)
+    for env, args in hints:
+        shown = connector(*args, cwd=tmp_path, env=env)
+        assert "No jobs." not in shown.stdout
 
 
 def test_config_show_prints_the_table_mapping_with_secrets_masked(tmp_path: Path) -> None:

@@ -289,10 +289,15 @@ def test_unknown_target_kind_is_rejected(kind: str | None) -> None:
     assert message == f"Record type is {kind!r}; it must be contact, lead or account."
 
 
-def test_overlong_record_id_is_rejected() -> None:
-    message = problem(target_id="9" * 101)
-    assert message.startswith("The record id '9999")
-    assert message.endswith("is not a valid CRM id.")
+def test_overlong_record_id_is_rejected_with_the_maximum() -> None:
+    message = problem(target_id="9" * 500)
+    assert message == f"The record id {'9' * 40!r}… is 500 characters long; a CRM id has at most 100 characters."
+    assert problem(target_id="9" * 101).startswith("The record id '9999")
+
+
+def test_record_id_with_a_control_character_is_rejected() -> None:
+    assert problem(target_id="C-1\n2").endswith("contains a control character (a line break or tab); it is not a "
+                                               "valid CRM id.")
 
 
 @pytest.mark.parametrize("missing", [None, "", "   "])
