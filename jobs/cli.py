@@ -516,6 +516,9 @@ def _demo_hints(config: Settings, result: DemoResult) -> list[str]:
 
 @sandbox_app.command("serve")
 def sandbox_serve(
+    port: Annotated[int, typer.Option(
+        min=0, max=65533, help="First of three ports: Spotler on it, Mautic on the next, Dataverse on the one after "
+        "(0: any free ports).")] = 0,
     spotler_port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the Spotler sandbox (0: any free).")] = 0,
     mautic_port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the Mautic sandbox (0: any free).")] = 0,
     dataverse_port: Annotated[int, typer.Option(
@@ -542,11 +545,12 @@ def sandbox_serve(
     with reported():
         try:
             started = composition.start_sandboxes(
-                config, {"spotler": spotler_port, "mautic": mautic_port, "dataverse": dataverse_port}
+                config, {"spotler": spotler_port or port, "mautic": mautic_port or (port and port + 1),
+                         "dataverse": dataverse_port or (port and port + 2)}
             )
         except OSError as exc:
-            fail(f"A sandbox could not listen ({exc.strerror}); give free ports with --spotler-port, --mautic-port "
-                 f"and --dataverse-port, or 0 for any free port.", 1)
+            fail(f"A sandbox could not listen ({exc.strerror}); give free ports with --port, --spotler-port, "
+                 f"--mautic-port and --dataverse-port, or 0 for any free port.", 1)
     try:
         for name, (_, url) in started.items():
             out.print(f"{name}: {url}", markup=False)

@@ -343,3 +343,29 @@ def test_jobs_list_says_when_it_stops_at_the_limit_and_refuses_a_limit_below_1(t
     assert connector("jobs", "list", "--limit", "2", "--json", cwd=tmp_path).stderr == ""
     for bad in ("0", "-1"):
         assert "--limit" in connector("jobs", "list", "--limit", bad, cwd=tmp_path, check=2).stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sandbox_serve_port_puts_the_three_sandboxes_on_consecutive_ports(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a free port, and (very likely) the two after it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    port = min(port, 65000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "sandbox", "serve", "--port", str(port)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        urls = dict(process.stdout.readline().strip().split(": ", 1) for _ in range(3))
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert urls["spotler"].startswith(f"http://127.0.0.1:{port}/")
+    assert urls["mautic"] == f"http://127.0.0.1:{port + 1}"
+    assert urls["dataverse"].startswith(f"https://127.0.0.1:{port + 2}/")
+    assert process.returncode == 0
