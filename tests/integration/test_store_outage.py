@@ -6,7 +6,10 @@ lease runs out, then runs again. The Dataverse sandbox's scripted faults decide 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from config.settings import RetrySettings
 from connector.dataverse.client import DataverseClient
@@ -25,73 +28,63 @@ from tests.integration.dataverse_env import TABLE, make_record
 LEASE = 30.0
 
 
-def _runner(tmp_path, client: DataverseClient, spotler: SpotlerPlatform, clock: FakeClock) -> Runner:
-    store = DataverseJobStore(client, TABLE, clock=clock)
+@pytest.fixture
+def rig(
+    tmp_path: Path, client: DataverseClient, spotler_app: SpotlerSandbox, spotler_server: SandboxServer,
+    make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock,
+) -> Iterator[tuple[str, Runner]]:
+    """A contact in Dataverse (known to Spotler) and a runner on the Dataverse store, its sleeps not waiting."""
+    contact = make_record(client)
+    spotler_app.seed_contact(contact)
+    spotler = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
     crm = LocalCrm(tmp_path / "timeline.db")
     executor = Executor(spotler, crm, RetrySettings(), clock=clock, sleep=clock.sleep)
-    return Runner(store, executor, workers=2, lease_seconds=LEASE, clock=clock, sleep=clock.sleep)
+    runner = Runner(DataverseJobStore(client, TABLE, clock=clock), executor, workers=2, lease_seconds=LEASE,
+                    clock=clock, sleep=clock.sleep)
+    yield contact, runner
+    runner.close()
+    crm.close()
 
 
 def test_a_claim_the_store_does_not_answer_is_asked_again(
-    tmp_path, sandbox: DataverseSandbox, client: DataverseClient, spotler_app: SpotlerSandbox,
-    spotler_server: SandboxServer, make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock,
+    sandbox: DataverseSandbox, spotler_app: SpotlerSandbox, rig: tuple[str, Runner], clock: FakeClock
 ) -> None:
-    contact = make_record(client)
-    spotler_app.seed_contact(contact)
-    runner = _runner(tmp_path, client, make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock),
-                     clock)
-    try:
-        [job] = runner.store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
-                                                        target_id=contact)])
-        sandbox.server.injector.script("500", "502")  # the first two claims' reads fail
-        report = runner.drain()
-    finally:
-        runner.close()
+    contact, runner = rig
+    [job] = runner.store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
+                                                    target_id=contact)])
+    sandbox.server.injector.script("500", "502")  # the first two claims' reads fail
+    report = runner.drain()
     assert report.succeeded == 1
     assert clock.slept[:2] == [1.0, 2.0]
     assert runner.store.get(job.id).status is JobStatus.SUCCEEDED
 
 
 def test_an_outcome_the_store_could_not_record_runs_again_after_the_lease(
-    tmp_path, sandbox: DataverseSandbox, client: DataverseClient, spotler_app: SpotlerSandbox,
-    spotler_server: SandboxServer, make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock,
+    sandbox: DataverseSandbox, spotler_app: SpotlerSandbox, rig: tuple[str, Runner], clock: FakeClock
 ) -> None:
-    contact = make_record(client)
-    spotler_app.seed_contact(contact)
-    runner = _runner(tmp_path, client, make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock),
-                     clock)
-    try:
-        [job] = runner.store.add([JobRequest.from_input(operation="set_score", tags="Lead", score=7,
-                                                        target_kind="contact", target_id=contact)])
-        # The claim (a read and a $batch) and the mark "applied" pass; every write of the outcome fails. (A write
-        # that fails inside the attempt is retried with the attempt, like a platform error.)
-        sandbox.server.injector.script(None, None, None, *["500"] * STORE_TRIES)
-        first = runner.drain()
-        assert (first.succeeded, first.failed) == (0, 0)
-        assert runner.store.get(job.id).status is JobStatus.RUNNING  # leased, not lost, not failed
-        clock.advance(LEASE + 1)
-        second = runner.drain()
-    finally:
-        runner.close()
+    contact, runner = rig
+    [job] = runner.store.add([JobRequest.from_input(operation="set_score", tags="Lead", score=7,
+                                                    target_kind="contact", target_id=contact)])
+    # The claim (a read and a $batch) and the mark "applied" pass; every write of the outcome fails. (A write
+    # that fails inside the attempt is retried with the attempt, like a platform error.)
+    sandbox.server.injector.script(None, None, None, *["500"] * STORE_TRIES)
+    first = runner.drain()
+    assert (first.succeeded, first.failed) == (0, 0)
+    assert runner.store.get(job.id).status is JobStatus.RUNNING  # leased, not lost, not failed
+    clock.advance(LEASE + 1)
+    second = runner.drain()
     assert second.succeeded == 1
     assert [a.outcome for a in runner.store.attempts(job.id)] == ["lease_expired", "succeeded"]
     assert spotler_app.scores(contact) == {"Lead": 7}
 
 
 def test_an_outcome_the_store_answers_late_is_offered_again_at_once(
-    tmp_path, sandbox: DataverseSandbox, client: DataverseClient, spotler_app: SpotlerSandbox,
-    spotler_server: SandboxServer, make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock,
+    sandbox: DataverseSandbox, spotler_app: SpotlerSandbox, rig: tuple[str, Runner], clock: FakeClock
 ) -> None:
-    contact = make_record(client)
-    spotler_app.seed_contact(contact)
-    runner = _runner(tmp_path, client, make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock),
-                     clock)
-    try:
-        [job] = runner.store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
-                                                        target_id=contact)])
-        sandbox.server.injector.script(None, None, None, "502")
-        assert runner.drain().succeeded == 1
-    finally:
-        runner.close()
+    contact, runner = rig
+    [job] = runner.store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
+                                                    target_id=contact)])
+    sandbox.server.injector.script(None, None, None, "502")
+    assert runner.drain().succeeded == 1
     assert runner.store.get(job.id).status is JobStatus.SUCCEEDED
 

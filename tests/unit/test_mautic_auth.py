@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import responses
 from responses import matchers
 
 from connector import errors
-from connector.http import ApiSession, Brake
+from connector.http import ApiSession
 from connector.mautic import MauticOAuth2, MauticPlatform
 
 BASE = "https://mautic.example.com"
@@ -23,18 +21,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def session() -> Iterator[ApiSession]:
-    with ApiSession("Mautic", brake=Brake("Mautic", sleep=lambda _: None)) as api:
-        yield api
-
-
-@pytest.fixture
-def mocked() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
-        yield rsps
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from responses import matchers
 
 from config.settings import MauticSettings
 from connector import errors
-from connector.http import ApiSession, Brake
+from connector.http import ApiSession
 from connector.mautic import MauticOAuth2, MauticPlatform
 from connector.platform import Contact
 
@@ -23,18 +22,6 @@ BASE = "https://mautic.example.com"
 API = BASE + "/api"
 ANN = Contact(external_id="crm-ann", email="ann@example.com")
 BASIC = "Basic " + base64.b64encode(b"api-user:api-password").decode()
-
-
-@pytest.fixture
-def session() -> Iterator[ApiSession]:
-    with ApiSession("Mautic", brake=Brake("Mautic", sleep=lambda _: None)) as api:
-        yield api
-
-
-@pytest.fixture
-def mocked() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
-        yield rsps
 
 
 @pytest.fixture
