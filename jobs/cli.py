@@ -27,7 +27,7 @@ from rich.table import Table
 from typer.core import TyperOption
 
 from config import Settings, SettingsError, defaults, load_settings
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, InvalidInput
 from jobs import app as composition
 from jobs.dataverse_wiring import sandbox_ca_file
 from jobs.demo import DemoResult, run_demo
@@ -112,6 +112,9 @@ def reported() -> Iterator[None]:
     except (InvalidJob, UsageProblem, SettingsError) as exc:
         fail(str(exc), 2)
     except NotAllowed as exc:
+        fail(str(exc), 2)
+    except InvalidInput as exc:
+        # What the user typed, refused by the job store or the platform (a CRM id that is no GUID on Dynamics).
         fail(str(exc), 2)
     except (JobNotFound, StoreError, Failure, ConnectorError) as exc:
         fail(str(exc), 1)

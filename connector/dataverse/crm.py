@@ -75,7 +75,9 @@ class DataverseCrm:
         try:
             row = self.client.get(entity_set, target_id, select=[self.identify_column])
         except errors.InvalidInput as exc:
-            raise errors.NotFound(f"The {target_kind} id {target_id!r} is not a Dataverse row id.") from exc
+            raise errors.InvalidInput(
+                f"The {target_kind} id {target_id!r} is not a Dataverse row id; give the record's GUID."
+            ) from exc
         value = row.get(self.identify_column)
         if value in (None, ""):
             raise errors.NotFound(
@@ -163,4 +165,6 @@ def _guid(target_kind: str, target_id: str) -> str:
     try:
         return guid(target_id)
     except errors.InvalidInput:
-        raise errors.NotFound(f"The {target_kind} id {target_id!r} is not a Dataverse row id.") from None
+        raise errors.InvalidInput(
+            f"The {target_kind} id {target_id!r} is not a Dataverse row id; give the record's GUID."
+        ) from None

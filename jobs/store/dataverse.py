@@ -204,10 +204,10 @@ class DataverseJobStore:
         kind, target_id = raw.get("target_kind"), raw.get("target_id")
         if target_id not in (None, "") and kind in self._lookups:
             if not is_guid(str(target_id)):
-                raise StoreError(
+                raise InvalidJob([
                     f"The {kind} id {target_id!r} is not a Dataverse row id; jobs in Dataverse point at records "
                     f"by their GUID."
-                )
+                ])
             navigation, _ = self._lookups[str(kind)]
             columns[f"{navigation}@odata.bind"] = row_url(_TARGET_SETS[str(kind)], str(target_id))
         return columns

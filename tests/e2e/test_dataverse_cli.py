@@ -45,3 +45,11 @@ def test_config_show_prints_the_table_mapping_with_secrets_masked(tmp_path: Path
     assert data["dataverse"]["jobs"]["entity_set"] == "cr_connectorjobs"
     assert data["dataverse"]["client_secret"] == "**********"
     assert "dv-secret-0042" not in shown.stdout + shown.stderr
+
+
+def test_a_crm_id_that_is_not_a_guid_is_bad_input(tmp_path: Path) -> None:
+    added = connector("jobs", "add", "-o", "Add Tag", "--contact", "C-1001", "-t", "VIP", cwd=tmp_path, env=DATAVERSE,
+                      check=2)
+    assert added.stderr.strip().endswith("is not a Dataverse row id; jobs in Dataverse point at records by their GUID.")
+    shown = connector("contact", "show", "C-1001", cwd=tmp_path, env=DATAVERSE, check=2)
+    assert "give the record's GUID" in shown.stderr

@@ -12,7 +12,7 @@ from config.settings import DataverseTableSettings, RetrySettings
 from connector.dataverse.client import DataverseClient
 from connector.platform import Contact
 from jobs.executor import Executor
-from jobs.model import Attempt, JobRequest, JobStatus
+from jobs.model import Attempt, InvalidJob, JobRequest, JobStatus
 from jobs.store import JobNotFound, LeaseLost, NotAllowed, StoreError
 from jobs.store.dataverse import DataverseJobStore
 from tests.conftest import FakeClock
@@ -201,8 +201,10 @@ def test_add_is_all_or_nothing(dv_store, contact, client):
     with pytest.raises(StoreError, match="Does Not Exist"):
         dv_store.add([good, missing])
     assert dv_store.list() == []
-    with pytest.raises(StoreError, match="GUID"):
+    # Not a GUID: the user's input, refused with a sentence (the CLI's exit code 2), nothing written.
+    with pytest.raises(InvalidJob, match="is not a Dataverse row id; jobs in Dataverse point at records by their"):
         dv_store.add([JobRequest.from_input(operation="add_tag", tags="A", target_kind="contact", target_id="C-1")])
+    assert dv_store.list() == []
 
 
 def test_a_row_edited_into_something_invalid_is_read_not_rejected(dv_store, queue, client, spotler, clock):
