@@ -10,6 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,39 @@ def timeline_of(stdout: str, record: str) -> list[str]:
             break
         posts.append(line)
     return posts
+
+
+
+@dataclass
+class Background:
+    process: subprocess.Popen[str]
+    stdout: str = ""
+    stderr: str = ""
+
+    def lines(self, count: int) -> dict[str, str]:
+        """The first `count` lines of "name: value" the command prints."""
+        assert self.process.stdout is not None
+        return dict(self.process.stdout.readline().strip().split(": ", 1) for _ in range(count))
+
+
+@contextmanager
+def in_background(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[Background]:
+    """A long-running `connector` command; stopped with SIGTERM when the block ends (killed if it hangs)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
+    full_env.update(env or {})
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=full_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = Background(process)
+    try:
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            running.stdout, running.stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
 
 
 def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path, platform_env: dict[str, str]) -> None:
@@ -245,26 +281,16 @@ def test_precedence_flags_over_environment_over_toml(tmp_path: Path) -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     connector("jobs", "add", "-o", "add_tag", "--contact", "C-1", "-t", "VIP", cwd=tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-    env["CONNECTOR_RUNNER__TICK_SECONDS"] = "0.2"
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with in_background("run", cwd=tmp_path, env={"CONNECTOR_RUNNER__TICK_SECONDS": "0.2"}) as running:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             listed = json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)
             if listed[0]["status"] == "succeeded":
                 break
             time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, stderr
-    assert "Stopped." in stderr
-    assert "1 succeeded, 0 failed" in stdout
+    assert running.process.returncode == 0, running.stderr
+    assert "Stopped." in running.stderr
+    assert "1 succeeded, 0 failed" in running.stdout
 
 
 def test_start_automation_runs_on_spotler_and_is_not_supported_on_mautic(tmp_path: Path) -> None:
@@ -280,13 +306,9 @@ def test_start_automation_runs_on_spotler_and_is_not_supported_on_mautic(tmp_pat
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sandbox_serve_prints_urls_a_runner_can_use_and_stops_on_sigterm(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "sandbox", "serve", "--latency-ms", "1"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        urls = dict(process.stdout.readline().strip().split(": ", 1) for _ in range(2))
-        assert set(urls) == {"spotler", "mautic"}
+    with in_background("sandbox", "serve", "--latency-ms", "1", cwd=tmp_path) as serving:
+        urls = serving.lines(3)
+        assert set(urls) == {"spotler", "mautic", "dataverse"}
         connector("jobs", "add", "-o", "set_score", "--contact", "C-5", "-t", "Lead", "--score", "4", cwd=tmp_path)
         served = {"CONNECTOR_SPOTLER__BASE_URL": urls["spotler"]}
         run = connector("run", "--once", cwd=tmp_path, env=served)
@@ -296,14 +318,8 @@ def test_sandbox_serve_prints_urls_a_runner_can_use_and_stops_on_sigterm(tmp_pat
         mautic = {"CONNECTOR_PLATFORM": "mautic", "CONNECTOR_MAUTIC__BASE_URL": urls["mautic"],
                   "CONNECTOR_MAUTIC__CONTACT_FIELD": "crm_id"}
         assert "1 succeeded, 0 failed" in connector("run", "--once", cwd=tmp_path, env=mautic).stdout
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, stderr
-    assert "Stopped." in stderr
+    assert serving.process.returncode == 0, serving.stderr
+    assert "Stopped." in serving.stderr
 
 
 def test_a_misspelled_setting_or_a_missing_secrets_file_is_refused_with_exit_2(tmp_path: Path) -> None:
@@ -353,19 +369,9 @@ def test_sandbox_serve_port_puts_the_three_sandboxes_on_consecutive_ports(tmp_pa
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     port = min(port, 65000)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "sandbox", "serve", "--port", str(port)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        urls = dict(process.stdout.readline().strip().split(": ", 1) for _ in range(3))
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    with in_background("sandbox", "serve", "--port", str(port), cwd=tmp_path) as serving:
+        urls = serving.lines(3)
     assert urls["spotler"].startswith(f"http://127.0.0.1:{port}/")
     assert urls["mautic"] == f"http://127.0.0.1:{port + 1}"
     assert urls["dataverse"].startswith(f"https://127.0.0.1:{port + 2}/")
-    assert process.returncode == 0
+    assert serving.process.returncode == 0
