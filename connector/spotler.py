@@ -26,8 +26,6 @@ from connector.platform import Contact
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://restapi.mailplus.nl/integrationservice-1.1.0"
-
 # (method, path template). Placeholders: {contact} the external id, {tag} the tag name, both URL-quoted.
 # UNVERIFIED against the real API: see the module docstring.
 TAG_ROUTES: dict[str, tuple[str, str]] = {
@@ -180,18 +178,6 @@ class SpotlerPlatform:
             )
         if response.status_code >= 400:
             raise spotler_error(response)
-
-    def contact_exists(self, contact: Contact) -> bool:
-        try:
-            external_id = self.external_id(contact)
-        except errors.NotFound:
-            return False
-        response = self._send("GET", f"contact/{quote(external_id, safe='')}")
-        if response.status_code == 404:
-            return False
-        if response.status_code >= 400:
-            raise spotler_error(response)
-        return True
 
     def create_contact(self, contact: Contact) -> None:
         if not contact.external_id:

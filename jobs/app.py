@@ -26,7 +26,6 @@ from connector.localcrm import LocalCrm
 from connector.mautic import MauticPlatform
 from connector.platform import Platform
 from connector.sandbox.mautic import MauticSandbox
-from connector.sandbox.server import App as SandboxApp
 from connector.sandbox.server import Faults, SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
@@ -58,10 +57,6 @@ class Connector:
     sandboxes: dict[str, SandboxServer] = field(default_factory=dict)
     _closers: list[Callable[[], Any]] = field(default_factory=list)
     dataverse: DataverseClient | None = None  # when the job store or the CRM is Dynamics 365
-
-    @property
-    def sandbox_apps(self) -> dict[str, SandboxApp]:
-        return {name: server.app for name, server in self.sandboxes.items()}
 
     def close(self) -> None:
         self.runner.close()

@@ -224,6 +224,7 @@ class Executor:
             elif op is Operation.START_AUTOMATION:
                 self.platform.start_automation(contact, tag, ref=ref)
             else:
+                assert op.is_increment, op
                 self._increment(run, store, contact, tag)
         store.save_progress(run.owner, job.id, applied=True)
         run.job = job.model_copy(update={"applied_at": self._clock()})

@@ -287,10 +287,6 @@ def _messages(exc: ValidationError) -> list[str]:
     return out
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as an ISO 8601 UTC string, for people and JSON."""
     if ts is None:

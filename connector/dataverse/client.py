@@ -266,9 +266,6 @@ class DataverseClient:
         result: dict[str, Any] = response.json()
         return result
 
-    def delete(self, entity_set: str, row_id: str) -> None:
-        self.send("DELETE", f"{entity_set}({guid(row_id)})")
-
     def batch(
         self, parts: Sequence[BatchPart], *, changeset: bool = False, continue_on_error: bool = False
     ) -> list[BatchResult]:
