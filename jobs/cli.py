@@ -6,7 +6,9 @@ invalid input.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import inspect
 import json
 import logging
 import shlex
@@ -15,7 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -84,10 +86,32 @@ DropRateFlag = Annotated[float | None, typer.Option(
 SeedFlag = Annotated[int | None, typer.Option("--seed", help="Seed of the fault draws, for repeatable runs.")]
 
 
-def fault_overrides(**flags: float | int | None) -> dict[str, Any] | None:
-    """The `faults` settings override for the fault flags given (None when no flag was given)."""
-    given = {name: value for name, value in flags.items() if value is not None}
-    return given or None
+FAULT_FLAGS: dict[str, Any] = {
+    "latency_ms": LatencyFlag, "jitter_ms": JitterFlag, "rate_limit": RateLimitFlag, "retry_after": RetryAfterFlag,
+    "error_rate": ErrorRateFlag, "reset_rate": ResetRateFlag, "timeout_rate": TimeoutRateFlag,
+    "drop_rate": DropRateFlag, "seed": SeedFlag,
+}
+
+
+def with_fault_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the fault flags; it receives them as one `faults` settings override (None: no flag given).
+
+    Typer has no groups of options: the flags are appended to the command's signature, which is what Typer reads.
+    """
+    own = inspect.signature(command, eval_str=True)
+    flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+             for name, annotation in FAULT_FLAGS.items()]
+    parameters = [p for p in own.parameters.values() if p.name != "faults"] + flags
+
+    @functools.wraps(command)
+    def run_with_faults(**kwargs: Any) -> None:
+        flags = {name: kwargs.pop(name, None) for name in FAULT_FLAGS}
+        given = {name: value for name, value in flags.items() if value is not None}
+        command(**kwargs, faults=given or None)
+
+    run_with_faults.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run_with_faults.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return run_with_faults
 
 
 class Failure(Exception):
@@ -444,16 +468,9 @@ def run(
 
 
 @app.command("demo")
+@with_fault_flags
 def demo(
-    latency_ms: LatencyFlag = None,
-    jitter_ms: JitterFlag = None,
-    rate_limit: RateLimitFlag = None,
-    retry_after: RetryAfterFlag = None,
-    error_rate: ErrorRateFlag = None,
-    reset_rate: ResetRateFlag = None,
-    timeout_rate: TimeoutRateFlag = None,
-    drop_rate: DropRateFlag = None,
-    seed: SeedFlag = None,
+    faults: dict[str, Any] | None,
     crm: Annotated[str | None, typer.Option(
         "--crm", help="dataverse: create the job rows in (sandbox) Dynamics 365, as CRM users do.")] = None,
 ) -> None:
@@ -466,10 +483,7 @@ def demo(
         fail(f"--crm is {crm!r}; use local or dataverse.", 2)
     # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
     where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
-    config = settings(**where, faults=fault_overrides(
-        latency_ms=latency_ms, jitter_ms=jitter_ms, rate_limit=rate_limit, retry_after=retry_after,
-        error_rate=error_rate, reset_rate=reset_rate, timeout_rate=timeout_rate, drop_rate=drop_rate, seed=seed,
-    ))
+    config = settings(**where, faults=faults)
     with connector(config) as built:
         result = run_demo(built)
         injected = {name: server.injector.counts for name, server in built.sandboxes.items()}
@@ -518,7 +532,9 @@ def _demo_hints(config: Settings, result: DemoResult) -> list[str]:
 
 
 @sandbox_app.command("serve")
+@with_fault_flags
 def sandbox_serve(
+    faults: dict[str, Any] | None,
     port: Annotated[int, typer.Option(
         min=0, max=65533, help="First of three ports: Spotler on it, Mautic on the next, Dataverse on the one after "
         "(0: any free ports).")] = 0,
@@ -526,21 +542,9 @@ def sandbox_serve(
     mautic_port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the Mautic sandbox (0: any free).")] = 0,
     dataverse_port: Annotated[int, typer.Option(
         min=0, max=65535, help="Port of the Dataverse sandbox, https (0: any free).")] = 0,
-    latency_ms: LatencyFlag = None,
-    jitter_ms: JitterFlag = None,
-    rate_limit: RateLimitFlag = None,
-    retry_after: RetryAfterFlag = None,
-    error_rate: ErrorRateFlag = None,
-    reset_rate: ResetRateFlag = None,
-    timeout_rate: TimeoutRateFlag = None,
-    drop_rate: DropRateFlag = None,
-    seed: SeedFlag = None,
 ) -> None:
     """Serve every sandbox on loopback in the foreground and print their base URLs; Ctrl-C or SIGTERM stops."""
-    config = settings(faults=fault_overrides(
-        latency_ms=latency_ms, jitter_ms=jitter_ms, rate_limit=rate_limit, retry_after=retry_after,
-        error_rate=error_rate, reset_rate=reset_rate, timeout_rate=timeout_rate, drop_rate=drop_rate, seed=seed,
-    ))
+    config = settings(faults=faults)
     _setup_logging(config)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
