@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from connector.sandbox.server import App, Faults, HttpError, Request, Response, SandboxServer, Store
+from connector.sandbox.server import App, HttpError, Request, Response, Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
@@ -537,30 +537,3 @@ def _search_matches(search: str, values: dict[str, Any]) -> bool:
     term = term[1:] if strict else term
     email = str(values.get("email") or "")
     return _like(term if strict else f"%{term}%", email)
-
-
-def build_mautic_sandbox(
-    path: Path,
-    *,
-    username: str,
-    password: str,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    contact_field: str = "crm_id",
-    auto_create_contacts: bool = False,
-) -> MauticSandbox:
-    """The emulator with its state in the SQLite file `path` (created when missing)."""
-    return MauticSandbox(
-        path,
-        username=username,
-        password=password,
-        client_id=client_id,
-        client_secret=client_secret,
-        contact_field=contact_field,
-        auto_create_contacts=auto_create_contacts,
-    )
-
-
-def serve_mautic_sandbox(app: MauticSandbox, *, port: int = 0, faults: Faults | None = None) -> SandboxServer:
-    """Serve `app` on 127.0.0.1 in a background thread; the caller stops the server."""
-    return SandboxServer(app, port=port, faults=faults).start()

@@ -17,7 +17,7 @@ from connector import errors
 from connector.http import ApiSession, Brake
 from connector.mautic import MauticOAuth2, MauticPlatform
 from connector.platform import Contact
-from connector.sandbox.mautic import MauticSandbox, build_mautic_sandbox
+from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import Faults, SandboxServer
 
 USER, PASSWORD = "sandbox", "sandbox-password"
@@ -27,7 +27,7 @@ ANN = Contact(external_id="crm-ann", email="ann@example.com")
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> MauticSandbox:
-    return build_mautic_sandbox(
+    return MauticSandbox(
         tmp_path / "mautic.sqlite3",
         username=USER,
         password=PASSWORD,
@@ -222,11 +222,11 @@ def test_oauth2_wrong_secret_is_an_auth_error_without_the_secret(
 
 def test_state_survives_a_restart(tmp_path: Path, session: ApiSession) -> None:
     path = tmp_path / "mautic.sqlite3"
-    first = build_mautic_sandbox(path, username=USER, password=PASSWORD)
+    first = MauticSandbox(path, username=USER, password=PASSWORD)
     cid = first.seed_contact("ann@example.com")
     with SandboxServer(first) as running:
         basic(running, session).set_score(ANN, "Lead", 9, ref="job-1")
-    second = build_mautic_sandbox(path, username=USER, password=PASSWORD)
+    second = MauticSandbox(path, username=USER, password=PASSWORD)
     with SandboxServer(second) as running:
         assert basic(running, session).read_scores(ANN) == {"Lead": 9}
     assert second.scores_of(cid) == {"Lead": 9}
