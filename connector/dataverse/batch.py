@@ -200,15 +200,7 @@ def _inner(headers: Mapping[str, str], content: bytes) -> InnerRequest:
                         _lookup(headers, "Content-ID"))
 
 
-@dataclass
-class InnerResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    content_id: str | None = None
-
-
-def build_batch_response(items: Sequence[list[InnerResponse] | InnerResponse], boundary: str) -> bytes:
+def build_batch_response(items: Sequence[list[BatchResult] | BatchResult], boundary: str) -> bytes:
     lines: list[str] = []
     for item in items:
         lines.append(f"--{boundary}")
@@ -224,7 +216,7 @@ def build_batch_response(items: Sequence[list[InnerResponse] | InnerResponse], b
     return CRLF.join(lines).encode()
 
 
-def _response_part(response: InnerResponse) -> list[str]:
+def _response_part(response: BatchResult) -> list[str]:
     head = ["Content-Type: application/http", "Content-Transfer-Encoding: binary"]
     if response.content_id:
         head.append(f"Content-ID: {response.content_id}")

@@ -33,8 +33,8 @@ import requests
 import trustme
 
 from connector.dataverse.batch import (
+    BatchResult,
     InnerRequest,
-    InnerResponse,
     build_batch_response,
     parse_batch_request,
 )
@@ -571,12 +571,12 @@ class DataverseApp(App):
             raise error(400, "The number of requests in a $batch exceeds the limit of 1000.", "0x80060888")
         continue_on_error = "odata.continue-on-error" in _prefer(request.header("prefer") or "")
         origin = _origin(request)
-        out: list[list[InnerResponse] | InnerResponse] = []
+        out: list[list[BatchResult] | BatchResult] = []
         for item in items:
             if isinstance(item, list):
                 result = self._changeset(item, origin)
                 out.append(result)
-                failed = isinstance(result, InnerResponse) and result.status >= 400
+                failed = isinstance(result, BatchResult) and result.status >= 400
             else:
                 single = self._inner(item, origin, {})
                 out.append(single)
@@ -587,9 +587,9 @@ class DataverseApp(App):
         return Response(200, raw=build_batch_response(out, boundary),
                         headers={"Content-Type": f"multipart/mixed; boundary={boundary}", "OData-Version": "4.0"})
 
-    def _changeset(self, parts: list[InnerRequest], origin: str) -> list[InnerResponse] | InnerResponse:
+    def _changeset(self, parts: list[InnerRequest], origin: str) -> list[BatchResult] | BatchResult:
         created: dict[str, str] = {}
-        responses: list[InnerResponse] = []
+        responses: list[BatchResult] = []
         try:
             with self._tx():
                 for part in parts:
@@ -607,7 +607,7 @@ class DataverseApp(App):
             return abort.response
         return responses
 
-    def _inner(self, part: InnerRequest, origin: str, created: Mapping[str, str]) -> InnerResponse:
+    def _inner(self, part: InnerRequest, origin: str, created: Mapping[str, str]) -> BatchResult:
         url = part.url
         if url.startswith("$"):
             ref, _, rest = url[1:].partition("/")
@@ -630,18 +630,18 @@ class DataverseApp(App):
         out_headers = dict(response.headers)
         if body:
             out_headers.setdefault("Content-Type", "application/json; odata.metadata=minimal")
-        return InnerResponse(response.status, out_headers, body, part.content_id)
+        return BatchResult(response.status, out_headers, body, part.content_id)
 
 
 class _Abort(Exception):
-    def __init__(self, response: InnerResponse) -> None:
+    def __init__(self, response: BatchResult) -> None:
         super().__init__(response.status)
         self.response = response
 
 
-def _inner_error(part: InnerRequest, status: int, message: str, code: str) -> InnerResponse:
+def _inner_error(part: InnerRequest, status: int, message: str, code: str) -> BatchResult:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return InnerResponse(status, {"Content-Type": "application/json"}, body, part.content_id)
+    return BatchResult(status, {"Content-Type": "application/json"}, body, part.content_id)
 
 
 def _origin(request: Request) -> str:
