@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobs.model import Attempt, Job, JobRequest, JobStatus, Operation
+from jobs.model import Attempt, Job, JobRequest, JobStatus
 from jobs.store import JobNotFound, LeaseLost, NotAllowed, StoreUnavailable
 
 SCHEMA = """
@@ -496,27 +496,15 @@ def _request_of_row(row: sqlite3.Row) -> JobRequest | None:
         return None
 
 
+# Columns that are a Job's fields as they are; the others (the request, raw input, status) are decoded.
+_PLAIN_COLUMNS = ("id", "created_at", "updated_at", "next_attempt_at", "attempts", "result_code", "message",
+                  "http_status", "lease_owner", "lease_expires_at", "applied_at", "posted_at", "score_before")
+
+
 def _job_from_row(row: sqlite3.Row) -> Job:
-    data = dict(row)
-    request = _request_of_row(row)
     return Job(
-        id=data["id"],
-        request=request,
-        raw=json.loads(data["raw"]),
-        status=JobStatus(data["status"]),
-        created_at=data["created_at"],
-        updated_at=data["updated_at"],
-        next_attempt_at=data["next_attempt_at"],
-        attempts=data["attempts"],
-        result_code=data["result_code"],
-        message=data["message"],
-        http_status=data["http_status"],
-        lease_owner=data["lease_owner"],
-        lease_expires_at=data["lease_expires_at"],
-        applied_at=data["applied_at"],
-        posted_at=data["posted_at"],
-        score_before=data["score_before"],
+        **{name: row[name] for name in _PLAIN_COLUMNS},
+        request=_request_of_row(row),
+        raw=json.loads(row["raw"]),
+        status=JobStatus(row["status"]),
     )
-
-
-__all__ = ["Operation", "SqliteJobStore"]
