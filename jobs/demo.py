@@ -15,6 +15,7 @@ from jobs.demo_dataverse import create_job_rows, ensure_records
 from jobs.model import Job
 from jobs.runner import DrainReport
 from jobs.service import contact_view, read_for_a_person, request_from_fields
+from jobs.store.dataverse import DataverseJobStore
 
 # What CRM users typically queue: every operation, several contacts, a lead, an account, a tag-only job, a
 # removal of several tags, and one job from a careless user (a negative increase). Start Automation uses the trigger
@@ -103,7 +104,8 @@ def _queue(connector: Connector) -> tuple[list[str], list[tuple[str, str, str]]]
         # repeated safely), so the Dataverse sandbox's faults are off while the demo sets up.
         with _faults_paused(connector.sandboxes.get("dataverse")):
             ids = ensure_records(client)
-            rows = create_job_rows(client, connector.settings.dataverse.jobs, [*DEMO_JOBS, CARELESS_JOB], ids)
+            assert isinstance(connector.store, DataverseJobStore)
+            rows = create_job_rows(client, connector.store, [*DEMO_JOBS, CARELESS_JOB], ids)
         return rows, [(kind, ids[name], name) for kind, name in SHOWN_RECORDS]
     store = connector.store
     queued = store.add([request_from_fields(fields) for fields in DEMO_JOBS])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import DataverseTableSettings
 from connector.dataverse.client import DataverseClient, odata_literal
+from jobs.store.dataverse import DataverseJobStore
 
 # The demo's records by their name in DEMO_JOBS: entity set and the columns of a new row. The e-mail address
 # finds the row again, so running the demo twice does not duplicate them.
@@ -37,26 +37,16 @@ def ensure_records(client: DataverseClient) -> dict[str, str]:
     return ids
 
 
-def job_row(table: DataverseTableSettings, fields: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
-    """The job row a CRM user's form would create for one demo job."""
-    operation = str(fields["operation"]).strip().lower().replace(" ", "_")
-    row: dict[str, Any] = {
-        table.operation: table.operation_values.get(operation, operation) if table.operation_values else operation,
-        table.tags: fields["tags"],
-    }
-    if fields.get("score") not in (None, ""):
-        row[table.score] = int(fields["score"])
-    lookups = {"contact": (table.contact_lookup, "contacts"), "lead": (table.lead_lookup, "leads"),
-               "account": (table.account_lookup, "accounts")}
-    kind = fields.get("target_kind") or next((k for k in lookups if fields.get(k)), None)
-    if kind is not None:
-        name = fields.get("target_id") or fields[kind]
-        navigation, entity_set = lookups[kind]
-        row[f"{navigation}@odata.bind"] = f"/{entity_set}({ids[name]})"
-    return row
+def job_row(store: DataverseJobStore, fields: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
+    """The job row a CRM user's form would create for one demo job: the store's own column mapping."""
+    kind = fields.get("target_kind") or next((k for k in ("contact", "lead", "account") if fields.get(k)), None)
+    name = fields.get("target_id") or (fields[kind] if kind else None)
+    raw = {"operation": fields["operation"], "tags": fields["tags"], "score": fields.get("score") or None,
+           "target_kind": kind, "target_id": ids[name] if name else None}
+    return store.input_columns(raw)
 
 
 def create_job_rows(
-    client: DataverseClient, table: DataverseTableSettings, jobs: list[dict[str, Any]], ids: dict[str, str]
+    client: DataverseClient, store: DataverseJobStore, jobs: list[dict[str, Any]], ids: dict[str, str]
 ) -> list[str]:
-    return [client.create(table.entity_set, job_row(table, fields, ids)) for fields in jobs]
+    return [client.create(store.t.entity_set, job_row(store, fields, ids)) for fields in jobs]

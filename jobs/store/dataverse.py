@@ -186,7 +186,8 @@ class DataverseJobStore:
 
     # -- creating ------------------------------------------------------------------------------------------
 
-    def _input_columns(self, raw: dict[str, Any]) -> Row:
+    def input_columns(self, raw: dict[str, Any]) -> Row:
+        """The columns a job form holds for this input (also invalid input, as a user could leave it)."""
         t = self.t
         columns: Row = {}
         operation = raw.get("operation")
@@ -213,7 +214,7 @@ class DataverseJobStore:
         return columns
 
     def _new_row(self, raw: dict[str, Any]) -> Row:
-        row = self._input_columns(raw)
+        row = self.input_columns(raw)
         row.update(self._status_columns(JobStatus.PENDING))
         row[self.t.attempts] = 0
         return row
