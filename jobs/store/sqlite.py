@@ -235,7 +235,7 @@ class SqliteJobStore:
 
     def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
         now = self._clock()
-        ids = []
+        seqs = []
         with self.atomic() as db:
             for request in requests:
                 job_id = uuid.uuid4().hex[:12]
@@ -255,8 +255,12 @@ class SqliteJobStore:
                     },
                 )
                 db.executemany(INSERT_KEY, [(key, cursor.lastrowid) for key in request.keys])
-                ids.append(job_id)
-        return [self.get(job_id) for job_id in ids]
+                seqs.append(cursor.lastrowid)
+            if not seqs:
+                return []
+            # One read for the whole batch: the write lock keeps its rows consecutive.
+            rows = db.execute("SELECT * FROM jobs WHERE seq BETWEEN ? AND ? ORDER BY seq", (seqs[0], seqs[-1]))
+            return [_job_from_row(row) for row in rows]
 
     def add_raw(self, raw: dict[str, Any]) -> Job:
         """Queue input as a CRM user left it, unvalidated: for rows edited into something invalid (and tests)."""
