@@ -259,7 +259,8 @@ def jobs_import(
     """Queue the jobs of a file: all or nothing unless --skip-invalid; every bad row reported with its line."""
     config = settings()
     with job_store(config) as store:
-        total = count_rows(file) if file.is_file() else 0
+        # Counting reads the file once more: only worth it when someone watches a progress bar.
+        total = count_rows(file) if err.is_terminal and file.is_file() else 0
         with Progress(console=err, transient=True, disable=total < 2000 or not err.is_terminal) as progress:
             task = progress.add_task("Checking rows", total=total)
             result = import_jobs(store, file, skip_invalid=skip_invalid, on_row=lambda: progress.advance(task))
