@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +12,7 @@ from connector.dataverse.batch import BatchPart
 from connector.dataverse.client import DataverseClient, odata_literal
 from connector.http import Brake
 from connector.sandbox.dataverse import SANDBOX_CLIENT_ID, DataverseSandbox
-from connector.sandbox.server import Faults
+from connector.sandbox.server import FaultInjector, Faults
 from tests.integration.dataverse_env import client_for, make_record, running_sandbox
 
 
@@ -148,23 +147,18 @@ def test_batch_without_change_set_stops_at_the_first_failure_unless_told_to_cont
     assert results[1].json()["firstname"] == "Ann"
 
 
-def test_a_rate_limit_past_the_configured_request_rate_is_honoured(tmp_path):
-    # The sandbox counts requests per second of real time, so the brake really waits here (half a second).
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        time.sleep(seconds)
-
+def test_a_rate_limit_past_the_configured_request_rate_is_honoured(tmp_path, clock):
+    # The sandbox's rate window and the client's brake share one fake clock: the Retry-After passes without waiting.
     faults = Faults(rate_limit=3, retry_after=0.5)
-    with running_sandbox(tmp_path, faults=faults) as sandbox, \
-            client_for(sandbox, brake=Brake("Dataverse", sleep=sleep)) as client:
-        for _ in range(6):
-            make_record(client)
-        throttled = sandbox.server.injector.counts.get("429", 0)
-        assert throttled >= 1
-        assert client.session.throttled == throttled
-    assert slept and max(slept) <= 0.5
+    with running_sandbox(tmp_path, faults=faults) as sandbox:
+        sandbox.server.injector = FaultInjector(faults, clock=clock)
+        with client_for(sandbox, brake=Brake("Dataverse", clock=clock, sleep=clock.sleep)) as client:
+            for _ in range(6):
+                make_record(client)
+            throttled = sandbox.server.injector.counts.get("429", 0)
+            assert throttled >= 1
+            assert client.session.throttled == throttled
+    assert clock.slept and max(clock.slept) <= 0.5
 
 
 def test_state_survives_a_restart(tmp_path):
