@@ -35,3 +35,16 @@ SANDBOX_CONSUMER_KEY = "sandbox-consumer-key"
 SANDBOX_CONSUMER_SECRET = "sandbox-consumer-secret"
 SANDBOX_MAUTIC_USER = "sandbox"
 SANDBOX_MAUTIC_PASSWORD = "sandbox-password"
+
+# How often the outcome of a job is offered to a job store that does not answer, before the lease takes over.
+STORE_WRITE_TRIES = 4
+# A job store that does not answer a claim (Dataverse 5xx, a dropped connection) is asked again after these
+# pauses, in seconds, before a drain gives up; running jobs go on meanwhile.
+CLAIM_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+# How often a Dataverse write under a lease is repeated after a 412 while the row is still ours (a user editing
+# the job form meanwhile), and a person's retry or cancel after a concurrent change.
+DATAVERSE_WRITE_TRIES = 4
+# A read for a person is tried this often on a transient error (a flaky network, a sandbox with faults), with a
+# short pause between tries: long enough to ride out a blip, short enough that a person keeps waiting.
+VIEW_TRIES = 5
+VIEW_PAUSE = 0.2

@@ -158,7 +158,12 @@ class DataverseTableSettings(_Section):
     applied_at: str = "cr_appliedat"
     posted_at: str = "cr_postedat"
     score_before: str = "cr_scorebefore"
-    attempt_log: str = Field("cr_attemptlog", description="multiple lines of text: one line per attempt")
+    attempt_log: str = Field("cr_attemptlog", description="multiple lines of text: one line per attempt, and "
+                             "one per retry or cancel with who asked")
+    # What the connector keeps for itself.
+    payload: str = Field("cr_payload", description="multiple lines of text: the JSON of a job kind a CRM user "
+                         "does not create on the form (the connector's own jobs)")
+    request_id: str = Field("cr_requestid", description="text: a caller's request id, so a request is queued once")
     status_reasons: DataverseStatusReasons = DataverseStatusReasons()
 
     @field_validator("operation_values")
@@ -175,6 +180,19 @@ class DataverseTableSettings(_Section):
         return value
 
 
+class DataverseEntriesSettings(_Section):
+    """The custom table where durable subscribers keep their records (score history, trigger firings), written in
+    the same change set as the outcome of the job that caused them."""
+
+    entity_set: str = "cr_connectorentries"
+    primary_key: str = "cr_connectorentryid"
+    stream: str = "cr_stream"
+    key: str = "cr_key"
+    job_id: str = "cr_jobid"
+    data: str = Field("cr_data", description="multiple lines of text: the record's JSON")
+    at: str = Field("cr_at", description="text: when the record was kept, ISO 8601 with milliseconds")
+
+
 class DataverseSettings(_Section):
     environment_url: str | None = Field(None, description="unset: the sandbox is started on loopback")
     tenant_id: str = ""
@@ -189,6 +207,7 @@ class DataverseSettings(_Section):
     identify_column: str = ""
     identify_as: Literal["external_id", "email"] = "external_id"
     jobs: DataverseTableSettings = DataverseTableSettings()
+    entries: DataverseEntriesSettings = DataverseEntriesSettings()
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,8 @@
     │   ├── NotFound                  contact / row / trigger does not exist
     │   ├── AuthError                 credentials refused, even after one token refresh
     │   └── Rejected                  the API understood and said no (417, opt-out, ...)
-    └── Conflict                      412: someone else changed the row first (a lost claim, not a failure)
+    ├── Conflict                      412: someone else changed the row first (a lost claim, not a failure)
+    └── StoreError                    the job store's branch, drawn in `jobs/store/errors.py`
 
 The runner only needs to know the branch: transient errors are retried with backoff, permanent ones fail the job
 with their result code, a conflict is skipped. Result codes are short upper-case words that CRM users and support

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
+from config.settings import SettingsError
 from connector import errors
 from connector.http import ApiSession, error_for_status
 from connector.platform import Contact
@@ -221,7 +222,7 @@ def build_auth(settings: MauticSettings, session: requests.Session, base_url: st
     """The `AuthBase` the settings ask for."""
     if settings.auth == "oauth2":
         if not settings.client_id or not settings.client_secret.get_secret_value():
-            raise errors.InvalidInput("mautic.auth is oauth2 but mautic.client_id or mautic.client_secret is empty.")
+            raise SettingsError("mautic.auth is oauth2 but mautic.client_id or mautic.client_secret is empty.")
         return MauticOAuth2(
             session,
             token_url=_root(base_url) + "/oauth/v2/token",
@@ -268,7 +269,7 @@ class MauticPlatform:
         """The adapter for `settings`; `base_url` overrides the settings' (the sandbox's loopback URL)."""
         url = base_url or settings.base_url
         if not url:
-            raise errors.InvalidInput("mautic.base_url is not set.")
+            raise SettingsError("mautic.base_url is not set.")
         return cls(
             session,
             base_url=url,

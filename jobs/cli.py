@@ -7,6 +7,7 @@ invalid input.
 from __future__ import annotations
 
 import functools
+import getpass
 import importlib.metadata
 import inspect
 import json
@@ -43,7 +44,7 @@ from jobs.service import (
     parse_duration,
     request_from_fields,
 )
-from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
+from jobs.store import Actor, JobFilter, JobNotFound, JobStore, NotAllowed, StoreError
 
 # Piped output is read by people in logs and by tools; do not squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -244,8 +245,9 @@ def jobs_add(
     if as_json:
         out.print_json(data=job.to_json())
     else:
-        out.print(f"Queued job {job.id}: {request.operation.label} {', '.join(request.tags)}"
-                  f"{'' if request.score is None else f' ({request.score})'} for "
+        fields = request.kind.template_fields(request.payload)
+        score = "" if fields.get("score") in (None, "") else f" ({fields['score']})"
+        out.print(f"Queued job {job.id}: {request.kind.label} {fields.get('tags', '')}{score} for "
                   f"{request.target or 'no record (tag only)'}.", markup=False)
 
 
@@ -302,7 +304,7 @@ def jobs_list(
             )
         since_ts = time.time() - parse_duration(since) if since else None
     with job_store(config) as store:
-        found = store.list(status=status, target_id=contact, since=since_ts, limit=limit)
+        found = store.list(JobFilter(status=status, target_id=contact, since=since_ts, limit=limit)).jobs
     if as_json:
         out.print_json(data=[job.to_json() for job in found])
         return
@@ -338,9 +340,7 @@ def _print_jobs(found: list[Job]) -> None:
 
 def _what(job: Job) -> str:
     if job.request is not None:
-        request = job.request
-        score = "" if request.score is None else f" {request.score}"
-        return f"{request.operation.label} {', '.join(request.tags)}{score}"
+        return job.request.brief()
     raw = job.raw
     return " ".join(str(raw.get(k)) for k in ("operation", "tags", "score") if raw.get(k) not in (None, ""))
 
@@ -389,7 +389,7 @@ def jobs_retry(
     if (job_id is None) == (not failed):
         fail("give either a job id or --failed.", 2)
     with job_store(config) as store:
-        ids = store.retry(None if failed else job_id)
+        ids = store.retry(None if failed else job_id, by=_actor())
     out.print(f"Queued again: {count(len(ids), 'job')}{': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
               markup=False)
 
@@ -399,8 +399,17 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The pending job to c
     """Cancel a job that has not run yet."""
     config = settings()
     with job_store(config) as store:
-        job = store.cancel(job_id)
+        job = store.cancel(job_id, by=_actor())
     out.print(f"Cancelled job {job.id}.", markup=False)
+
+
+def _actor() -> Actor:
+    """Who acts from this command line: the operating system's login name."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Actor(who=who, via="cli")
 
 
 # --- contact ----------------------------------------------------------------------------------------------------

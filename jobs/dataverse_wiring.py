@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from config.settings import Settings
+from config.settings import DataverseEntriesSettings, DataverseTableSettings, Settings
 from connector.dataverse import connect
 from connector.dataverse.client import DataverseClient
 from connector.dataverse.crm import DataverseCrm
@@ -23,9 +23,11 @@ from connector.sandbox.dataverse import (
     SANDBOX_CLIENT_SECRET,
     SANDBOX_TENANT,
     DataverseSandbox,
+    EntityDef,
+    Lookup,
 )
 from connector.sandbox.server import Faults, SandboxServer
-from jobs.store.dataverse import DataverseJobStore, sandbox_table
+from jobs.store.dataverse import MESSAGE_MAX, TARGET_SETS, DataverseJobStore, value_column
 
 
 def sandbox_home(settings: Settings) -> Path:
@@ -36,7 +38,7 @@ def serve_dataverse_sandbox(settings: Settings, *, port: int = 0) -> SandboxServ
     """The Dataverse emulator (identity provider and Web API on one https port), with the job table as mapped."""
     sandbox = DataverseSandbox(
         sandbox_home(settings), port=port, faults=Faults(**settings.faults.model_dump()),
-        tables=[sandbox_table(settings.dataverse.jobs)],
+        tables=[sandbox_table(settings.dataverse.jobs), sandbox_entries_table(settings.dataverse.entries)],
     )
     return sandbox.start().server
 
@@ -74,10 +76,52 @@ def dataverse_client(
 def dataverse_store(
     settings: Settings, client: DataverseClient, *, clock: Callable[[], float] = time.time
 ) -> DataverseJobStore:
-    return DataverseJobStore(client, settings.dataverse.jobs, clock=clock, page_size=settings.dataverse.page_size)
+    return DataverseJobStore(client, settings.dataverse.jobs, entries=settings.dataverse.entries, clock=clock,
+                             page_size=settings.dataverse.page_size)
 
 
 def dataverse_crm(settings: Settings, client: DataverseClient) -> DataverseCrm:
     dv = settings.dataverse
     return DataverseCrm(client, timeline=dv.timeline, note_subject=dv.note_subject,
                         identify_column=dv.identify_column, identify_as=dv.identify_as)
+
+
+def sandbox_table(table: DataverseTableSettings) -> EntityDef:
+    """The job table as the Dataverse sandbox should define it, from the same mapping the store uses."""
+    reasons = table.status_reasons
+    lookups = tuple(
+        Lookup(navigation, TARGET_SETS[kind], value_column(navigation))
+        for kind, navigation in (("contact", table.contact_lookup), ("lead", table.lead_lookup),
+                                 ("account", table.account_lookup))
+    )
+    columns = {
+        table.operation, table.tags, table.score, table.result_code, table.message, table.http_status,
+        table.attempts, table.last_attempt_at, table.next_attempt_at, table.lease_owner, table.lease_expires_at,
+        table.applied_at, table.posted_at, table.score_before, table.attempt_log, table.payload, table.request_id,
+    }
+    if table.sequence:
+        columns.add(table.sequence)
+    return EntityDef(
+        entity_set=table.entity_set,
+        logical_name=table.entity_set.removesuffix("s"),
+        key=table.primary_key,
+        columns=frozenset(columns),
+        lookups=lookups,
+        max_lengths={table.message: MESSAGE_MAX, table.attempt_log: 1_048_576, table.payload: 1_048_576},
+        autonumber=table.sequence or None,
+        status_reasons={
+            reasons.pending: reasons.pending_state, reasons.running: reasons.running_state,
+            reasons.succeeded: reasons.succeeded_state, reasons.failed: reasons.failed_state,
+            reasons.cancelled: reasons.cancelled_state,
+        },
+        default_status=reasons.pending,
+    )
+
+
+def sandbox_entries_table(entries: DataverseEntriesSettings) -> EntityDef:
+    """The entries table (records kept with a job's outcome) as the sandbox should define it."""
+    return EntityDef(
+        entity_set=entries.entity_set, logical_name=entries.entity_set.removesuffix("s"), key=entries.primary_key,
+        columns=frozenset({entries.stream, entries.key, entries.job_id, entries.data, entries.at}),
+        max_lengths={entries.data: 1_048_576},
+    )

@@ -1,26 +1,27 @@
-"""One job -> platform calls -> an outcome on the job.
+"""One job -> its kind's handler -> an outcome on the job.
 
 A job runs in two phases, each remembered on the job so that a retry never repeats a finished phase:
-1. *apply*: the change on the platform (`applied_at` once done);
-2. *post*: one line on the target's timeline (`posted_at` once done).
+1. *apply*: the kind's handler makes the change (`applied_at` once done);
+2. *post*: one line on the target's timeline (`posted_at` once done), for kinds that post.
 
 Transient errors are retried with tenacity: short waits happen inside the attempt (the lease is renewed
 meanwhile); a wait longer than `inline_wait_max` puts the job back to pending with `next_attempt_at`. Permanent
 errors fail the job at once. Every try is recorded as an attempt.
 
-Increments are not idempotent (DESIGN.md guarantee 3). Before the first try the executor reads the score and
-keeps it on the job (`score_before`). Before any later try it reads the score again: if it already equals
-`score_before + change`, the earlier try was applied and is not sent again; otherwise the reading becomes the new
-`score_before` and the change is sent.
+The executor knows no kind: the handler (`jobs.kinds`) applies the change through a `RunContext`, which gives it
+the platform, the CRM, the outside services, and a durable place for what it observed before changing anything
+(the increments' read-back lives in `jobs.kinds.scores`). What happens is published to the `Observer`
+(`jobs.observe`); the records of durable subscribers are written with the job's outcome.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import tenacity
@@ -30,14 +31,14 @@ from config.settings import RetrySettings
 from connector import errors
 from connector.crm import Crm
 from connector.platform import Contact, Platform
-from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus, Operation
-from jobs.store import JobStore, LeaseLost
+from jobs.kinds import request_from_raw
+from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus
+from jobs.observe import AttemptEnded, AttemptStarted, Change, ChangeApplied, Finished, Observer
+from jobs.store import LeaseLost, Outcome, RunnerStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMELINE_TEMPLATE = defaults.TIMELINE_TEMPLATE
-# How often the outcome of a job is offered to a job store that does not answer, before the lease takes over.
-STORE_TRIES = 4
 
 
 class RetryLater(Exception):
@@ -56,17 +57,40 @@ class TimelineFailed(errors.PermanentError):
 
 @dataclass
 class _Run:
-    """What one execution knows: the job as it evolves, the contact, and who holds it."""
+    """What one execution knows: the job as it evolves, the contact, and who holds it. It is the `RunContext`
+    the kind's handler runs with."""
 
     job: Job
     request: JobRequest
     owner: str
-    contact: Contact | None = None
+    store: RunnerStore
+    platform: Platform
+    crm: Crm
+    services: Mapping[str, Any]
+    observer: Observer
+    _contact: Contact | None = None
     last_error: errors.ConnectorError | None = None
     # The final attempt (succeeded, or failed for good), written together with the job's outcome.
     final_attempt: Attempt | None = None
     # Whether a timeline post may exist already: the change was applied before this claim, or a post was tried.
     post_may_exist: bool = False
+    changes: list[Change] = field(default_factory=list)
+
+    def contact(self) -> Contact:
+        if self._contact is None:
+            target = self.request.target
+            assert target is not None, "a kind that runs without a target asked for its contact"
+            self._contact = self.crm.identify(target.kind.value, target.id)
+        return self._contact
+
+    def remember(self, *, score_before: int) -> None:
+        self.store.save_progress(self.owner, self.job.id, score_before=score_before)
+        self.job = self.job.replace(score_before=score_before)
+
+    def changed(self, tag: str | None, *, before: int | None, after: int | None) -> None:
+        change = Change(tag, before, after)
+        self.changes.append(change)
+        self.observer.publish(ChangeApplied(self.job, change))
 
 
 class Executor:
@@ -80,10 +104,15 @@ class Executor:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] | None = None,
         stop: threading.Event | None = None,
+        observer: Observer | None = None,
+        services: Mapping[str, Any] | None = None,
     ) -> None:
         self.platform = platform
         self.crm = crm
         self.policy = policy
+        self.observer = observer or Observer()
+        # Outside services by name, for kinds that run on them (a webhook client, a mailer).
+        self.services = dict(services or {})
         self.timeline_template = timeline_template
         self._clock = clock
         self.stop = stop or threading.Event()
@@ -95,7 +124,7 @@ class Executor:
 
     # --- entry point ----------------------------------------------------------------------------------------
 
-    def execute(self, job: Job, store: JobStore, owner: str) -> JobStatus | None:
+    def execute(self, job: Job, store: RunnerStore, owner: str) -> JobStatus | None:
         """Run a claimed job to its next status. Returns None when the lease was lost to another runner."""
         try:
             return self._execute(job, store, owner)
@@ -103,17 +132,16 @@ class Executor:
             log.warning("job %s: %s The job is left to whoever holds it now.", job.id, exc)
             return None
 
-    def _execute(self, job: Job, store: JobStore, owner: str) -> JobStatus:
+    def _execute(self, job: Job, store: RunnerStore, owner: str) -> JobStatus:
         request = job.request
         if request is None:
             return self._invalid(job, store, owner)
-        run = _Run(job=job, request=request, owner=owner, post_may_exist=job.applied_at is not None)
+        run = _Run(job=job, request=request, owner=owner, store=store, platform=self.platform, crm=self.crm,
+                   services=self.services, observer=self.observer, post_may_exist=job.applied_at is not None)
         remaining = self.policy.max_attempts - job.attempts
         if remaining <= 0:
             message = f"Gave up after {_attempts(job.attempts)}. {job.message}".strip()
-            self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=job.result_code or "GAVE_UP",
-                         message=message)
-            return JobStatus.FAILED
+            return self._finish(run, Outcome(JobStatus.FAILED, job.result_code or "GAVE_UP", message))
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(remaining),
             wait=lambda state: self._wait(job, state),
@@ -124,70 +152,72 @@ class Executor:
         try:
             for attempt in retrying:
                 with attempt:
-                    self._attempt(run, store, last=attempt.retry_state.attempt_number >= remaining)
+                    self._attempt(run, last=attempt.retry_state.attempt_number >= remaining)
         except RetryLater as later:
             error = run.last_error
-            self._finish(
-                store, owner, job.id, status=JobStatus.PENDING,
-                result_code=error.result_code if error else "RETRYING",
-                message=error.message if error else "Waiting to retry.",
-                http_status=error.http_status if error else None,
-                next_attempt_at=self._clock() + later.delay,
-            )
             log.info("job %s: retrying in %.1f s", job.id, later.delay)
-            return JobStatus.PENDING
+            return self._finish(run, Outcome(
+                JobStatus.PENDING, error.result_code if error else "RETRYING",
+                error.message if error else "Waiting to retry.", http_status=error.http_status if error else None,
+                next_attempt_at=self._clock() + later.delay,
+            ))
+        except LeaseLost:
+            raise
         except errors.ConnectorError as exc:
             message = exc.message
             if isinstance(exc, errors.TransientError):
                 message = f"Gave up after {_attempts(self.policy.max_attempts)}: {message}"
-            self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=exc.result_code, message=message,
-                         http_status=exc.http_status, attempt=run.final_attempt)
             log.info("job %s failed: %s %s", job.id, exc.result_code, message)
-            return JobStatus.FAILED
-        self._finish(store, owner, job.id, status=JobStatus.SUCCEEDED, result_code="OK", message=self._summary(run),
-                     attempt=run.final_attempt, posted=run.job.posted_at is not None)
+            return self._finish(run, Outcome(JobStatus.FAILED, exc.result_code, message,
+                                             http_status=exc.http_status, attempt=run.final_attempt))
         log.info("job %s succeeded", job.id)
-        return JobStatus.SUCCEEDED
+        return self._finish(run, Outcome(JobStatus.SUCCEEDED, "OK", self._summary(run), attempt=run.final_attempt,
+                                         posted=run.job.posted_at is not None))
 
-    def _finish(self, store: JobStore, owner: str, job_id: str, **outcome: Any) -> None:
-        """Record the job's outcome, asking a job store that does not answer (Dataverse 5xx) a few times more.
+    def _finish(self, run: _Run | tuple[RunnerStore, str, Job], outcome: Outcome) -> JobStatus:
+        """Record the job's outcome with what durable subscribers keep of it, asking a job store that does not
+        answer (Dataverse 5xx) a few times more; then tell the plain subscribers.
 
         Safe to repeat: a write that was applied after all has moved the row on, and the next try finds the job
         no longer held (LeaseLost). If the store stays down, the job keeps its lease until it expires and is
         run again, and the platform change is not repeated (`applied_at`, `score_before`).
         """
+        store, owner, job = (run.store, run.owner, run.job) if isinstance(run, _Run) else run
+        changes = run.changes if isinstance(run, _Run) else []
+        outcome = dataclasses.replace(outcome, records=self.observer.records(job, outcome, changes))
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(STORE_TRIES), wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            stop=tenacity.stop_after_attempt(defaults.STORE_WRITE_TRIES),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
             retry=tenacity.retry_if_exception_type(errors.TransientError), sleep=self._pause, reraise=True,
         )
-        retrying(store.finish, owner, job_id, **outcome)
+        retrying(store.finish, owner, job.id, outcome)
+        self.observer.publish(Finished(job, outcome))
+        return outcome.status
 
-    def _invalid(self, job: Job, store: JobStore, owner: str) -> JobStatus:
-        raw = job.raw
+    def _invalid(self, job: Job, store: RunnerStore, owner: str) -> JobStatus:
         try:
-            JobRequest.from_input(
-                operation=raw.get("operation"), tags=raw.get("tags"), score=raw.get("score"),
-                target_kind=raw.get("target_kind"), target_id=raw.get("target_id"),
-            )
+            request_from_raw(job.raw)
             message = "The job's input could not be read."
         except InvalidJob as exc:
             message = str(exc)
         now = self._clock()
         attempt = Attempt(job_id=job.id, started_at=now, ended_at=now, outcome="failed",
                           result_code=InvalidJob.result_code, message=message)
-        self._finish(store, owner, job.id, status=JobStatus.FAILED, result_code=InvalidJob.result_code, message=message,
-                     attempt=attempt)
-        return JobStatus.FAILED
+        outcome = Outcome(JobStatus.FAILED, InvalidJob.result_code, message, attempt=attempt)
+        return self._finish((store, owner, job), outcome)
 
     # --- one attempt ----------------------------------------------------------------------------------------
 
-    def _attempt(self, run: _Run, store: JobStore, *, last: bool) -> None:
+    def _attempt(self, run: _Run, *, last: bool) -> None:
         started = self._clock()
+        self.observer.publish(AttemptStarted(run.job, started))
         try:
             if run.job.applied_at is None:
-                self._apply(run, store)
-            if run.request.target is not None and run.job.posted_at is None:
-                self._post(run, store)
+                self._apply(run)
+            if run.request.kind.posts_timeline and run.request.target is not None and run.job.posted_at is None:
+                self._post(run)
+        except LeaseLost:
+            raise
         except errors.ConnectorError as exc:
             retry = isinstance(exc, errors.TransientError) and not last
             attempt = Attempt(
@@ -196,59 +226,31 @@ class Executor:
                 http_status=exc.http_status, message=exc.message,
             )
             if retry:
-                store.record_attempt(run.owner, attempt)
+                run.store.record_attempt(run.owner, attempt)
             else:
                 run.final_attempt = attempt
             run.last_error = exc
+            self.observer.publish(AttemptEnded(run.job, attempt, self._clock() - started))
             raise
         run.final_attempt = Attempt(
             job_id=run.job.id, started_at=started, ended_at=self._clock(), outcome="succeeded", result_code="OK",
             message=self._summary(run),
         )
+        self.observer.publish(AttemptEnded(run.job, run.final_attempt, self._clock() - started))
 
-    def _apply(self, run: _Run, store: JobStore) -> None:
-        request, job = run.request, run.job
-        ref = job.id  # the platform's own log names the job (Mautic: "Connector job <id>")
-        if request.target is None:
-            self.platform.create_tags(request.tags)
-        else:
-            contact = self._contact(run)
-            op, tag = request.operation, request.tags[0]
-            if op is Operation.ADD_TAG:
-                self.platform.add_tags(contact, request.tags, ref=ref)
-            elif op in (Operation.REMOVE_TAG, Operation.REMOVE_SCORE):
-                self.platform.remove_tags(contact, request.tags, ref=ref)
-            elif op is Operation.SET_SCORE:
-                assert request.score is not None
-                self.platform.set_score(contact, tag, request.score, ref=ref)
-            elif op is Operation.START_AUTOMATION:
-                self.platform.start_automation(contact, tag, ref=ref)
-            else:
-                assert op.is_increment, op
-                self._increment(run, store, contact, tag)
-        store.save_progress(run.owner, job.id, applied=True)
-        run.job = job.model_copy(update={"applied_at": self._clock()})
+    def _apply(self, run: _Run) -> None:
+        run.request.kind.run(run)
+        run.store.save_progress(run.owner, run.job.id, applied=True)
+        run.job = run.job.replace(applied_at=self._clock())
 
-    def _increment(self, run: _Run, store: JobStore, contact: Contact, tag: str) -> None:
-        request, job = run.request, run.job
-        assert request.score is not None
-        change = request.score if request.operation is Operation.INCREASE_SCORE else -request.score
-        current = _score_of(self.platform.read_scores(contact), tag)
-        if job.score_before is not None and current == job.score_before + change:
-            log.info("job %s: score of %s is already %s; the earlier attempt was applied", job.id, tag, current)
-            return
-        if job.score_before != current:
-            store.save_progress(run.owner, job.id, score_before=current)
-            run.job = job = job.model_copy(update={"score_before": current})
-        self.platform.change_score(contact, tag, change, ref=job.id)
-
-    def _post(self, run: _Run, store: JobStore) -> None:
-        target = run.request.target
+    def _post(self, run: _Run) -> None:
+        request = run.request
+        target = request.target
         assert target is not None
         text = self.timeline_template.format(
             # The post sits on the record's own timeline: naming the record there again says nothing.
-            summary=self._summary(run, with_target=False), job_id=run.job.id, operation=run.request.operation.label,
-            tags=", ".join(run.request.tags), score="" if run.request.score is None else run.request.score,
+            summary=self._summary(run, with_target=False), job_id=run.job.id, operation=request.kind.label,
+            **request.kind.template_fields(request.payload),
         )
         may_exist, run.post_may_exist = run.post_may_exist, True
         try:
@@ -259,14 +261,7 @@ class Executor:
                 f"{self._summary(run)}, but the timeline post failed: {exc.message}", http_status=exc.http_status
             ) from exc
         # Marked posted with the job's outcome: a post repeated after a crash right here is found by the CRM.
-        run.job = run.job.model_copy(update={"posted_at": self._clock()})
-
-    def _contact(self, run: _Run) -> Contact:
-        if run.contact is None:
-            target = run.request.target
-            assert target is not None
-            run.contact = self.crm.identify(target.kind.value, target.id)
-        return run.contact
+        run.job = run.job.replace(posted_at=self._clock())
 
     def _summary(self, run: _Run, *, with_target: bool = True) -> str:
         request = run.request
@@ -294,15 +289,6 @@ class Executor:
         self._sleep(delay)
         if self.stop.is_set():
             raise RetryLater(0.0)
-
-
-def _score_of(scores: dict[str, int], tag: str) -> int:
-    """The tag's score as read back: an exact name first, else one differing only in case (Mautic compares tag
-    names case-insensitively and reports the name it stored first); a missing tag is 0."""
-    if tag in scores:
-        return scores[tag]
-    folded = tag.casefold()
-    return next((score for name, score in scores.items() if name.casefold() == folded), 0)
 
 
 @dataclass

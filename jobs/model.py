@@ -6,62 +6,23 @@ value given and what would be right.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from jobs.kinds import Kind
 
 MAX_TAG_LENGTH = 255
 MAX_RECORD_ID_LENGTH = 100
 # Scores are stored as 32-bit integers by the platforms and the CRM.
 MAX_SCORE = 2_147_483_647
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode Cc: C0, DEL and C1 (e.g. U+0085, a line break)
-_SEPARATORS = re.compile(r"[,;]")
-
-
-class Operation(StrEnum):
-    ADD_TAG = "add_tag"
-    REMOVE_TAG = "remove_tag"
-    SET_SCORE = "set_score"
-    INCREASE_SCORE = "increase_score"
-    DECREASE_SCORE = "decrease_score"
-    REMOVE_SCORE = "remove_score"
-    # Start a platform automation for the record; the Tag field carries the automation's trigger code.
-    START_AUTOMATION = "start_automation"
-
-    @property
-    def label(self) -> str:
-        """The CRM's display name: "Increase Score"."""
-        return self.value.replace("_", " ").title()
-
-    @property
-    def takes_score(self) -> bool:
-        return self in (Operation.SET_SCORE, Operation.INCREASE_SCORE, Operation.DECREASE_SCORE)
-
-    @property
-    def takes_several_tags(self) -> bool:
-        return self in (Operation.ADD_TAG, Operation.REMOVE_TAG, Operation.REMOVE_SCORE)
-
-    @property
-    def is_increment(self) -> bool:
-        """Not idempotent: applying it twice changes the result."""
-        return self in (Operation.INCREASE_SCORE, Operation.DECREASE_SCORE)
-
-    @classmethod
-    def parse(cls, value: object) -> Operation:
-        """Accepts `increase_score`, the CRM's "Increase Score", and spellings in between."""
-        if isinstance(value, Operation):
-            return value
-        text = str(value or "").strip()
-        key = re.sub(r"[\s\-]+", "_", text).lower()
-        try:
-            return cls(key)
-        except ValueError:
-            names = ", ".join(f"{op.label} ({op.value})" for op in cls)
-            shown = repr(text) if text else "empty"
-            raise ValueError(f"Operation is {shown}; it must be one of {names}.") from None
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode Cc: C0, DEL and C1 (e.g. U+0085, a line break)
 
 
 class TargetKind(StrEnum):
@@ -101,7 +62,7 @@ class Target(BaseModel):
                 f"The record id {value[:40]!r}… is {len(value)} characters long; a CRM id has at most "
                 f"{MAX_RECORD_ID_LENGTH} characters."
             )
-        if _CONTROL.search(value):
+        if CONTROL_CHARACTERS.search(value):
             raise ValueError(
                 f"The record id {value!r} contains a control character (a line break or tab); it is not a valid CRM id."
             )
@@ -111,161 +72,36 @@ class Target(BaseModel):
         return f"{self.kind.value} {self.id}"
 
 
-def split_tags(raw: object, operation: Operation) -> list[str]:
-    """Tags from the form's text: trimmed, split on `,` or `;` for operations that take several, checked."""
-    if isinstance(raw, list | tuple):
-        parts = [str(p) for p in raw]
-    else:
-        text = "" if raw is None else str(raw)
-        # Always split: a tag with `,` or `;` could never be removed again, since removals split on them.
-        parts = _SEPARATORS.split(text)
-    tags: list[str] = []
-    for part in parts:
-        tag = part.strip()
-        if not tag:
-            if len(parts) > 1:
-                raise ValueError(
-                    f"Tag {str(raw)!r} has an empty tag between separators; remove the extra ',' or ';'."
-                )
-            needed = "an automation trigger code" if operation is Operation.START_AUTOMATION else "the name of a tag"
-            raise ValueError(f"Tag is empty; {operation.label} needs {needed}.")
-        if len(tag) > MAX_TAG_LENGTH:
-            raise ValueError(
-                f"Tag {tag[:30]!r}... is {len(tag)} characters long; a tag has at most {MAX_TAG_LENGTH} characters."
-            )
-        if _CONTROL.search(tag):
-            raise ValueError(
-                f"Tag {tag!r} contains a control character (a line break or tab); use letters, digits and spaces."
-            )
-        # Tags match without regard to case on the platforms, as in the ordering keys: keep the first spelling.
-        if tag.casefold() not in {t.casefold() for t in tags}:
-            tags.append(tag)
-    if len(tags) > 1 and not operation.takes_several_tags:
-        raise ValueError(
-            f"Tag {str(raw)!r} names {len(tags)} tags; {operation.label} takes exactly one tag (no ',' or ';')."
-        )
-    return tags
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated request: a kind of job, its payload and its target. Build one with `jobs.kinds.request_from_raw`
+    (or `JobRequest.from_input`); the kind's handler (`jobs.kinds`) says what the payload holds."""
 
-
-def parse_score(raw: object, operation: Operation) -> int | None:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        if operation.takes_score:
-            raise ValueError(f"Score is empty; {operation.label} needs a whole number.")
-        return None
-    if not operation.takes_score:
-        raise ValueError(
-            f"Score is {raw!r}, but {operation.label} does not take a score; leave Score empty "
-            f"or use Set Score, Increase Score or Decrease Score."
-        )
-    if isinstance(raw, bool):
-        raise ValueError(f"Score is {raw!r}; it must be a whole number such as 10.")
-    if isinstance(raw, int):
-        score = raw
-    else:
-        text = str(raw).strip()
-        if isinstance(raw, float):
-            text = repr(raw)
-        if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise ValueError(f"Score is {text!r}; it must be a whole number such as 10, without decimals.")
-        if len(text.lstrip("+-")) > 10:
-            raise ValueError(f"Score is {text[:20]}...; it must be between -{MAX_SCORE} and {MAX_SCORE}.")
-        score = int(text)
-    if abs(score) > MAX_SCORE:
-        raise ValueError(f"Score is {score}; it must be between -{MAX_SCORE} and {MAX_SCORE}.")
-    if operation is Operation.INCREASE_SCORE and score <= 0:
-        hint = (
-            f" To lower a score, use Decrease Score with {-score}."
-            if score < 0
-            else " An increase of 0 changes nothing."
-        )
-        raise ValueError(f"Score is {score}; Increase Score needs a number greater than 0.{hint}")
-    if operation is Operation.DECREASE_SCORE and score <= 0:
-        hint = (
-            f" Decrease Score already lowers the score: give {-score}, not {score}."
-            if score < 0
-            else " A decrease of 0 changes nothing."
-        )
-        raise ValueError(f"Score is {score}; Decrease Score needs a number greater than 0.{hint}")
-    return score
-
-
-class JobRequest(BaseModel):
-    """A validated request: what a CRM user asked for. Build one with `JobRequest.from_input`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    operation: Operation
-    target: Target | None = None
-    tags: list[str] = Field(min_length=1)
-    score: int | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        operation = Operation.parse(data.get("operation"))
-        data["operation"] = operation
-        data["tags"] = split_tags(data.get("tags"), operation)
-        data["score"] = parse_score(data.get("score"), operation)
-        if data.get("target") is None and operation is not Operation.ADD_TAG:
-            raise ValueError(
-                f"{operation.label} needs a contact, lead or account; only Add Tag can run without one "
-                f"(it then just creates the tag)."
-            )
-        return data
+    kind: Kind
+    target: Target | None
+    payload: Any
+    # A caller's own name for this request: the same request id is queued once (see `JobStore.add`).
+    request_id: str | None = None
 
     @classmethod
-    def from_input(
-        cls,
-        *,
-        operation: object,
-        tags: object,
-        score: object = None,
-        target_kind: str | None = None,
-        target_id: str | None = None,
-    ) -> JobRequest:
+    def from_input(cls, *, operation: object, target_kind: str | None = None, target_id: str | None = None,
+                   **fields: Any) -> JobRequest:
         """Validate raw form input. Raises `InvalidJob` with every problem as a sentence."""
-        target: Target | None = None
-        problems: list[str] = []
-        if target_id is not None and str(target_id).strip():
-            kind = str(target_kind or "").strip().lower()
-            if kind not in {k.value for k in TargetKind}:
-                problems.append(f"Record type is {target_kind!r}; it must be contact, lead or account.")
-            else:
-                try:
-                    target = Target(kind=TargetKind(kind), id=str(target_id))
-                except ValidationError as exc:
-                    problems.extend(_messages(exc))
-        if problems:
-            raise InvalidJob(problems)
-        try:
-            return cls.model_validate({"operation": operation, "tags": tags, "score": score, "target": target})
-        except ValidationError as exc:
-            raise InvalidJob(_messages(exc)) from None
+        from jobs.kinds import request_from_raw
+
+        return request_from_raw({"operation": operation, "target_kind": target_kind, "target_id": target_id,
+                                 **fields})
 
     @property
     def keys(self) -> list[str]:
-        """What must be ordered: one key per (target, tag). Jobs sharing a key run in creation order."""
-        owner = f"{self.target.kind.value}:{self.target.id}" if self.target else "tag-only"
-        if self.operation is Operation.START_AUTOMATION:
-            # Its own namespace: a trigger code that happens to equal a tag's name does not wait for that tag.
-            return [f"{owner}|automation:{code.casefold()}" for code in self.tags]
-        return [f"{owner}|{tag.casefold()}" for tag in self.tags]
+        """What must be ordered. Jobs sharing a key run in creation order."""
+        return self.kind.keys(self.payload, self.target)
 
     def describe(self) -> str:
-        tags = ", ".join(self.tags)
-        what = {
-            Operation.ADD_TAG: f"added tag {tags}",
-            Operation.REMOVE_TAG: f"removed tag {tags}",
-            Operation.REMOVE_SCORE: f"removed score {tags}",
-            Operation.SET_SCORE: f"set score {tags} to {self.score}",
-            Operation.INCREASE_SCORE: f"increased score {tags} by {self.score}",
-            Operation.DECREASE_SCORE: f"decreased score {tags} by {self.score}",
-            Operation.START_AUTOMATION: f"started automation {tags}",
-        }[self.operation]
-        return what
+        return self.kind.describe(self.payload)
+
+    def brief(self) -> str:
+        return self.kind.brief(self.payload)
 
 
 class InvalidJob(ValueError):
@@ -278,7 +114,7 @@ class InvalidJob(ValueError):
         super().__init__(" ".join(problems))
 
 
-def _messages(exc: ValidationError) -> list[str]:
+def messages_of(exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors():
         msg = str(err.get("msg", ""))
@@ -320,35 +156,13 @@ class Attempt(BaseModel):
         }
 
 
-def _raw_tags(raw: object) -> list[str]:
-    """The tags of input that did not validate, as well as they can be read: split on `,` and `;`, trimmed."""
-    if raw is None:
-        return []
-    parts = [str(p) for p in raw] if isinstance(raw, list | tuple) else _SEPARATORS.split(str(raw))
-    return [tag for tag in (part.strip() for part in parts) if tag]
-
-
-def _raw_score(raw: object) -> int | None:
-    """The score of input that did not validate, when it is a whole number; otherwise None."""
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw
-    if isinstance(raw, float):
-        return int(raw) if raw.is_integer() else None
-    if isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9]+", raw.strip()):
-        return int(raw.strip())
-    return None
-
-
-class Job(BaseModel):
-    """A job as the store keeps it."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A job as the store keeps it. Built by the stores from their own rows, so it is not validated again."""
 
     id: str
     request: JobRequest | None  # None when the stored input is invalid (a row edited in the CRM)
-    raw: dict[str, Any] = Field(default_factory=dict)  # the input as given, kept for messages and re-validation
+    raw: dict[str, Any] = field(default_factory=dict)  # the input as given, kept for messages and re-validation
     status: JobStatus = JobStatus.PENDING
     created_at: float
     updated_at: float
@@ -359,9 +173,10 @@ class Job(BaseModel):
     http_status: int | None = None
     lease_owner: str | None = None
     lease_expires_at: float | None = None
-    applied_at: float | None = None  # the platform change is done; only the timeline post may remain
+    applied_at: float | None = None  # the change is done; only the timeline post may remain
     posted_at: float | None = None
     score_before: int | None = None  # read before an increment's first attempt (guarantee 3)
+    request_id: str | None = None  # the caller's key: a request id is queued once
 
     @property
     def retrying(self) -> bool:
@@ -371,24 +186,31 @@ class Job(BaseModel):
     def display_status(self) -> str:
         return "retrying" if self.retrying else self.status.value
 
+    def replace(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
+
     def to_json(self) -> dict[str, Any]:
+        from jobs.kinds.tagging import raw_score, raw_tags
+
         req = self.request
         raw = self.raw
         target: dict[str, Any] | None
         if req is not None:
             target = {"kind": req.target.kind.value, "id": req.target.id} if req.target else None
+            # Tag kinds give tags (a list of strings) and score (an int or None); other kinds their own fields.
+            fields = req.kind.to_json(req.payload)
         else:
             has_target = raw.get("target_id") not in (None, "")
             target = {"kind": raw.get("target_kind"), "id": raw.get("target_id")} if has_target else None
+            # The same shape as a valid tag job's; `input` keeps what was given, so nothing is hidden.
+            fields = {"tags": raw_tags(raw.get("tags")), "score": raw_score(raw.get("score"))}
         return {
             "id": self.id,
-            "operation": req.operation.value if req else raw.get("operation"),
+            "operation": req.kind.name if req else raw.get("operation"),
             "target": target,
-            # The same shape whether or not the stored input is valid: tags a list of strings, score an int or
-            # None; `input` keeps what was given, so nothing is hidden.
-            "tags": req.tags if req else _raw_tags(raw.get("tags")),
-            "score": req.score if req else _raw_score(raw.get("score")),
+            **fields,
             "input": raw,
+            "request_id": self.request_id,
             "status": self.status.value,
             "display_status": self.display_status,
             "result_code": self.result_code,

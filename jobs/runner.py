@@ -17,16 +17,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from config.defaults import CLAIM_RETRY_DELAYS
 from connector import errors
 from jobs.executor import Executor
 from jobs.model import Job, JobStatus
-from jobs.store import JobStore, LeaseLost
+from jobs.observe import Claimed, Finished, Released
+from jobs.store import LeaseLost, Outcome, RunnerStore
 
 log = logging.getLogger(__name__)
-
-# A job store that does not answer a claim (Dataverse 5xx, a dropped connection) is asked again after these
-# pauses, in seconds, before a drain gives up; running jobs go on meanwhile.
-CLAIM_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -47,7 +45,7 @@ class DrainReport:
 class Runner:
     def __init__(
         self,
-        store: JobStore,
+        store: RunnerStore,
         executor: Executor,
         *,
         workers: int = 8,
@@ -64,6 +62,7 @@ class Runner:
         self.lease_seconds = lease_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop_event = executor.stop
+        self.observer = executor.observer
         self._clock = clock
         # Waiting on the stop event lets a shutdown cut a pause short; tests pass a sleep that does not wait.
         self._sleep = sleep or self.stop_event.wait
@@ -90,6 +89,7 @@ class Runner:
             self._start_renewer()
         futures = []
         for job in jobs:
+            self.observer.publish(Claimed(job))
             with self._lock:
                 future = self._pool.submit(self._run_one, job)
                 self._inflight[job.id] = future
@@ -100,6 +100,7 @@ class Runner:
         try:
             if self.stop_event.is_set():
                 self.store.release(self.owner, job.id)
+                self.observer.publish(Released(job))
                 return None
             return self.executor.execute(job, self.store, self.owner)
         except errors.ConnectorError as exc:
@@ -111,11 +112,13 @@ class Runner:
         except Exception as exc:
             # A bug or a surprise from an API must fail this one job, never the runner.
             log.exception("job %s: unexpected error", job.id)
+            outcome = Outcome(
+                JobStatus.FAILED, "INTERNAL_ERROR",
+                f"Unexpected error in the connector ({type(exc).__name__}); see the runner's log.",
+            )
             try:
-                self.store.finish(
-                    self.owner, job.id, status=JobStatus.FAILED, result_code="INTERNAL_ERROR",
-                    message=f"Unexpected error in the connector ({type(exc).__name__}); see the runner's log.",
-                )
+                self.store.finish(self.owner, job.id, outcome)
+                self.observer.publish(Finished(job, outcome))
             except LeaseLost:
                 pass
             except Exception:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
+from config import defaults
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
@@ -170,10 +171,7 @@ def import_jobs(
 
 T = TypeVar("T")
 
-# A read for a person is tried this often on a transient error (a flaky network, a sandbox with faults), with a
-# short pause between tries: long enough to ride out a blip, short enough that a person keeps waiting.
-VIEW_TRIES = 5
-VIEW_PAUSE = 0.2
+VIEW_TRIES, VIEW_PAUSE = defaults.VIEW_TRIES, defaults.VIEW_PAUSE
 
 
 def read_for_a_person(read: Callable[[], T], *, sleep: Callable[[float], Any] = time.sleep) -> T:

@@ -1,71 +1,117 @@
-"""Job stores: where jobs wait and where their status lives.
+"""Job stores: where jobs wait and where their status lives. One contract, three audiences.
 
-Every store gives the same guarantees, so the runner does not know which one it drives:
+Every store gives the same guarantees, so the runner does not know which one it drives; `tests/contract` runs each
+guarantee against every store:
 - `claim` is atomic across processes and machines: a job is handed to one runner at a time, under a lease;
-- a job is only claimable when no earlier unfinished job shares one of its keys (per-key creation order);
-- a lease that is not renewed expires, and the job becomes claimable again (with an attempt recorded);
-- every write made on behalf of a claim checks that the claim still holds (`LeaseLost` otherwise).
+- a job is only claimable when no earlier unfinished job shares one of its keys, and no later job on one of its
+  keys is running (per-key creation order; the rule is `semantics.claimable`);
+- a lease that is not renewed expires, and the job becomes claimable again, with an attempt recorded;
+- every write made on behalf of a claim checks that the claim still holds (`LeaseLost` otherwise);
+- an outcome is one write: the status, the last attempt, the posted mark and the records of durable
+  subscribers (`Outcome.records`) are kept together or not at all;
+- a request id is queued once: adding it again returns the job it already names.
+
+The protocol is split by who uses it: `RunnerStore` (the runner), `PeopleStore` (people acting on jobs, each act
+audited) and `ReaderStore` (whoever reads: the CLI, later the console). `JobStore` is all three.
 """
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connector import errors
 from jobs.model import Attempt, Job, JobRequest, JobStatus
+from jobs.store.errors import JobNotFound, LeaseLost, NotAllowed, StoreError, StoreUnavailable
 
 
-class StoreError(Exception):
-    """The job store could not do what was asked; the message says why."""
+@dataclass(frozen=True)
+class Record:
+    """An entry a durable subscriber keeps with a job's outcome, in the same transaction: score history, a
+    trigger firing. `stream` names the subscriber's journal, `key` what the entry is about (a record and tag).
+    `unique`, when given, is kept once per stream: a second record with it is dropped, never stored twice."""
+
+    stream: str
+    key: str
+    data: dict[str, Any]
+    unique: str | None = None
 
 
-class StoreUnavailable(errors.TransientError):
-    """The job store is busy or cannot be reached; the same request may succeed later."""
+@dataclass(frozen=True)
+class Entry:
+    """A stored `Record`, with the job it came with and when."""
 
-    result_code = "STORE_UNAVAILABLE"
-
-
-class JobNotFound(StoreError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"No job with id {job_id!r}.")
-        self.job_id = job_id
-
-
-class LeaseLost(StoreError):
-    """The runner's claim on a job expired and someone else may hold it now; the write was not made."""
+    stream: str
+    key: str
+    data: dict[str, Any]
+    job_id: str
+    at: float
 
 
-class NotAllowed(StoreError):
-    """The job is in a status that does not allow this (e.g. cancelling a running job)."""
+@dataclass(frozen=True)
+class Outcome:
+    """How a claimed job leaves `running`: succeeded, failed, or back to pending (retrying at `next_attempt_at`)."""
+
+    status: JobStatus
+    result_code: str | None
+    message: str
+    http_status: int | None = None
+    next_attempt_at: float | None = None
+    # The last try, recorded in the same write (a job's final attempt is written once, not twice).
+    attempt: Attempt | None = None
+    # The timeline post is done: like `save_progress(posted=True)`, in the same write.
+    posted: bool = False
+    records: tuple[Record, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.status is JobStatus.RUNNING:
+            raise ValueError("an outcome leaves running; it cannot be running")
 
 
-class JobStore(Protocol):
+@dataclass(frozen=True)
+class Actor:
+    """Who acted on a job, and from where: a person's login and `cli` (later `console`)."""
+
+    who: str
+    via: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    job_id: str
+    at: float
+    action: str  # retry | cancel
+    who: str
+    via: str
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a reader wants, newest first. `status` is a display status ("retrying" is a pending job that
+    was tried; "pending" includes them). `after` is the cursor of the previous page."""
+
+    status: str | None = None
+    target_id: str | None = None
+    since: float | None = None
+    limit: int = 100
+    after: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job] = field(default_factory=list)
+    # Where the next page starts; None when this one is the last.
+    next_cursor: str | None = None
+
+
+class RunnerStore(Protocol):
+    """What the runner needs."""
+
     name: str
 
-    def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
-        """Queue the jobs, all or none, in the order given."""
-
-    def add_raw(self, raw: dict[str, Any]) -> Job:
-        """Queue input exactly as a user left it, unvalidated, as a CRM row can be; the runner fails it if bad."""
-
-    def get(self, job_id: str) -> Job: ...
-
-    def list(
-        self,
-        *,
-        status: JobStatus | str | None = None,
-        target_id: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> builtins.list[Job]:
-        """Newest first. `status` may also be "retrying" (pending jobs that were tried); "pending" includes them."""
-
-    def attempts(self, job_id: str) -> builtins.list[Attempt]: ...
-
     def claim(self, owner: str, limit: int, lease_seconds: float) -> builtins.list[Job]:
-        """Up to `limit` due jobs, oldest first, none sharing a key with an earlier unfinished job."""
+        """Up to `limit` due jobs, oldest first, that the ordering rule lets run; expired leases are taken over."""
 
     def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> builtins.list[str]:
         """Extend the leases still held; returns the ids whose lease was lost."""
@@ -79,43 +125,59 @@ class JobStore(Protocol):
     ) -> None:
         """Remember, durably, what a running job has already observed or done."""
 
-    def finish(
-        self,
-        owner: str,
-        job_id: str,
-        *,
-        status: JobStatus,
-        result_code: str | None,
-        message: str,
-        http_status: int | None = None,
-        next_attempt_at: float | None = None,
-        attempt: Attempt | None = None,
-        posted: bool = False,
-    ) -> None:
-        """Leave `running`: succeeded, failed, or back to pending (retrying at `next_attempt_at`).
-
-        `attempt`, when given, is recorded in the same write (the last try of a job is written once, not twice);
-        `posted` marks the timeline post as done, like `save_progress(posted=True)`.
-        """
+    def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
+        """Record the outcome of a claimed job, in one transaction (see `Outcome`)."""
 
     def release(self, owner: str, job_id: str) -> None:
         """Give a claimed job back without counting an attempt (clean shutdown)."""
 
-    def retry(self, job_id: str | None = None) -> builtins.list[str]:
+    def waiting(self) -> tuple[int, float | None]:
+        """How many jobs wait for a retry, and (when some do) when the first one the ordering rule lets run is
+        due; without reading the finished jobs, so that it costs the same with a long history."""
+
+
+class PeopleStore(Protocol):
+    """What people do with jobs."""
+
+    def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
+        """Queue the jobs, all or none, in the order given. A request whose `request_id` names a job already
+        stored is not queued again: that job is returned in its place."""
+
+    def add_raw(self, raw: dict[str, Any]) -> Job:
+        """Queue input exactly as a user left it, unvalidated, as a CRM row can be; the runner fails it if bad."""
+
+    def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
         """Put one failed job (or every failed job when `job_id` is None) back to pending; returns their ids."""
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, by: Actor) -> Job:
         """Cancel a pending job."""
+
+
+class ReaderStore(Protocol):
+    """What readers ask."""
+
+    def get(self, job_id: str) -> Job: ...
+
+    def list(self, query: JobFilter) -> Page: ...
+
+    def attempts(self, job_id: str) -> builtins.list[Attempt]: ...
+
+    def audit(self, job_id: str) -> builtins.list[AuditEntry]:
+        """Who retried or cancelled the job, oldest first."""
+
+    def entries(self, stream: str, key: str | None = None) -> builtins.list[Entry]:
+        """The records durable subscribers kept in `stream` (about `key` when given), oldest first."""
 
     def counts(self) -> dict[str, int]:
         """Jobs per display status (pending, retrying, running, succeeded, failed, cancelled)."""
 
-    def next_due(self) -> float | None:
-        """When the earliest pending job becomes due, or None when nothing is pending. A job waiting behind an
-        earlier unfinished job on its key does not count: it can only run after that one."""
 
-    def waiting(self) -> tuple[int, float | None]:
-        """How many jobs wait for a retry, and (when some do) when the first pending job is due; without reading
-        the finished jobs, so that it costs the same with a long history."""
 
+class JobStore(RunnerStore, PeopleStore, ReaderStore, Protocol):
     def close(self) -> None: ...
+
+
+__all__ = [
+    "Actor", "AuditEntry", "Entry", "JobFilter", "JobNotFound", "JobStore", "LeaseLost", "NotAllowed", "Outcome",
+    "Page", "PeopleStore", "ReaderStore", "Record", "RunnerStore", "StoreError", "StoreUnavailable",
+]

@@ -17,6 +17,21 @@ Same guarantees as the SQLite store (see `jobs.store`), built from what the Web 
   Too many requests`. The `attempts` column counts tries since the job was queued or last retried (the retry
   budget), as in the SQLite store; the log keeps numbering across manual retries.
 
+**Kinds**: a kind a CRM user creates on the job form (one with a choice value in `operation_values`, or any
+form kind when the column is plain text) lives in the form's columns, where users see and edit it. Every other kind
+(the connector's own jobs) is kept as JSON in the `payload` column of the same table: so it is claimed, ordered per
+key, retried and logged exactly like the jobs users create.
+
+**Request ids** are a column; `add` looks them up before it creates. Two callers adding the same new request id
+at the same moment can both create it: the window is one `add`.
+
+**Retries and cancels by hand** append a line to the attempt log, naming who asked and from where
+(`@ 2026-05-04T09:15:00.000Z | retry | alice | cli`), in the same PATCH as the change.
+
+**Records of durable subscribers** (`Outcome.records`) go to the entries table (`[dataverse.entries]`) in one
+change set with the outcome's PATCH: both or neither. A record with a `unique` value gets a row id derived from it,
+and one already stored is not written again.
+
 Times in DateTime columns are whole seconds (Dataverse's precision), rounded up so that a job is never due early.
 
 A race the SQLite store does not have: a failed job retried by hand after a claim read the table may run after a
@@ -26,22 +41,39 @@ later job for the same key that this claim offered. The window is one claim; `re
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import math
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
-from config.settings import DataverseTableSettings
+from config.defaults import DATAVERSE_WRITE_TRIES
+from config.settings import DataverseEntriesSettings, DataverseTableSettings
 from connector import errors
 from connector.dataverse.batch import BatchPart
-from connector.dataverse.client import DataverseClient, encode_query, is_guid, row_url
-from connector.sandbox.dataverse import EntityDef, Lookup
-from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus, Operation
-from jobs.store import JobNotFound, LeaseLost, NotAllowed, StoreError
+from connector.dataverse.client import DataverseClient, encode_query, is_guid, odata_literal, row_url
+from jobs import kinds
+from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus
+from jobs.store import (
+    Actor,
+    AuditEntry,
+    Entry,
+    JobFilter,
+    JobNotFound,
+    LeaseLost,
+    NotAllowed,
+    Outcome,
+    Page,
+    Record,
+    StoreError,
+    StoreUnavailable,
+    semantics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +83,7 @@ Row = dict[str, Any]
 MESSAGE_MAX = 4000
 # Older lines of the attempt log are dropped past this size; the newest ones are what support reads.
 ATTEMPT_LOG_MAX = 20_000
-# How often a write is repeated after a 412 while the row is still ours (a user editing the form meanwhile).
-WRITE_TRIES = 4
-_TARGET_SETS = {"contact": "contacts", "lead": "leads", "account": "accounts"}
+TARGET_SETS = {"contact": "contacts", "lead": "leads", "account": "accounts"}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -85,11 +115,13 @@ class DataverseJobStore:
         client: DataverseClient,
         table: DataverseTableSettings,
         *,
+        entries: DataverseEntriesSettings | None = None,
         clock: Callable[[], float] = time.time,
         page_size: int = 1000,
     ) -> None:
         self.client = client
         self.t = table
+        self.e = entries or DataverseEntriesSettings()
         self._clock = clock
         self.page_size = page_size
         reasons = table.status_reasons
@@ -103,9 +135,9 @@ class DataverseJobStore:
         self._status_of = {code: status for status, (code, _) in self._reason.items()}
         self._operation_of = {value: name for name, value in table.operation_values.items()}
         self._lookups = {
-            "contact": (table.contact_lookup, _value_column(table.contact_lookup)),
-            "lead": (table.lead_lookup, _value_column(table.lead_lookup)),
-            "account": (table.account_lookup, _value_column(table.account_lookup)),
+            "contact": (table.contact_lookup, value_column(table.contact_lookup)),
+            "lead": (table.lead_lookup, value_column(table.lead_lookup)),
+            "account": (table.account_lookup, value_column(table.account_lookup)),
         }
         self.columns = self._all_columns()
         # The last version of each row this store holds a lease on: its ETag makes the next write conditional.
@@ -118,7 +150,7 @@ class DataverseJobStore:
             t.primary_key, "statecode", "statuscode", t.created_on, t.modified_on, t.operation, t.tags, t.score,
             *(value for _, value in self._lookups.values()), t.result_code, t.message, t.http_status, t.attempts,
             t.last_attempt_at, t.next_attempt_at, t.lease_owner, t.lease_expires_at, t.applied_at, t.posted_at,
-            t.score_before, t.attempt_log,
+            t.score_before, t.attempt_log, t.payload, t.request_id,
         ]
         if t.sequence:
             names.append(t.sequence)
@@ -138,27 +170,42 @@ class DataverseJobStore:
 
     def _raw(self, row: Row) -> dict[str, Any]:
         t = self.t
-        operation = row.get(t.operation)
-        if isinstance(operation, int) and not isinstance(operation, bool):
-            operation = self._operation_of.get(operation, str(operation))
-        targets = [(kind, row.get(column)) for kind, (_, column) in self._lookups.items() if row.get(column)]
-        kind = " and ".join(k for k, _ in targets) if targets else None
-        target_id = targets[0][1] if len(targets) == 1 else (", ".join(str(v) for _, v in targets) or None)
+        target_kind, target_id = self._target(row)
+        if row.get(t.operation) is None and row.get(t.payload):
+            try:
+                kept = json.loads(row[t.payload])
+            except ValueError:
+                kept = {"operation": None, "payload": row[t.payload]}
+            return {**kept, "target_kind": target_kind, "target_id": target_id}
         return {
-            "operation": operation,
-            "target_kind": kind,
+            "operation": self._operation(row),
+            "target_kind": target_kind,
             "target_id": target_id,
             "tags": row.get(t.tags),
             "score": row.get(t.score),
         }
 
+    def _operation(self, row: Row) -> Any:
+        operation = row.get(self.t.operation)
+        if isinstance(operation, int) and not isinstance(operation, bool):
+            operation = self._operation_of.get(operation, str(operation))
+        return operation
+
+    def _target(self, row: Row) -> tuple[str | None, str | None]:
+        targets = [(kind, row.get(column)) for kind, (_, column) in self._lookups.items() if row.get(column)]
+        kind = " and ".join(k for k, _ in targets) if targets else None
+        target_id = targets[0][1] if len(targets) == 1 else (", ".join(str(v) for _, v in targets) or None)
+        return kind, target_id
+
     def _job(self, row: Row) -> Job:
         t = self.t
         raw = self._raw(row)
         created = _epoch(row.get(t.created_on)) or self._clock()
+        request_id = row.get(t.request_id) or None
+        request = kinds.try_request({**raw, "request_id": request_id})
         return Job(
             id=str(row[t.primary_key]),
-            request=_request(raw),
+            request=request,
             raw=raw,
             status=self._status(row),
             created_at=created,
@@ -173,6 +220,7 @@ class DataverseJobStore:
             applied_at=_epoch(row.get(t.applied_at)),
             posted_at=_epoch(row.get(t.posted_at)),
             score_before=row.get(t.score_before),
+            request_id=request_id,
         )
 
     def _order(self, row: Row) -> tuple[str, str, str]:
@@ -186,32 +234,50 @@ class DataverseJobStore:
 
     # -- creating ------------------------------------------------------------------------------------------
 
+    def on_form(self, kind_name: str) -> bool:
+        """Whether a CRM user creates this kind on the job form (else the connector keeps it as JSON)."""
+        kind = next((k for k in kinds.all_kinds() if k.name == kind_name), None)
+        if kind is None or not kind.on_crm_form:
+            return False
+        return not self.t.operation_values or kind_name in self.t.operation_values
+
     def input_columns(self, raw: dict[str, Any]) -> Row:
-        """The columns a job form holds for this input (also invalid input, as a user could leave it)."""
+        """The columns a job row holds for this input (also invalid input, as a user could leave it)."""
         t = self.t
         columns: Row = {}
-        operation = raw.get("operation")
         try:
-            parsed = Operation.parse(operation)
-            columns[t.operation] = t.operation_values.get(parsed.value, parsed.value) if t.operation_values \
-                else parsed.value
+            name = kinds.kind_named(raw.get("operation")).name
         except ValueError:
-            columns[t.operation] = operation  # as the user left it; the runner fails it with a readable message
-        columns[t.tags] = raw.get("tags")
-        score = raw.get("score")
-        if isinstance(score, str) and re.fullmatch(r"\s*[+-]?\d+\s*", score):
-            score = int(score)
-        columns[t.score] = score
-        kind, target_id = raw.get("target_kind"), raw.get("target_id")
-        if target_id not in (None, "") and kind in self._lookups:
-            if not is_guid(str(target_id)):
-                raise InvalidJob([
-                    f"The {kind} id {target_id!r} is not a Dataverse row id; jobs in Dataverse point at records "
-                    f"by their GUID."
-                ])
-            navigation, _ = self._lookups[str(kind)]
-            columns[f"{navigation}@odata.bind"] = row_url(_TARGET_SETS[str(kind)], str(target_id))
+            name = None
+        if name is not None and not self.on_form(name):
+            # The connector's own kind: its fields as JSON, the target in the lookups all jobs use.
+            fields = {k: v for k, v in raw.items() if k not in ("target_kind", "target_id", "request_id")}
+            columns[t.payload] = json.dumps({**fields, "operation": name})
+        elif name is not None:
+            columns[t.operation] = t.operation_values.get(name, name) if t.operation_values else name
+        else:
+            columns[t.operation] = raw.get("operation")  # as the user left it; the runner fails it with a reason
+        if t.payload not in columns:
+            columns[t.tags] = raw.get("tags")
+            score = raw.get("score")
+            if isinstance(score, str) and re.fullmatch(r"\s*[+-]?\d+\s*", score):
+                score = int(score)
+            columns[t.score] = score
+        if raw.get("request_id"):
+            columns[t.request_id] = str(raw["request_id"])
+        columns.update(self._target_columns(raw.get("target_kind"), raw.get("target_id")))
         return columns
+
+    def _target_columns(self, kind: Any, target_id: Any) -> Row:
+        if target_id in (None, "") or kind not in self._lookups:
+            return {}
+        if not is_guid(str(target_id)):
+            raise InvalidJob([
+                f"The {kind} id {target_id!r} is not a Dataverse row id; jobs in Dataverse point at records "
+                f"by their GUID."
+            ])
+        navigation, _ = self._lookups[str(kind)]
+        return {f"{navigation}@odata.bind": row_url(TARGET_SETS[str(kind)], str(target_id))}
 
     def _new_row(self, raw: dict[str, Any]) -> Row:
         row = self.input_columns(raw)
@@ -222,14 +288,40 @@ class DataverseJobStore:
     def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
         if not requests:
             return []
+        known = self._by_request_id([r.request_id for r in requests if r.request_id is not None])
+        new: builtins.list[JobRequest] = []
+        for request in requests:
+            if request.request_id is None or request.request_id not in known:
+                new.append(request)
+                if request.request_id is not None:
+                    known[request.request_id] = None  # a second one in this batch names the first
         parts = [
             BatchPart("POST", f"{self.t.entity_set}?{encode_query({'$select': ','.join(self.columns)})}",
-                      body=self._new_row(_raw_of(request)), headers={"Prefer": "return=representation"})
-            for request in requests
+                      body=self._new_row(kinds.raw_of(request)), headers={"Prefer": "return=representation"})
+            for request in new
         ]
         # One change set: all the jobs or none, created in the order given.
-        results = self._batch(parts, changeset=True)
-        return [self._job(result.json()) for result in results]
+        created = iter([self._job(result.json()) for result in self._batch(parts, changeset=True)])
+        out: builtins.list[Job] = []
+        for request in requests:
+            existing = known.get(request.request_id) if request.request_id is not None else None
+            if existing is None:
+                existing = next(created)
+                if request.request_id is not None:
+                    known[request.request_id] = existing
+            out.append(existing)
+        return out
+
+    def _by_request_id(self, request_ids: Sequence[str]) -> dict[str, Job | None]:
+        found: dict[str, Job | None] = {}
+        for start in range(0, len(request_ids), 50):  # a filter of fifty terms stays well inside a URL's length
+            terms = " or ".join(f"{self.t.request_id} eq {odata_literal(rid)}" for rid in request_ids[start:start + 50])
+            for row in self.client.query(self.t.entity_set, select=self.columns, filter=terms,
+                                         page_size=self.page_size):
+                job = self._job(row)
+                if job.request_id is not None:
+                    found[job.request_id] = job
+        return found
 
     def add_raw(self, raw: dict[str, Any]) -> Job:
         row = self.client.create_returning(self.t.entity_set, self._new_row(raw), select=self.columns)
@@ -248,31 +340,42 @@ class DataverseJobStore:
     def get(self, job_id: str) -> Job:
         return self._job(self._row(job_id))
 
-    def list(
-        self,
-        *,
-        status: JobStatus | str | None = None,
-        target_id: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> builtins.list[Job]:
+    def list(self, query: JobFilter) -> Page:
         t = self.t
         clauses: builtins.list[str] = []
-        if status == "retrying":
+        if query.status == "retrying":
             clauses.append(f"statuscode eq {self._reason[JobStatus.PENDING][0]} and {t.attempts} gt 0")
-        elif status is not None:
-            clauses.append(f"statuscode eq {self._reason[JobStatus(status)][0]}")
-        if target_id is not None:
-            if not is_guid(target_id):
-                return []
-            clauses.append("(" + " or ".join(f"{column} eq {target_id.lower()}"
+        elif query.status is not None:
+            clauses.append(f"statuscode eq {self._reason[JobStatus(query.status)][0]}")
+        if query.target_id is not None:
+            if not is_guid(query.target_id):
+                return Page()
+            clauses.append("(" + " or ".join(f"{column} eq {query.target_id.lower()}"
                                              for _, column in self._lookups.values()) + ")")
-        if since is not None:
-            clauses.append(f"{t.created_on} ge {_iso(math.floor(since))}")
-        orderby = f"{t.created_on} desc" + (f",{t.sequence} desc" if t.sequence else "")
-        rows = self.client.query(t.entity_set, select=self.columns, filter=" and ".join(clauses) or None,
-                                 orderby=orderby, top=limit or None, page_size=self.page_size)
-        return [self._job(row) for row in rows]
+        if query.since is not None:
+            clauses.append(f"{t.created_on} ge {_iso(math.floor(query.since))}")
+        if query.after is not None:
+            clauses.append(self._before(query.after))
+        tie = t.sequence or t.primary_key
+        rows = builtins.list(self.client.query(
+            t.entity_set, select=self.columns, filter=" and ".join(clauses) or None,
+            orderby=f"{t.created_on} desc,{tie} desc", top=query.limit + 1, page_size=self.page_size))
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        cursor = f"{rows[-1][t.created_on]}|{rows[-1][tie]}" if more and rows else None
+        return Page([self._job(row) for row in rows], cursor)
+
+    def _before(self, cursor: str) -> str:
+        """The rows created before the cursor's, in the order `list` reads them."""
+        t = self.t
+        created, _, tie_value = cursor.partition("|")
+        try:
+            _epoch(created)
+        except ValueError:
+            raise NotAllowed(f"The page cursor {cursor!r} is not one this store gave out.") from None
+        tie = t.sequence or t.primary_key
+        literal = odata_literal(tie_value) if t.sequence else tie_value
+        return f"({t.created_on} lt {created} or ({t.created_on} eq {created} and {tie} lt {literal}))"
 
     def attempts(self, job_id: str) -> builtins.list[Attempt]:
         row = self._row(job_id, [self.t.primary_key, self.t.attempt_log])
@@ -298,48 +401,45 @@ class DataverseJobStore:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
+    def audit(self, job_id: str) -> builtins.list[AuditEntry]:
+        row = self._row(job_id, [self.t.primary_key, self.t.attempt_log])
+        return parse_audit_lines(job_id, row.get(self.t.attempt_log) or "")
+
+    def entries(self, stream: str, key: str | None = None) -> builtins.list[Entry]:
+        e = self.e
+        terms = [f"{e.stream} eq {odata_literal(stream)}"]
+        if key is not None:
+            terms.append(f"{e.key} eq {odata_literal(key)}")
+        rows = self.client.query(e.entity_set, select=[e.primary_key, e.stream, e.key, e.job_id, e.data, e.at],
+                                 filter=" and ".join(terms), page_size=self.page_size)
+        found = [Entry(stream=row[e.stream], key=row[e.key], data=json.loads(row[e.data] or "{}"),
+                       job_id=row[e.job_id], at=_epoch(row[e.at]) or 0.0) for row in rows]
+        return sorted(found, key=lambda entry: entry.at)
+
     def waiting(self) -> tuple[int, float | None]:
         # Unfinished rows only, read once: a table with a million finished jobs costs the same as an empty one.
-        jobs = [(self._job(row), row) for row in self._unfinished()]
-        retrying = sum(1 for job, _ in jobs if job.status is JobStatus.PENDING and job.attempts > 0)
+        jobs = self._unfinished_jobs()
+        retrying = sum(1 for job, _ in jobs if job.retrying)
         if not retrying:
             return 0, None
         due = [job.next_attempt_at for job, _ in self._unblocked(self._clock(), jobs)
                if job.status is JobStatus.PENDING]
         return retrying, (min(due) if due else None)
 
-    def next_due(self) -> float | None:
-        # A job waiting behind another on its key is not due, whatever its own time says.
-        due = [job.next_attempt_at for job, _ in self._unblocked(self._clock()) if job.status is JobStatus.PENDING]
-        return min(due) if due else None
+    def _unfinished_jobs(self) -> builtins.list[tuple[Job, Row]]:
+        return [(self._job(row), row) for row in self._unfinished()]
 
-    def _unblocked(
-        self, now: float, jobs: builtins.list[tuple[Job, Row]] | None = None
-    ) -> builtins.list[tuple[Job, Row]]:
-        """Unfinished jobs, in creation order, that no earlier unfinished job shares a key with, and that no
-        running job shares one with (a failed job retried by hand must not run beside a later job)."""
-        if jobs is None:
-            jobs = [(self._job(row), row) for row in self._unfinished()]
-
-        def holds_lease(job: Job) -> bool:
-            return job.status is JobStatus.RUNNING and (job.lease_expires_at or 0) >= now
-
-        running = {key for job, _ in jobs if holds_lease(job) for key in (job.request.keys if job.request else [])}
-        blocked: set[str] = set()
-        free: builtins.list[tuple[Job, Row]] = []
-        for job, row in jobs:
-            keys = job.request.keys if job.request else []
-            if not blocked.intersection(keys) and (holds_lease(job) or not running.intersection(keys)):
-                free.append((job, row))
-            blocked.update(keys)
-        return free
+    def _unblocked(self, now: float, jobs: builtins.list[tuple[Job, Row]]) -> builtins.list[tuple[Job, Row]]:
+        """The unfinished jobs the ordering rule lets run, or that run already (`semantics.claimable`)."""
+        rows = {job.id: row for job, row in jobs}
+        return [(job, rows[job.id]) for job in semantics.claimable([job for job, _ in jobs], now)]
 
     # -- claiming ------------------------------------------------------------------------------------------
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> builtins.list[Job]:
         now = self._clock()
         offers: builtins.list[tuple[Job, Row]] = []
-        for job, row in self._unblocked(now):
+        for job, row in self._unblocked(now, self._unfinished_jobs()):
             due = job.status is JobStatus.PENDING and job.next_attempt_at <= now
             expired = job.status is JobStatus.RUNNING and (job.lease_expires_at or 0) < now
             if due or expired:
@@ -368,10 +468,8 @@ class DataverseJobStore:
         changes: Row = {**self._status_columns(JobStatus.RUNNING), t.lease_owner: owner,
                         t.lease_expires_at: _iso(now + lease_seconds)}
         if job.status is JobStatus.RUNNING:
-            # The runner holding it stopped renewing: that try counts, as in the SQLite store.
-            attempt = Attempt(job_id=job.id, started_at=now, ended_at=now, outcome="lease_expired",
-                              result_code="LEASE_EXPIRED",
-                              message=f"Runner {job.lease_owner} stopped renewing its lease; the job is retried.")
+            # The runner holding it stopped renewing: that try counts, as in every store.
+            attempt = semantics.expired_attempt(job.id, job.lease_owner, now)
             changes.update(self._attempt_columns(row, attempt))
             changes[t.next_attempt_at] = _iso(now)
         path = f"{t.entity_set}({job.id})?{encode_query({'$select': ','.join(self.columns)})}"
@@ -383,19 +481,45 @@ class DataverseJobStore:
         for start in range(0, len(parts), 1000):
             chunk = self.client.batch(parts[start:start + 1000], **options)
             if options.get("changeset") and (len(chunk) != len(parts[start:start + 1000]) or not chunk[0].ok):
-                failed = next((r for r in chunk if not r.ok), None)
-                error = self.client.batch_error(failed) if failed else None
-                raise StoreError(f"Dataverse refused the jobs: {error.message if error else 'no answer'}")
+                self._refused(next((r for r in chunk if not r.ok), None), "Dataverse refused the jobs")
             results.extend(chunk)
         return results
 
+    def _refused(self, failed: Any, what: str) -> NoReturn:
+        """A failed part of a change set: a throttled or unavailable service is worth asking again later."""
+        error = self.client.batch_error(failed) if failed is not None else None
+        message = f"{what}: {error.message if error else 'no answer'}"
+        if error is None or isinstance(error, errors.TransientError):
+            raise StoreUnavailable(message, http_status=error.http_status if error else None,
+                                   retry_after=getattr(error, "retry_after", None)) from error
+        if isinstance(error, errors.Conflict):
+            raise error
+        raise StoreError(message, http_status=error.http_status) from error
+
+    def _columns(self, fields: dict[str, Any]) -> Row:
+        """Job fields (as `semantics` names them) as the table's columns."""
+        t = self.t
+        out: Row = {}
+        for name, value in fields.items():
+            if name == "status":
+                out.update(self._status_columns(value))
+            elif name == "message":
+                out[t.message] = _clip(value)
+            elif name in ("next_attempt_at", "lease_expires_at"):
+                out[getattr(t, name)] = _iso(value)
+            else:
+                out[getattr(t, name)] = value
+        return out
+
     # -- writes under a lease ------------------------------------------------------------------------------
 
-    def _write(self, owner: str, job_id: str, changes: Callable[[Row], Row], *, keep: bool = True) -> Row:
-        """PATCH the row while it is running under `owner`, with the last ETag seen; re-read after a 412."""
+    def _write(self, owner: str, job_id: str, changes: Callable[[Row], Row], *, keep: bool = True,
+               also: Sequence[BatchPart] = ()) -> Row:
+        """PATCH the row while it is running under `owner`, with the last ETag seen; re-read after a 412. Parts
+        in `also` go in one change set with the PATCH, after it: all of them are written, or none."""
         with self._lock:
             row = self._held.get(job_id)
-        for _ in range(WRITE_TRIES):
+        for _ in range(DATAVERSE_WRITE_TRIES):
             if row is None:
                 try:
                     row = self._row(job_id)
@@ -406,12 +530,10 @@ class DataverseJobStore:
                     self._held.pop(job_id, None)
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             try:
-                updated = self.client.update(self.t.entity_set, job_id, changes(row), etag=row["@odata.etag"],
-                                             select=self.columns)
+                updated = self._patch(job_id, changes(row), row["@odata.etag"], also)
             except errors.Conflict:
                 row = None
                 continue
-            assert updated is not None
             with self._lock:
                 if keep:
                     self._held[job_id] = updated
@@ -419,6 +541,18 @@ class DataverseJobStore:
                     self._held.pop(job_id, None)
             return updated
         raise LeaseLost(f"Job {job_id} kept changing under {owner}; giving it up.")
+
+    def _patch(self, job_id: str, changes: Row, etag: str, also: Sequence[BatchPart]) -> Row:
+        if not also:
+            updated = self.client.update(self.t.entity_set, job_id, changes, etag=etag, select=self.columns)
+            assert updated is not None
+            return updated
+        path = f"{self.t.entity_set}({job_id})?{encode_query({'$select': ','.join(self.columns)})}"
+        patch = BatchPart("PATCH", path, body=changes, headers={"If-Match": etag, "Prefer": "return=representation"})
+        results = self.client.batch([patch, *also], changeset=True)
+        if len(results) != len(also) + 1 or not all(result.ok for result in results):
+            self._refused(next((r for r in results if not r.ok), None), f"Dataverse refused job {job_id}'s outcome")
+        return dict(results[0].json())
 
     def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> builtins.list[str]:
         expires = _iso(self._clock() + lease_seconds)
@@ -434,10 +568,8 @@ class DataverseJobStore:
         t = self.t
         previous = row.get(t.attempt_log) or ""
         number = last_attempt_number(previous) + 1
-        log_text = (previous + "\n" if previous else "") + format_attempt(attempt, number)
-        if len(log_text) > ATTEMPT_LOG_MAX:
-            log_text = log_text[-ATTEMPT_LOG_MAX:].split("\n", 1)[-1]
-        return {t.attempts: int(row.get(t.attempts) or 0) + 1, t.attempt_log: log_text,
+        return {t.attempts: int(row.get(t.attempts) or 0) + 1,
+                t.attempt_log: _appended(previous, format_attempt(attempt, number)),
                 t.last_attempt_at: _iso(attempt.ended_at or attempt.started_at)}
 
     def record_attempt(self, owner: str, attempt: Attempt) -> None:
@@ -462,44 +594,52 @@ class DataverseJobStore:
 
         self._write(owner, job_id, changes)
 
-    def finish(
-        self,
-        owner: str,
-        job_id: str,
-        *,
-        status: JobStatus,
-        result_code: str | None,
-        message: str,
-        http_status: int | None = None,
-        next_attempt_at: float | None = None,
-        attempt: Attempt | None = None,
-        posted: bool = False,
-    ) -> None:
+    def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         t = self.t
-        if status is JobStatus.RUNNING:
-            raise ValueError("finish() leaves running; it cannot set running")
-        changes: Row = {
-            **self._status_columns(status), t.result_code: result_code, t.message: _clip(message),
-            t.http_status: http_status, t.next_attempt_at: _iso(next_attempt_at if next_attempt_at is not None
-                                                                else self._clock()),
-            t.lease_owner: None, t.lease_expires_at: None,
-        }
-        now = _iso(self._clock())
+        now = self._clock()
+        changes = self._columns({
+            "status": outcome.status, "result_code": outcome.result_code, "message": outcome.message,
+            "http_status": outcome.http_status,
+            "next_attempt_at": outcome.next_attempt_at if outcome.next_attempt_at is not None else now,
+            "lease_owner": None, "lease_expires_at": None,
+        })
 
         def with_attempt(row: Row) -> Row:
             # One PATCH for the last attempt, the posted mark and the outcome: a request per job saved twice over.
             out = dict(changes)
-            if attempt is not None:
-                out.update(self._attempt_columns(row, attempt))
-            if posted and not row.get(t.posted_at):
-                out[t.posted_at] = now
+            if outcome.attempt is not None:
+                out.update(self._attempt_columns(row, outcome.attempt))
+            if outcome.posted and not row.get(t.posted_at):
+                out[t.posted_at] = _iso(now)
             return out
 
-        self._write(owner, job_id, with_attempt, keep=False)
+        self._write(owner, job_id, with_attempt, keep=False, also=self._entry_parts(job_id, outcome.records, now))
+
+    def _entry_parts(self, job_id: str, records: Sequence[Record], now: float) -> builtins.list[BatchPart]:
+        """An upsert (PATCH without If-Match) per record. A record with a `unique` value has a row id made from
+        it, so it can only ever be one row; one stored already is left as it is."""
+        e = self.e
+        ids = [_entry_id(record) for record in records]
+        kept = self._existing_entries([row_id for row_id, record in zip(ids, records, strict=True) if record.unique])
+        parts = []
+        for row_id, record in zip(ids, records, strict=True):
+            if row_id in kept:
+                continue
+            body = {e.stream: record.stream, e.key: record.key, e.job_id: job_id, e.data: json.dumps(record.data),
+                    e.at: _iso_ms(now)}
+            parts.append(BatchPart("PATCH", f"{e.entity_set}({row_id})", body=body))
+        return parts
+
+    def _existing_entries(self, row_ids: Sequence[str]) -> set[str]:
+        if not row_ids:
+            return set()
+        e = self.e
+        terms = " or ".join(f"{e.primary_key} eq {row_id}" for row_id in row_ids)
+        rows = self.client.query(e.entity_set, select=[e.primary_key], filter=terms, page_size=self.page_size)
+        return {str(row[e.primary_key]).lower() for row in rows}
 
     def release(self, owner: str, job_id: str) -> None:
-        t = self.t
-        changes = {**self._status_columns(JobStatus.PENDING), t.lease_owner: None, t.lease_expires_at: None}
+        changes = self._columns(semantics.released())
         try:
             self._write(owner, job_id, lambda row: changes, keep=False)
         except LeaseLost:
@@ -507,79 +647,71 @@ class DataverseJobStore:
 
     # -- a person's actions --------------------------------------------------------------------------------
 
-    def _change_if(self, job_id: str, allowed: Callable[[Job], bool], changes: Row, refusal: str) -> None:
-        """PATCH a row only while it is in an allowed status, with If-Match so a concurrent claim wins cleanly."""
-        for _ in range(WRITE_TRIES):
+    def _act(self, job_id: str, action: str, allowed: frozenset[JobStatus], fields: dict[str, Any],
+             by: Actor) -> None:
+        """PATCH a row only while it is in an allowed status, with If-Match so a concurrent claim wins cleanly;
+        the attempt log gets a line saying who asked."""
+        changes = self._columns(fields)
+        for _ in range(DATAVERSE_WRITE_TRIES):
             row = self._row(job_id)
             job = self._job(row)
-            if not allowed(job):
-                raise NotAllowed(refusal.format(id=job_id, status=job.display_status))
+            if job.status not in allowed:
+                raise NotAllowed(semantics.refusal(action, job))
+            line = format_audit(AuditEntry(job_id=job_id, at=self._clock(), action=action, who=by.who, via=by.via))
+            audited = {**changes, self.t.attempt_log: _appended(row.get(self.t.attempt_log) or "", line)}
             try:
-                self.client.update(self.t.entity_set, job_id, changes, etag=row["@odata.etag"])
+                self.client.update(self.t.entity_set, job_id, audited, etag=row["@odata.etag"])
                 return
             except errors.Conflict:
                 continue
-        raise StoreError(f"Job {job_id} kept changing; try again.")
+        raise StoreUnavailable(f"Job {job_id} kept changing; try again.")
 
-    def retry(self, job_id: str | None = None) -> builtins.list[str]:
-        t = self.t
-        # Started afresh: later jobs on its key may have run since, so its old score_before means nothing now.
-        changes = {**self._status_columns(JobStatus.PENDING), t.attempts: 0, t.result_code: None,
-                   t.message: "Retry requested.", t.http_status: None, t.next_attempt_at: _iso(self._clock()),
-                   t.score_before: None}
+    def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
+        fields = semantics.retried(self._clock())
         if job_id is not None:
-            self._change_if(job_id, lambda job: job.status is JobStatus.FAILED, changes,
-                            "Job {id} is {status}; only failed jobs can be retried.")
+            self._act(job_id, "retry", semantics.RETRYABLE, fields, by)
             return [job_id]
+        t = self.t
         failed = self.client.query(t.entity_set, select=[t.primary_key],
                                    filter=f"statuscode eq {self._reason[JobStatus.FAILED][0]}",
                                    page_size=self.page_size)
         retried = []
         for row in builtins.list(failed):
             try:
-                self._change_if(str(row[t.primary_key]), lambda job: job.status is JobStatus.FAILED, changes, "")
+                self._act(str(row[t.primary_key]), "retry", semantics.RETRYABLE, fields, by)
             except NotAllowed:
                 continue
             retried.append(str(row[t.primary_key]))
         return retried
 
-    def cancel(self, job_id: str) -> Job:
-        t = self.t
-        changes = {**self._status_columns(JobStatus.CANCELLED), t.result_code: "CANCELLED",
-                   t.message: "Cancelled before it ran."}
-        self._change_if(job_id, lambda job: job.status is JobStatus.PENDING, changes,
-                        "Job {id} is {status}; only pending jobs can be cancelled.")
+    def cancel(self, job_id: str, by: Actor) -> Job:
+        self._act(job_id, "cancel", semantics.CANCELLABLE, semantics.cancelled(), by)
         return self.get(job_id)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def _value_column(navigation: str) -> str:
-    return f"_{navigation.lower()}_value"
-
-
 def _clip(message: str) -> str:
     return message if len(message) <= MESSAGE_MAX else message[: MESSAGE_MAX - 1] + "…"
 
 
-def _raw_of(request: JobRequest) -> dict[str, Any]:
-    target = request.target
-    return {
-        "operation": request.operation.value,
-        "target_kind": target.kind.value if target else None,
-        "target_id": target.id if target else None,
-        "tags": ", ".join(request.tags),
-        "score": request.score,
-    }
+def _appended(log_text: str, line: str) -> str:
+    """The log with one more line; past its size the oldest lines go, since the newest are what support reads."""
+    text = (log_text + "\n" if log_text else "") + line
+    if len(text) > ATTEMPT_LOG_MAX:
+        text = text[-ATTEMPT_LOG_MAX:].split("\n", 1)[-1]
+    return text
 
 
-def _request(raw: dict[str, Any]) -> JobRequest | None:
-    try:
-        return JobRequest.from_input(operation=raw.get("operation"), tags=raw.get("tags"), score=raw.get("score"),
-                                     target_kind=raw.get("target_kind"), target_id=raw.get("target_id"))
-    except (InvalidJob, ValueError):
-        return None
+# Entry row ids made from a record's `unique` value: the same value is always the same row.
+_ENTRY_NAMESPACE = uuid.UUID("6f1c2d0e-3b1a-4f43-9c1e-2a7f0b6d5e11")
+
+
+def _entry_id(record: Record) -> str:
+    if record.unique is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_ENTRY_NAMESPACE, f"{record.stream}|{record.unique}"))
 
 
 _LOG_LINE = re.compile(r"^#(\d+) \| (\S+) \| (\S+) \| (\w+) \| (\S+) \| (\S+) \| (.*)$")
@@ -618,36 +750,27 @@ def parse_attempt_log(job_id: str, text: str) -> builtins.list[Attempt]:
     return out
 
 
-def sandbox_table(table: DataverseTableSettings) -> EntityDef:
-    """The job table as the Dataverse sandbox should define it, from the same mapping the store uses."""
-    reasons = table.status_reasons
-    lookups = tuple(
-        Lookup(navigation, _TARGET_SETS[kind], _value_column(navigation))
-        for kind, navigation in (("contact", table.contact_lookup), ("lead", table.lead_lookup),
-                                 ("account", table.account_lookup))
-    )
-    columns = {
-        table.operation, table.tags, table.score, table.result_code, table.message, table.http_status,
-        table.attempts, table.last_attempt_at, table.next_attempt_at, table.lease_owner, table.lease_expires_at,
-        table.applied_at, table.posted_at, table.score_before, table.attempt_log,
-    }
-    if table.sequence:
-        columns.add(table.sequence)
-    return EntityDef(
-        entity_set=table.entity_set,
-        logical_name=table.entity_set.removesuffix("s"),
-        key=table.primary_key,
-        columns=frozenset(columns),
-        lookups=lookups,
-        max_lengths={table.message: MESSAGE_MAX, table.attempt_log: 1_048_576},
-        autonumber=table.sequence or None,
-        status_reasons={
-            reasons.pending: reasons.pending_state, reasons.running: reasons.running_state,
-            reasons.succeeded: reasons.succeeded_state, reasons.failed: reasons.failed_state,
-            reasons.cancelled: reasons.cancelled_state,
-        },
-        default_status=reasons.pending,
-    )
+_AUDIT_LINE = re.compile(r"^@ (\S+) \| (\w+) \| (.*) \| (\S+)$")
 
 
-__all__ = ["DataverseJobStore", "sandbox_table"]
+def format_audit(entry: AuditEntry) -> str:
+    """A line of the attempt log saying who retried or cancelled the job, and from where."""
+    who = " ".join(entry.who.replace("|", "/").split()) or "?"
+    return f"@ {_iso_ms(entry.at)} | {entry.action} | {who} | {entry.via}"
+
+
+def parse_audit_lines(job_id: str, text: str) -> builtins.list[AuditEntry]:
+    out = []
+    for line in text.splitlines():
+        match = _AUDIT_LINE.match(line)
+        if match:
+            at, action, who, via = match.groups()
+            out.append(AuditEntry(job_id=job_id, at=_epoch(at) or 0.0, action=action, who=who, via=via))
+    return out
+
+
+def value_column(navigation: str) -> str:
+    """The column a lookup is read back as: `_<lowercased navigation>_value`."""
+    return f"_{navigation.lower()}_value"
+
+__all__ = ["DataverseJobStore", "format_audit", "parse_attempt_log", "parse_audit_lines"]

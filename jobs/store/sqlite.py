@@ -2,8 +2,9 @@
 
 Claims are one `UPDATE ... RETURNING` inside `BEGIN IMMEDIATE`, so two processes can never take the same job.
 Per-key order lives in `open_keys`, which holds a row per (job, key) only while the job is unfinished: a job is
-claimable when no earlier job appears under one of its keys. Because finished jobs leave that table and the
-pending-job index is partial, a claim costs the same with a million finished jobs as with ten.
+claimable when no earlier job appears under one of its keys (the rule of `semantics.claimable`, in SQL). Because
+finished jobs leave that table and the pending-job index is partial, a claim costs the same with a million
+finished jobs as with ten. The schema is versioned (`jobs.store.sqlite_schema`); opening a file upgrades it.
 """
 
 from __future__ import annotations
@@ -19,63 +20,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobs.model import Attempt, Job, JobRequest, JobStatus
-from jobs.store import JobNotFound, LeaseLost, NotAllowed, StoreUnavailable
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order
-    id TEXT NOT NULL UNIQUE,
-    operation TEXT NOT NULL,
-    target_kind TEXT,
-    target_id TEXT,
-    tags TEXT NOT NULL,                      -- JSON list
-    score INTEGER,
-    raw TEXT NOT NULL,                       -- JSON of the input as given
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    result_code TEXT,
-    message TEXT NOT NULL DEFAULT '',
-    http_status INTEGER,
-    lease_owner TEXT,
-    lease_expires_at REAL,
-    applied_at REAL,
-    posted_at REAL,
-    score_before INTEGER
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(next_attempt_at, seq) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS jobs_leased ON jobs(lease_expires_at) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS jobs_target ON jobs(target_id, seq);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
-
-CREATE TABLE IF NOT EXISTS open_keys (
-    key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (key, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS open_keys_seq ON open_keys(seq);
-
-CREATE TABLE IF NOT EXISTS attempts (
-    job_id TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    outcome TEXT NOT NULL,
-    result_code TEXT,
-    http_status INTEGER,
-    message TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (job_id, number)
-);
-"""
+from jobs import kinds
+from jobs.model import Attempt, Job, JobRequest, JobStatus, Target, TargetKind
+from jobs.store import (
+    Actor,
+    AuditEntry,
+    Entry,
+    JobFilter,
+    JobNotFound,
+    LeaseLost,
+    NotAllowed,
+    Outcome,
+    Page,
+    Record,
+    StoreUnavailable,
+    semantics,
+)
+from jobs.store.sqlite_schema import upgrade
 
 INSERT_JOB = """
-INSERT INTO jobs (id, operation, target_kind, target_id, tags, score, raw, status, created_at, updated_at,
+INSERT INTO jobs (id, kind, target_kind, target_id, payload, raw, request_id, status, created_at, updated_at,
                   next_attempt_at)
-VALUES (:id, :operation, :target_kind, :target_id, :tags, :score, :raw, 'pending', :now, :now, :now)
+VALUES (:id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, 'pending', :now, :now, :now)
 """
 INSERT_KEY = "INSERT OR IGNORE INTO open_keys (key, seq) VALUES (?, ?)"
 
@@ -132,27 +98,29 @@ WHERE id = :id AND status = 'running' AND lease_owner = :owner
 RETURNING seq
 """
 CLOSE_KEYS = "DELETE FROM open_keys WHERE seq = ?"
+INSERT_ENTRY = """
+INSERT OR IGNORE INTO entries (stream, key, job_id, at, data, uniq) VALUES (:stream, :key, :job_id, :at, :data, :uniq)
+"""
 
 RELEASE = """
-UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+UPDATE jobs SET status = :status, lease_owner = :lease_owner, lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
 """
 
-# A job retried by hand starts afresh: later jobs on its key may have run since, so a score read before its
-# earlier attempts says nothing about them any more (score_before).
 RETRY = """
-UPDATE jobs SET status = 'pending', next_attempt_at = :now, updated_at = :now, attempts = 0,
-                result_code = NULL, message = 'Retry requested.', http_status = NULL, score_before = NULL
+UPDATE jobs SET status = :status, next_attempt_at = :next_attempt_at, updated_at = :next_attempt_at,
+                attempts = :attempts, result_code = :result_code, message = :message, http_status = :http_status,
+                score_before = :score_before
 WHERE status = 'failed' AND (:id IS NULL OR id = :id)
-RETURNING seq, id, operation, target_kind, target_id, tags, score
+RETURNING *
 """
 
 CANCEL = """
-UPDATE jobs SET status = 'cancelled', result_code = 'CANCELLED', message = 'Cancelled before it ran.',
-                updated_at = :now
+UPDATE jobs SET status = :status, result_code = :result_code, message = :message, updated_at = :now
 WHERE id = :id AND status = 'pending'
 RETURNING seq
 """
+AUDIT = "INSERT INTO audit (job_id, at, action, who, via) VALUES (?, ?, ?, ?, ?)"
 
 COUNTS = """
 SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END AS s, count(*)
@@ -188,7 +156,7 @@ class SqliteJobStore:
         self._lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
+        self.upgraded_from = upgrade(conn, self.path)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -231,59 +199,96 @@ class SqliteJobStore:
             self._connections.clear()
         self._local = threading.local()
 
-    # --- creating and reading -------------------------------------------------------------------------------
+    # --- what people do -------------------------------------------------------------------------------------
 
     def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
         now = self._clock()
-        seqs = []
+        slots: builtins.list[int] = []  # the seq of each request's job, new or already stored
         with self.atomic() as db:
+            known: dict[str, int] = {}
+            first_new = None
             for request in requests:
-                job_id = uuid.uuid4().hex[:12]
-                raw = _raw_of(request)
-                target = request.target
-                cursor = db.execute(
-                    INSERT_JOB,
-                    {
-                        "id": job_id,
-                        "operation": request.operation.value,
-                        "target_kind": target.kind.value if target else None,
-                        "target_id": target.id if target else None,
-                        "tags": json.dumps(request.tags),
-                        "score": request.score,
-                        "raw": json.dumps(raw),
-                        "now": now,
-                    },
-                )
-                db.executemany(INSERT_KEY, [(key, cursor.lastrowid) for key in request.keys])
-                seqs.append(cursor.lastrowid)
-            if not seqs:
+                if request.request_id is not None:
+                    seq = known.get(request.request_id) or self._seq_of_request(db, request.request_id)
+                    if seq is not None:
+                        slots.append(seq)
+                        continue
+                seq = self._insert(db, kinds.raw_of(request), request, now)
+                first_new = first_new or seq
+                if request.request_id is not None:
+                    known[request.request_id] = seq
+                slots.append(seq)
+            if not slots:
                 return []
-            # One read for the whole batch: the write lock keeps its rows consecutive.
-            rows = db.execute("SELECT * FROM jobs WHERE seq BETWEEN ? AND ? ORDER BY seq", (seqs[0], seqs[-1]))
-            return [_job_from_row(row) for row in rows]
+            # New rows are consecutive under the write lock: one read for them, and one per earlier job named.
+            rows = {}
+            if first_new is not None:
+                rows = {row["seq"]: row for row in db.execute("SELECT * FROM jobs WHERE seq >= ?", (first_new,))}
+            for seq in slots:
+                if seq not in rows:
+                    rows[seq] = db.execute("SELECT * FROM jobs WHERE seq = ?", (seq,)).fetchone()
+            return [_job_from_row(rows[seq]) for seq in slots]
+
+    @staticmethod
+    def _seq_of_request(db: sqlite3.Connection, request_id: str) -> int | None:
+        row = db.execute("SELECT seq FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+        return int(row[0]) if row else None
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, raw: dict[str, Any], request: JobRequest | None, now: float) -> int:
+        target = request.target if request else None
+        cursor = db.execute(INSERT_JOB, {
+            "id": uuid.uuid4().hex[:12],
+            "kind": request.kind.name if request else str(raw.get("operation", "")),
+            "target_kind": target.kind.value if target else raw.get("target_kind"),
+            "target_id": target.id if target else raw.get("target_id"),
+            "payload": json.dumps(kinds.payload_json(request)) if request else None,
+            "raw": json.dumps(raw),
+            "request_id": request.request_id if request else None,
+            "now": now,
+        })
+        seq = cursor.lastrowid
+        assert seq is not None
+        # Invalid input has no keys to wait on: it fails without touching anything.
+        db.executemany(INSERT_KEY, [(key, seq) for key in (request.keys if request else [])])
+        return seq
 
     def add_raw(self, raw: dict[str, Any]) -> Job:
         """Queue input as a CRM user left it, unvalidated: for rows edited into something invalid (and tests)."""
-        now = self._clock()
-        job_id = uuid.uuid4().hex[:12]
         with self.atomic() as db:
-            cursor = db.execute(
-                INSERT_JOB,
-                {
-                    "id": job_id,
-                    "operation": str(raw.get("operation", "")),
-                    "target_kind": raw.get("target_kind"),
-                    "target_id": raw.get("target_id"),
-                    "tags": json.dumps(str(raw.get("tags", ""))),
-                    "score": raw.get("score"),
-                    "raw": json.dumps(raw),
-                    "now": now,
-                },
-            )
-            # Input that happens to be valid is ordered like any other job; invalid input has no keys to wait on.
-            db.executemany(INSERT_KEY, [(key, cursor.lastrowid) for key in _keys_of_row(
-                db.execute("SELECT * FROM jobs WHERE seq = ?", (cursor.lastrowid,)).fetchone())])
+            # Input that happens to be valid is kept and ordered like any other job.
+            seq = self._insert(db, raw, kinds.try_request(raw), self._clock())
+            return _job_from_row(db.execute("SELECT * FROM jobs WHERE seq = ?", (seq,)).fetchone())
+
+    def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
+        now = self._clock()
+        with self.atomic() as db:
+            if job_id is not None:
+                self._check(db, job_id, "retry", semantics.RETRYABLE)
+            rows = db.execute(RETRY, {**_bound(semantics.retried(now)), "id": job_id}).fetchall()
+            for row in rows:
+                db.executemany(INSERT_KEY, [(key, row["seq"]) for key in semantics.keys_of(_job_from_row(row))])
+                db.execute(AUDIT, (row["id"], now, "retry", by.who, by.via))
+        return [row["id"] for row in rows]
+
+    def cancel(self, job_id: str, by: Actor) -> Job:
+        now = self._clock()
+        with self.atomic() as db:
+            self._check(db, job_id, "cancel", semantics.CANCELLABLE)
+            row = db.execute(CANCEL, {**_bound(semantics.cancelled()), "now": now, "id": job_id}).fetchone()
+            db.execute(CLOSE_KEYS, (row["seq"],))
+            db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return self.get(job_id)
+
+    def _check(self, db: sqlite3.Connection, job_id: str, action: str, allowed: frozenset[JobStatus]) -> None:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        job = _job_from_row(row)
+        if job.status not in allowed:
+            raise NotAllowed(semantics.refusal(action, job))
+
+    # --- what readers ask -----------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -291,49 +296,59 @@ class SqliteJobStore:
             raise JobNotFound(job_id)
         return _job_from_row(row)
 
-    def list(
-        self,
-        *,
-        status: JobStatus | str | None = None,
-        target_id: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> builtins.list[Job]:
+    def list(self, query: JobFilter) -> Page:
         clauses: builtins.list[str] = []
         args: builtins.list[Any] = []
-        if status == "retrying":
+        if query.status == "retrying":
             clauses.append("status = 'pending' AND attempts > 0")
-        elif status is not None:
+        elif query.status is not None:
             clauses.append("status = ?")
-            args.append(str(status))
-        if target_id is not None:
+            args.append(str(query.status))
+        if query.target_id is not None:
             clauses.append("target_id = ?")
-            args.append(target_id)
-        if since is not None:
+            args.append(query.target_id)
+        if query.since is not None:
             clauses.append("created_at >= ?")
-            args.append(since)
+            args.append(query.since)
+        if query.after is not None:
+            clauses.append("seq < ?")
+            args.append(_cursor_seq(query.after))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM jobs {where} ORDER BY seq DESC"  # clauses are fixed strings; values are bound
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [_job_from_row(row) for row in self._conn().execute(sql, args)]
+        # The clauses are fixed strings; values are bound. One row more than asked tells whether a page follows.
+        sql = f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT {int(query.limit) + 1}"
+        rows = self._conn().execute(sql, args).fetchall()
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return Page([_job_from_row(row) for row in rows], str(rows[-1]["seq"]) if more and rows else None)
 
     def attempts(self, job_id: str) -> builtins.list[Attempt]:
         rows = self._conn().execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))
         return [Attempt(**dict(row)) for row in rows]
 
+    def audit(self, job_id: str) -> builtins.list[AuditEntry]:
+        rows = self._conn().execute(
+            "SELECT job_id, at, action, who, via FROM audit WHERE job_id = ? ORDER BY id", (job_id,))
+        return [AuditEntry(**dict(row)) for row in rows]
+
+    def entries(self, stream: str, key: str | None = None) -> builtins.list[Entry]:
+        sql, args = "SELECT * FROM entries WHERE stream = ?", [stream]
+        if key is not None:
+            sql += " AND key = ?"
+            args.append(key)
+        rows = self._conn().execute(sql + " ORDER BY id", args)
+        return [Entry(stream=row["stream"], key=row["key"], data=json.loads(row["data"]), job_id=row["job_id"],
+                      at=row["at"]) for row in rows]
+
     def counts(self) -> dict[str, int]:
         return {row[0]: row[1] for row in self._conn().execute(COUNTS)}
 
     def waiting(self) -> tuple[int, float | None]:
-        retrying = self._conn().execute(
-            "SELECT count(*) FROM jobs WHERE status = 'pending' AND attempts > 0"
-        ).fetchone()[0]
-        return int(retrying), self.next_due() if retrying else None
-
-    def next_due(self) -> float | None:
-        value = self._conn().execute(NEXT_DUE).fetchone()[0]
-        return float(value) if value is not None else None
+        conn = self._conn()
+        retrying = conn.execute("SELECT count(*) FROM jobs WHERE status = 'pending' AND attempts > 0").fetchone()[0]
+        if not retrying:
+            return 0, None
+        value = conn.execute(NEXT_DUE).fetchone()[0]
+        return int(retrying), float(value) if value is not None else None
 
     # --- the runner's side ----------------------------------------------------------------------------------
 
@@ -342,18 +357,8 @@ class SqliteJobStore:
         with self.atomic() as db:
             expired = db.execute(EXPIRED_LEASES, {"now": now}).fetchall()
             for row in expired:
-                db.execute(
-                    RECORD_ATTEMPT,
-                    {
-                        "job_id": row["id"],
-                        "started_at": now,
-                        "ended_at": now,
-                        "outcome": "lease_expired",
-                        "result_code": "LEASE_EXPIRED",
-                        "http_status": None,
-                        "message": f"Runner {row['lease_owner']} stopped renewing its lease; the job is retried.",
-                    },
-                )
+                attempt = semantics.expired_attempt(row["id"], row["lease_owner"], now)
+                db.execute(RECORD_ATTEMPT, attempt.model_dump(exclude={"number"}))
                 db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (row["id"],))
             if expired:
                 db.execute(REQUEUE_EXPIRED, {"now": now})
@@ -384,12 +389,7 @@ class SqliteJobStore:
         db.execute(RECORD_ATTEMPT, attempt.model_dump(exclude={"number"}))
 
     def save_progress(
-        self,
-        owner: str,
-        job_id: str,
-        *,
-        score_before: int | None = None,
-        applied: bool = False,
+        self, owner: str, job_id: str, *, score_before: int | None = None, applied: bool = False,
         posted: bool = False,
     ) -> None:
         sets, args = ["updated_at = :now"], {"now": self._clock(), "id": job_id, "owner": owner}
@@ -405,110 +405,62 @@ class SqliteJobStore:
             if db.execute(sql, args).rowcount == 0:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
 
-    def finish(
-        self,
-        owner: str,
-        job_id: str,
-        *,
-        status: JobStatus,
-        result_code: str | None,
-        message: str,
-        http_status: int | None = None,
-        next_attempt_at: float | None = None,
-        attempt: Attempt | None = None,
-        posted: bool = False,
-    ) -> None:
+    def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         now = self._clock()
         with self.atomic() as db:
-            if attempt is not None:
-                self._record_attempt(db, owner, attempt)
-            row = db.execute(
-                FINISH,
-                {
-                    "status": status.value,
-                    "result_code": result_code,
-                    "message": message,
-                    "http_status": http_status,
-                    "next_attempt_at": next_attempt_at if next_attempt_at is not None else now,
-                    "now": now,
-                    "id": job_id,
-                    "owner": owner,
-                    "posted": posted,
-                },
-            ).fetchone()
+            if outcome.attempt is not None:
+                self._record_attempt(db, owner, outcome.attempt)
+            row = db.execute(FINISH, {
+                "status": outcome.status.value, "result_code": outcome.result_code, "message": outcome.message,
+                "http_status": outcome.http_status,
+                "next_attempt_at": outcome.next_attempt_at if outcome.next_attempt_at is not None else now,
+                "now": now, "id": job_id, "owner": owner, "posted": outcome.posted,
+            }).fetchone()
             if row is None:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
-            if status.finished:
+            if outcome.status.finished:
                 db.execute(CLOSE_KEYS, (row["seq"],))
+            db.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in outcome.records])
 
     def release(self, owner: str, job_id: str) -> None:
         with self.atomic() as db:
-            db.execute(RELEASE, {"now": self._clock(), "id": job_id, "owner": owner})
-
-    def retry(self, job_id: str | None = None) -> builtins.list[str]:
-        if job_id is not None:
-            job = self.get(job_id)
-            if job.status is not JobStatus.FAILED:
-                raise NotAllowed(f"Job {job_id} is {job.display_status}; only failed jobs can be retried.")
-        with self.atomic() as db:
-            rows = db.execute(RETRY, {"now": self._clock(), "id": job_id}).fetchall()
-            for row in rows:
-                db.executemany(INSERT_KEY, [(key, row["seq"]) for key in _keys_of_row(row)])
-        return [row["id"] for row in rows]
-
-    def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        with self.atomic() as db:
-            row = db.execute(CANCEL, {"now": self._clock(), "id": job_id}).fetchone()
-            if row is None:
-                raise NotAllowed(f"Job {job_id} is {job.display_status}; only pending jobs can be cancelled.")
-            db.execute(CLOSE_KEYS, (row["seq"],))
-        return self.get(job_id)
+            db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id,
+                                 "owner": owner})
 
 
-def _raw_of(request: JobRequest) -> dict[str, Any]:
-    target = request.target
-    return {
-        "operation": request.operation.value,
-        "target_kind": target.kind.value if target else None,
-        "target_id": target.id if target else None,
-        "tags": ", ".join(request.tags),
-        "score": request.score,
-    }
+def _bound(fields: dict[str, Any]) -> dict[str, Any]:
+    """Field values as SQL parameters: statuses by their value."""
+    return {name: value.value if isinstance(value, JobStatus) else value for name, value in fields.items()}
 
 
-def _keys_of_row(row: sqlite3.Row) -> builtins.list[str]:
-    """The ordering keys of a stored job; none when its input is invalid (it will fail without touching anything)."""
-    request = _request_of_row(row)
-    if request is not None:
-        return request.keys
-    return []
+def _entry_args(record: Record, job_id: str, at: float) -> dict[str, Any]:
+    return {"stream": record.stream, "key": record.key, "job_id": job_id, "at": at,
+            "data": json.dumps(record.data), "uniq": record.unique}
 
 
-def _request_of_row(row: sqlite3.Row) -> JobRequest | None:
-    from jobs.model import InvalidJob
-
+def _cursor_seq(cursor: str) -> int:
     try:
-        return JobRequest.from_input(
-            operation=row["operation"],
-            tags=json.loads(row["tags"]),
-            score=row["score"],
-            target_kind=row["target_kind"],
-            target_id=row["target_id"],
-        )
-    except (InvalidJob, ValueError):
+        return int(cursor)
+    except ValueError:
+        raise NotAllowed(f"The page cursor {cursor!r} is not one this store gave out.") from None
+
+
+def _target_of_row(row: sqlite3.Row) -> Target | None:
+    if row["target_id"] is None or row["target_kind"] not in {k.value for k in TargetKind}:
         return None
-
-
-# Columns that are a Job's fields as they are; the others (the request, raw input, status) are decoded.
-_PLAIN_COLUMNS = ("id", "created_at", "updated_at", "next_attempt_at", "attempts", "result_code", "message",
-                  "http_status", "lease_owner", "lease_expires_at", "applied_at", "posted_at", "score_before")
+    return Target.model_construct(kind=TargetKind(row["target_kind"]), id=row["target_id"])
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
+    payload = row["payload"]
+    request = None
+    if payload is not None:
+        request = kinds.stored_request(row["kind"], _target_of_row(row), json.loads(payload), row["request_id"])
     return Job(
-        **{name: row[name] for name in _PLAIN_COLUMNS},
-        request=_request_of_row(row),
-        raw=json.loads(row["raw"]),
-        status=JobStatus(row["status"]),
+        id=row["id"], request=request, raw=json.loads(row["raw"]), status=JobStatus(row["status"]),
+        created_at=row["created_at"], updated_at=row["updated_at"], next_attempt_at=row["next_attempt_at"],
+        attempts=row["attempts"], result_code=row["result_code"], message=row["message"],
+        http_status=row["http_status"], lease_owner=row["lease_owner"], lease_expires_at=row["lease_expires_at"],
+        applied_at=row["applied_at"], posted_at=row["posted_at"], score_before=row["score_before"],
+        request_id=row["request_id"],
     )

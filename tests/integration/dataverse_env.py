@@ -7,13 +7,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from config.settings import DataverseTableSettings
+from config.settings import DataverseEntriesSettings, DataverseTableSettings
 from connector.dataverse import connect
 from connector.dataverse.client import DataverseClient
 from connector.http import Brake
 from connector.sandbox.dataverse import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT, DataverseSandbox
 from connector.sandbox.server import Faults
-from jobs.store.dataverse import sandbox_table
+from jobs.dataverse_wiring import sandbox_entries_table, sandbox_table
 
 TABLE = DataverseTableSettings()
 
@@ -22,7 +22,8 @@ TABLE = DataverseTableSettings()
 def running_sandbox(
     home: Path, *, faults: Faults | None = None, table: DataverseTableSettings = TABLE
 ) -> Iterator[DataverseSandbox]:
-    sandbox = DataverseSandbox(home / "dataverse", faults=faults, tables=[sandbox_table(table)])
+    tables = [sandbox_table(table), sandbox_entries_table(DataverseEntriesSettings())]
+    sandbox = DataverseSandbox(home / "dataverse", faults=faults, tables=tables)
     with sandbox:
         yield sandbox
 

@@ -12,6 +12,7 @@ from connector.sandbox.server import Faults, SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
 from jobs.model import JobStatus
+from jobs.store import Actor
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 from tests.integration.helpers import Rig, make_rig
@@ -167,7 +168,7 @@ def test_an_increment_retried_by_hand_after_a_later_job_ran_is_applied(
     rig.queue(operation="increase_score", tags="Lead", score=10, target_id="C-1")  # runs while the first is failed
     rig.drain()
     assert spotler_app.scores("C-1") == {"Lead": 15}
-    rig.store.retry(first.id)
+    rig.store.retry(first.id, Actor("ann", "cli"))
     assert rig.drain().succeeded == 1
     # 15 = 5 + 10 must not be taken for "the first job's change was applied": it was the second job's.
     assert spotler_app.scores("C-1") == {"Lead": 25}

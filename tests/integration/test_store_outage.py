@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from config.defaults import STORE_WRITE_TRIES
 from config.settings import RetrySettings
 from connector.dataverse.client import DataverseClient
 from connector.localcrm import LocalCrm
@@ -18,7 +19,7 @@ from connector.sandbox.dataverse import DataverseSandbox
 from connector.sandbox.server import SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
-from jobs.executor import STORE_TRIES, Executor
+from jobs.executor import Executor
 from jobs.model import JobRequest, JobStatus
 from jobs.runner import Runner
 from jobs.store.dataverse import DataverseJobStore
@@ -67,7 +68,7 @@ def test_an_outcome_the_store_could_not_record_runs_again_after_the_lease(
                                                     target_kind="contact", target_id=contact)])
     # The claim (a read and a $batch) and the mark "applied" pass; every write of the outcome fails. (A write
     # that fails inside the attempt is retried with the attempt, like a platform error.)
-    sandbox.server.injector.script(None, None, None, *["500"] * STORE_TRIES)
+    sandbox.server.injector.script(None, None, None, *["500"] * STORE_WRITE_TRIES)
     first = runner.drain()
     assert (first.succeeded, first.failed) == (0, 0)
     assert runner.store.get(job.id).status is JobStatus.RUNNING  # leased, not lost, not failed

@@ -12,8 +12,8 @@ import responses
 from config.settings import DataverseTableSettings
 from connector.dataverse import connect
 from connector.http import Brake
-from jobs.model import Attempt, JobStatus
-from jobs.store import LeaseLost
+from jobs.model import Attempt, JobRequest, JobStatus
+from jobs.store import LeaseLost, Outcome, StoreError, StoreUnavailable
 from jobs.store.dataverse import DataverseJobStore, format_attempt, parse_attempt_log
 from tests.conftest import FakeClock
 from tests.unit.test_dataverse_client import API, CLIENT_ID, ENV, SECRET, TENANT, api_calls, identity
@@ -53,9 +53,12 @@ def store(clock: FakeClock) -> Iterator[DataverseJobStore]:
 def batch_answer(*parts: tuple[int, dict | None]) -> str:
     lines = []
     for status, body in parts:
-        phrase = {200: "OK", 412: "Precondition Failed", 204: "No Content"}[status]
+        phrase = {200: "OK", 412: "Precondition Failed", 204: "No Content", 429: "Too Many Requests",
+                  503: "Service Unavailable", 400: "Bad Request"}[status]
+        extra = ["Retry-After: 7"] if status == 429 else []
         lines += ["--batchresponse_x", "Content-Type: application/http", "Content-Transfer-Encoding: binary", "",
-                  f"HTTP/1.1 {status} {phrase}", "Content-Type: application/json", "", json.dumps(body or {})]
+                  f"HTTP/1.1 {status} {phrase}", "Content-Type: application/json", *extra, "",
+                  json.dumps(body or {})]
     lines += ["--batchresponse_x--", ""]
     return "\r\n".join(lines)
 
@@ -131,7 +134,7 @@ def test_a_412_on_a_write_rereads_and_gives_up_when_another_runner_holds_the_job
 
     store.claim("runner-a", 10, 60.0)
     with pytest.raises(LeaseLost):
-        store.finish("runner-a", JOB_A, status=JobStatus.SUCCEEDED, result_code="OK", message="done")
+        store.finish("runner-a", JOB_A, Outcome(JobStatus.SUCCEEDED, "OK", "done"))
     assert [c.request.method for c in api_calls(rsps)] == ["GET", "POST", "PATCH", "GET"]
 
 
@@ -144,3 +147,20 @@ def test_attempt_log_lines_round_trip():
     text = "a note a person typed\n" + line
     [back] = parse_attempt_log(JOB_A, text)
     assert back.model_dump() == {**attempt.model_dump(), "number": 3, "message": "Too many requests | slow down"}
+
+
+@pytest.mark.parametrize(("status", "error"), [(429, StoreUnavailable), (503, StoreUnavailable), (400, StoreError)])
+def test_a_change_set_refused_by_a_busy_service_is_worth_asking_again(rsps, store, status, error):
+    # Dataverse answers a throttled or unavailable $batch inside it: that is transient, not a refusal.
+    identity(rsps, "token-1")
+    refusal = {"error": {"code": "0x80072322", "message": "Number of requests exceeded the limit"}}
+    rsps.post(f"{API}$batch", body=batch_answer((status, refusal)),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+    with pytest.raises(error) as caught:
+        store.add([JobRequest.from_input(operation="add_tag", tags="Webinar")])
+    assert isinstance(caught.value, StoreError)
+    assert caught.value.http_status == status
+    assert "Number of requests exceeded the limit" in caught.value.message
+    assert isinstance(caught.value, StoreUnavailable) == (status != 400)
+    if status == 429:
+        assert caught.value.retry_after == 7  # type: ignore[attr-defined]

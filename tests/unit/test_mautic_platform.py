@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from requests.auth import HTTPBasicAuth
 from responses import matchers
 
-from config.settings import MauticSettings
+from config.settings import MauticSettings, SettingsError
 from connector import errors
 from connector.http import ApiSession
 from connector.mautic import MauticOAuth2, MauticPlatform
@@ -342,8 +342,8 @@ def test_from_settings_builds_basic_or_oauth2_auth_and_keeps_secrets_out_of_repr
         assert "secret" not in repr(platform) + repr(platform.auth)
 
 
-def test_oauth2_without_credentials_is_refused(session: ApiSession) -> None:
-    with pytest.raises(errors.InvalidInput, match="client_id"):
+def test_oauth2_without_credentials_is_a_settings_problem(session: ApiSession) -> None:
+    with pytest.raises(SettingsError, match="client_id"):
         MauticPlatform.from_settings(MauticSettings(base_url=BASE, auth="oauth2"), session)
 
 

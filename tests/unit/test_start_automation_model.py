@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.model import InvalidJob, JobRequest, Operation
+from jobs.kinds import kind_named
+from jobs.model import InvalidJob, JobRequest
 
 
 def test_the_crm_label_parses_and_the_trigger_code_is_the_tag() -> None:
     request = JobRequest.from_input(operation="Start Automation", tags=" welcome ", target_kind="contact",
                                     target_id="C-1")
-    assert request.operation is Operation.START_AUTOMATION
-    assert Operation.START_AUTOMATION.label == "Start Automation"
-    assert request.tags == ["welcome"]
+    assert request.kind is kind_named("start_automation")
+    assert request.kind.label == "Start Automation"
+    assert request.payload.tags == ["welcome"]
     assert request.describe() == "started automation welcome"
 
 

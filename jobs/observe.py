@@ -1,0 +1,105 @@
+"""Hooks around execution: the executor and the runner publish what happens to a job; subscribers listen.
+
+Subscribers are registered in the composition root (`jobs.app`). There are two sorts:
+
+- **plain subscribers** (`subscribe`) see every event after the fact: metrics, logs. One that raises is logged
+  and ignored: it never changes what happens to a job.
+- **durable subscribers** (`subscribe_durable`) turn a job's outcome and the changes its run applied into
+  `Record`s, which the store writes in the same transaction as the outcome: score history, trigger firings. Either
+  the outcome and its records are kept, or neither. One that raises fails the job's run like any defect (the
+  runner records INTERNAL_ERROR), so that a record can never be silently missing.
+
+The events, in the order one run publishes them: `Claimed`, then per try `AttemptStarted`, `ChangeApplied` (for
+each change, with the score before and after where known), `AttemptEnded`; then `Finished`, or `Released` when a
+shutdown gives the job back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from jobs.model import Attempt, Job
+from jobs.store import Outcome, Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change a run applied: on a tag (None for a kind with no tag), the score before and after if known."""
+
+    tag: str | None
+    before: int | None
+    after: int | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job: Job
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    job: Job
+    at: float
+
+
+@dataclass(frozen=True)
+class AttemptEnded:
+    job: Job
+    attempt: Attempt
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChangeApplied:
+    job: Job
+    change: Change
+
+
+@dataclass(frozen=True)
+class Finished:
+    job: Job
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Released:
+    job: Job
+
+
+Event = Claimed | AttemptStarted | AttemptEnded | ChangeApplied | Finished | Released
+Subscriber = Callable[[Event], None]
+DurableSubscriber = Callable[[Job, Outcome, Sequence[Change]], Iterable[Record]]
+
+
+class Observer:
+    """The subscribers of one connector. Thread-safe: workers publish concurrently."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self._durable: list[DurableSubscriber] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+    def subscribe_durable(self, subscriber: DurableSubscriber) -> None:
+        with self._lock:
+            self._durable.append(subscriber)
+
+    def publish(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("job %s: a subscriber failed on %s; the job goes on", event.job.id,
+                              type(event).__name__)
+
+    def records(self, job: Job, outcome: Outcome, changes: Sequence[Change]) -> tuple[Record, ...]:
+        """What the durable subscribers keep with this outcome."""
+        return tuple(record for durable in list(self._durable) for record in durable(job, outcome, changes))

@@ -1,0 +1,94 @@
+"""The execution observer: what a run publishes, in order; durable subscribers' records kept with the outcome;
+a failing subscriber never changes a job's outcome, and a failing durable one never loses a record silently."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from connector.spotler import SpotlerPlatform
+from jobs.model import Job, JobStatus
+from jobs.observe import AttemptEnded, AttemptStarted, Change, ChangeApplied, Claimed, Event, Finished, Released
+from jobs.store import Outcome, Record
+from jobs.store.sqlite import SqliteJobStore
+from tests.conftest import FakeClock
+from tests.integration.helpers import Rig, make_rig
+
+
+@pytest.fixture
+def rig(tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock) -> Iterator[Rig]:
+    r = make_rig(tmp_path, store, spotler, clock)
+    yield r
+    r.close()
+
+
+def history(job: Job, outcome: Outcome, changes: Sequence[Change]) -> list[Record]:
+    """A durable subscriber: one history record per change of a job that succeeded."""
+    if outcome.status is not JobStatus.SUCCEEDED or job.request is None or job.request.target is None:
+        return []
+    target = job.request.target
+    return [Record("history", f"{target.kind.value}:{target.id}|{change.tag}",
+                   {"before": change.before, "after": change.after}) for change in changes]
+
+
+def test_a_run_publishes_claimed_attempts_changes_and_finished_in_order(rig: Rig) -> None:
+    events: list[Event] = []
+    rig.executor.observer.subscribe(events.append)
+    rig.queue(operation="set_score", tags="Lead", score=5, target_id="C-1")
+    rig.drain()
+    events.clear()
+    job = rig.queue(operation="increase_score", tags="Lead", score=10, target_id="C-1")
+    rig.drain()
+    assert [type(e) for e in events] == [Claimed, AttemptStarted, ChangeApplied, AttemptEnded, Finished]
+    assert all(e.job.id == job.id for e in events)
+    change = events[2]
+    assert isinstance(change, ChangeApplied) and change.change == Change("Lead", 5, 15)
+    ended, finished = events[3], events[4]
+    assert isinstance(ended, AttemptEnded) and ended.attempt.outcome == "succeeded" and ended.seconds >= 0
+    assert isinstance(finished, Finished) and finished.outcome.status is JobStatus.SUCCEEDED
+
+
+def test_records_of_a_durable_subscriber_are_written_with_the_outcome(rig: Rig) -> None:
+    rig.executor.observer.subscribe_durable(history)
+    rig.queue(operation="set_score", tags="Lead", score=5, target_id="C-1")
+    rig.queue(operation="increase_score", tags="Lead", score=10, target_id="C-1")
+    rig.queue(operation="decrease_score", tags="Lead", score=3, target_id="C-1")
+    rig.drain()
+    entries = rig.store.entries("history", "contact:C-1|Lead")
+    assert [e.data for e in entries] == [{"before": None, "after": 5}, {"before": 5, "after": 15},
+                                         {"before": 15, "after": 12}]
+
+
+def test_a_failing_subscriber_changes_nothing_for_the_job(rig: Rig) -> None:
+    def broken(event: Event) -> None:
+        raise RuntimeError("metrics backend down")
+
+    rig.executor.observer.subscribe(broken)
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    assert rig.drain().succeeded == 1
+    assert rig.store.get(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_a_failing_durable_subscriber_fails_the_job_and_keeps_no_half_outcome(rig: Rig) -> None:
+    def broken(job: Job, outcome: Outcome, changes: Sequence[Change]) -> list[Record]:
+        raise RuntimeError("a bug in a rule")
+
+    rig.executor.observer.subscribe_durable(broken)
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    assert rig.drain().failed == 1
+    failed = rig.store.get(job.id)
+    assert (failed.status, failed.result_code) == (JobStatus.FAILED, "INTERNAL_ERROR")
+    assert rig.store.entries("history") == []
+
+
+def test_a_job_given_back_on_shutdown_is_published_as_released(rig: Rig) -> None:
+    events: list[Event] = []
+    rig.executor.observer.subscribe(events.append)
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    (claimed,) = rig.store.claim(rig.runner.owner, 1, 30)
+    rig.runner.request_stop()  # the stop comes between the claim and the worker starting the job
+    assert rig.runner._run_one(claimed) is None
+    assert [type(e) for e in events] == [Released]
+    assert rig.store.get(job.id).status is JobStatus.PENDING
