@@ -1,6 +1,6 @@
 """The Mautic (Webmecanik Automation) adapter: tags through the contact edit call, a point group per tag.
 
-How the DESIGN's tag-with-a-score maps onto Mautic:
+How a tag with a score (README, "Operations") maps onto Mautic:
 
 - **Tags** are Mautic contact tags, changed with `PATCH /api/contacts/{id}/edit` and `{"tags": ["a", "-b"]}`:
   a tag that does not exist yet is created, removing a tag the contact lacks is ignored. A tag whose name

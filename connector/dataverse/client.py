@@ -217,6 +217,14 @@ class DataverseClient:
             path = payload.get("@odata.nextLink")
             query_params = None  # the next link already carries the query and its skip token
 
+    def count_by(self, entity_set: str, columns: Sequence[str], *, filter: str | None = None) -> list[dict[str, Any]]:
+        """Rows counted per distinct value of `columns`, by the server (`$apply=groupby`): one request, whatever
+        the table's size, up to Dataverse's aggregate limit (50,000 rows), past which it refuses the query."""
+        params = {"$apply": f"groupby(({','.join(columns)}),aggregate($count as count))"}
+        if filter:
+            params["$filter"] = filter
+        return list(self.send("GET", entity_set, params=params).json().get("value", []))
+
     def get(self, entity_set: str, row_id: str, *, select: Sequence[str] | None = None) -> dict[str, Any]:
         params = {"$select": ",".join(select)} if select else None
         result: dict[str, Any] = self.send("GET", f"{entity_set}({guid(row_id)})", params=params).json()

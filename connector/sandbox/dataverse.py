@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import ssl
 import threading
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 API = "/api/data/v9.2/"
 MAX_PAGE_SIZE = 5000
 DEFAULT_PAGE_SIZE = 5000
+# Dataverse aggregates over at most this many rows and refuses a query over more.
+AGGREGATE_LIMIT = 50_000
 TOKEN_LIFETIME = 3600
 SYSTEM_COLUMNS = ("createdon", "modifiedon", "versionnumber")
 
@@ -310,7 +313,7 @@ class DataverseApp(App):
             if name == "$skip":
                 raise error(400, "The query parameter $skip is not supported; page with odata.maxpagesize and "
                                  "@odata.nextLink.", "0x80060888")
-            if name.startswith("$") and name not in ("$select", "$filter", "$orderby", "$top", "$skiptoken"):
+            if name.startswith("$") and name not in ("$select", "$filter", "$orderby", "$top", "$skiptoken", "$apply"):
                 raise error(400, f"The query parameter {name} is not supported by the sandbox.", "0x80060888")
         page_size = DEFAULT_PAGE_SIZE
         if "odata.maxpagesize" in prefer:
@@ -325,6 +328,8 @@ class DataverseApp(App):
         if "$filter" in args:
             predicate = compile_filter(args["$filter"], table.readable, table.logical_name)
             rows = [row for row in rows if predicate(row)]
+        if "$apply" in args:
+            return self._aggregate(table, args["$apply"], rows, origin)
         if "$orderby" in args:
             rows = sort_rows(rows, args["$orderby"], table.readable, table.logical_name)
         if "$top" in args:
@@ -347,6 +352,26 @@ class DataverseApp(App):
             encoded = "&".join(f"{k}={quote(v, safe='$,()')}" for k, v in next_query.items())
             payload["@odata.nextLink"] = f"{origin}{API}{table.entity_set}?{encoded}"
         return Response(200, payload, headers)
+
+    def _aggregate(self, table: EntityDef, apply: str, rows: list[dict[str, Any]], origin: str) -> Response:
+        """`groupby((a,b),aggregate($count as n))`, the one transformation the connector asks for; like Dataverse,
+        over at most AGGREGATE_LIMIT rows."""
+        match = re.fullmatch(r"groupby\(\(([\w,]+)\),aggregate\(\$count as (\w+)\)\)", apply)
+        if not match:
+            raise error(400, f"The $apply transformation {apply!r} is not supported by the sandbox.", "0x80060888")
+        columns = match.group(1).split(",")
+        for column in columns:
+            if not table.readable(column):
+                raise error(400, f"Could not find a property named '{column}' on type "
+                                 f"'Microsoft.Dynamics.CRM.{table.logical_name}'.", "0x80060888")
+        if len(rows) > AGGREGATE_LIMIT:
+            raise error(400, "AggregateQueryRecordLimit exceeded. Cannot perform this operation.", "0x8004e023")
+        groups: dict[tuple[Any, ...], int] = {}
+        for row in rows:
+            key = tuple(row.get(column) for column in columns)
+            groups[key] = groups.get(key, 0) + 1
+        value = [{**dict(zip(columns, key, strict=True)), match.group(2): n} for key, n in groups.items()]
+        return Response(200, {"@odata.context": f"{origin}{API}$metadata#{table.entity_set}", "value": value})
 
     def _all(self, table: EntityDef) -> list[dict[str, Any]]:
         rows = self._db().execute(

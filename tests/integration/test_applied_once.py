@@ -1,4 +1,4 @@
-"""Increments applied once (DESIGN.md guarantee 3) through a hostile network, on both platforms.
+"""Increments applied once (README, Guarantees: effect once) through a hostile network, on both platforms.
 
 1,000 increase / decrease jobs over 50 contacts (two tags each, so 100 ordering keys) run through a sandbox that
 answers 30 % of requests with a fault: 429 with Retry-After, 500 / 502 / 503, connection resets, no answer at

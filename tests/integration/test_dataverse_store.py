@@ -158,3 +158,16 @@ def test_retries_and_cancels_by_hand_are_lines_of_the_attempt_log(dv_store, queu
     assert [(e.action, e.who, e.via) for e in dv_store.audit(job.id)] == [
         ("retry", "ann@contoso.com", "cli"), ("cancel", "bob / ops", "console")]
     assert dv_store.attempts(job.id) == []  # audit lines are not attempts
+
+
+def test_counts_are_one_aggregate_query_and_page_through_past_the_aggregate_limit(
+    dv_store, queue, client, sandbox, monkeypatch
+):
+    for tag in ("A", "B", "C"):
+        queue(tags=tag)
+    dv_store.claim("runner-a", 1, 30.0)
+    before = sandbox.app.api_requests
+    assert dv_store.counts() == {"running": 1, "pending": 2}
+    assert sandbox.app.api_requests - before == 1
+    monkeypatch.setattr("connector.sandbox.dataverse.AGGREGATE_LIMIT", 2)
+    assert dv_store.counts() == {"running": 1, "pending": 2}  # refused by the server, counted page by page

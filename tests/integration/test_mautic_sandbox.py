@@ -1,6 +1,6 @@
 """The real Mautic adapter against the Mautic sandbox over loopback, through `SandboxServer`.
 
-Each test checks an operation's effect as DESIGN.md's semantics table states it, by looking at the sandbox's
+Each test checks an operation's effect as the README's operations table states it, by looking at the sandbox's
 state rather than only at what the adapter reports.
 """
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from jobs.kinds import all_kinds, kind_named
 from jobs.model import MAX_SCORE, MAX_TAG_LENGTH, InvalidJob, JobRequest, TargetKind
 
-# The six operations of DESIGN.md (the enum may grow; these rules are about these six).
+# The six tag and score kinds of the job form (more kinds may come; these rules are about these six).
 ALL_OPS = ["add_tag", "remove_tag", "set_score", "increase_score", "decrease_score", "remove_score"]
 MULTI_TAG_OPS = ["add_tag", "remove_tag", "remove_score"]
 ONE_TAG_OPS = ["set_score", "increase_score", "decrease_score"]
