@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +174,11 @@ class Executor:
         return self._finish(run, Outcome(JobStatus.SUCCEEDED, "OK", self._summary(run), attempt=run.final_attempt,
                                          posted=run.job.posted_at is not None))
 
-    def _finish(self, run: _Run | tuple[RunnerStore, str, Job], outcome: Outcome) -> JobStatus:
+    def _finish(self, run: _Run, outcome: Outcome) -> JobStatus:
+        return self._record(run.store, run.owner, run.job, outcome, run.changes)
+
+    def _record(self, store: RunnerStore, owner: str, job: Job, outcome: Outcome,
+                changes: Sequence[Change] = ()) -> JobStatus:
         """Record the job's outcome with what durable subscribers keep of it, asking a job store that does not
         answer (Dataverse 5xx) a few times more; then tell the plain subscribers.
 
@@ -182,8 +186,6 @@ class Executor:
         no longer held (LeaseLost). If the store stays down, the job keeps its lease until it expires and is
         run again, and the platform change is not repeated (`applied_at`, `score_before`).
         """
-        store, owner, job = (run.store, run.owner, run.job) if isinstance(run, _Run) else run
-        changes = run.changes if isinstance(run, _Run) else []
         outcome = dataclasses.replace(outcome, records=self.observer.records(job, outcome, changes))
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(defaults.STORE_WRITE_TRIES),
@@ -204,7 +206,7 @@ class Executor:
         attempt = Attempt(job_id=job.id, started_at=now, ended_at=now, outcome="failed",
                           result_code=InvalidJob.result_code, message=message)
         outcome = Outcome(JobStatus.FAILED, InvalidJob.result_code, message, attempt=attempt)
-        return self._finish((store, owner, job), outcome)
+        return self._record(store, owner, job, outcome)
 
     # --- one attempt ----------------------------------------------------------------------------------------
 

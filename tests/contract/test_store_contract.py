@@ -251,7 +251,10 @@ def test_a_failed_job_retried_by_hand_waits_while_a_later_job_on_its_key_runs(ca
 @pytest.mark.parametrize("seed", [7, 11])
 def test_the_ordering_rule_is_the_one_of_semantics_claimable(case: StoreCase, seed: int) -> None:
     """Random queues of jobs over a few keys, claimed and finished in random ways: every claim takes exactly the
-    due jobs `semantics.claimable` lets run (the SQLite store states the rule in SQL, so it is checked here)."""
+    due jobs `semantics.claimable` lets run. The SQLite store states the rule in SQL, so this is its proof; the
+    Dataverse store applies the function itself, so fewer turns there check its claims around it (each turn costs
+    sandbox round trips)."""
+    turns = 16 if case.name == "sqlite" else 8
     rng = random.Random(seed)
     tags = ["A", "B", "C", "A; B"]
     for _ in range(16):
@@ -259,7 +262,7 @@ def test_the_ordering_rule_is_the_one_of_semantics_claimable(case: StoreCase, se
                  None if ";" in tag else rng.randint(1, 9), target=rng.choice(["C-1", "C-2"]))
     held: list[str] = []
     failed: list[str] = []
-    for _ in range(16):
+    for _ in range(turns):
         unfinished = [j for j in reversed(case.store.list(JobFilter(limit=100)).jobs) if not j.status.finished]
         now = case.clock.now
         expected = {j.id for j in semantics.claimable(unfinished, now)
