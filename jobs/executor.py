@@ -87,8 +87,7 @@ class _Run:
         self.store.save_progress(self.owner, self.job.id, score_before=score_before)
         self.job = self.job.replace(score_before=score_before)
 
-    def changed(self, tag: str | None, *, before: int | None, after: int | None) -> None:
-        change = Change(tag, before, after)
+    def changed(self, change: Change) -> None:
         self.changes.append(change)
         self.observer.publish(ChangeApplied(self.job, change))
 

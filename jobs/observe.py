@@ -22,18 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from jobs.model import Attempt, Job
+from jobs.scoring.changes import Change
 from jobs.store import Outcome, Record
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Change:
-    """One change a run applied: on a tag (None for a kind with no tag), the score before and after if known."""
-
-    tag: str | None
-    before: int | None
-    after: int | None
 
 
 @dataclass(frozen=True)
@@ -70,6 +62,8 @@ class Finished:
 class Released:
     job: Job
 
+
+__all__ = ["Change"]
 
 Event = Claimed | AttemptStarted | AttemptEnded | ChangeApplied | Finished | Released
 Subscriber = Callable[[Event], None]

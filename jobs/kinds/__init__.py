@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from connector.crm import Crm
 from connector.platform import Contact, Platform
 from jobs.model import InvalidJob, JobRequest, Target, TargetKind, messages_of
+from jobs.scoring.changes import Change
 
 if TYPE_CHECKING:
     from jobs.model import Job
@@ -58,8 +59,9 @@ class RunContext(Protocol):
     def remember(self, *, score_before: int) -> None:
         """Keep, durably on the job, what an attempt observed before changing anything."""
 
-    def changed(self, tag: str | None, *, before: int | None, after: int | None) -> None:
-        """Report a change this run applied, with the score before and after where known."""
+    def changed(self, change: Change) -> None:
+        """Report a change this run applied (`jobs.scoring.changes`), with the score before and after where
+        known: the observer's subscribers keep the history and fire triggers from it."""
 
 
 class Kind(Protocol):

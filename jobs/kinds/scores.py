@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from jobs.kinds import RunContext, register
 from jobs.kinds.tagging import TagKind, payload_of
+from jobs.scoring.changes import Change, Op
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class SetScore(TagKind):
         payload = payload_of(ctx)
         assert payload.score is not None
         ctx.platform.set_score(ctx.contact(), payload.tags[0], payload.score, ref=ctx.job.id)
-        ctx.changed(payload.tags[0], before=None, after=payload.score)
+        ctx.changed(Change(payload.tags[0], Op.SET, after=payload.score))
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,12 @@ class ChangeScore(TagKind):
         current = score_of(ctx.platform.read_scores(contact), tag)
         if job.score_before is not None and current == job.score_before + change:
             log.info("job %s: score of %s is already %s; the earlier attempt was applied", job.id, tag, current)
-            ctx.changed(tag, before=job.score_before, after=current)
+            ctx.changed(Change(tag, Op.ADD, before=job.score_before, after=current, delta=change))
             return
         if job.score_before != current:
             ctx.remember(score_before=current)
         ctx.platform.change_score(contact, tag, change, ref=job.id)
-        ctx.changed(tag, before=current, after=current + change)
+        ctx.changed(Change(tag, Op.ADD, before=current, after=current + change, delta=change))
 
 
 def score_of(scores: dict[str, int], tag: str) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from jobs.kinds import RunContext, register
 from jobs.kinds.tagging import TagKind, payload_of
+from jobs.scoring.changes import Change, Op
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class AddTag(TagKind):
         else:
             ctx.platform.add_tags(ctx.contact(), payload.tags, ref=ctx.job.id)
         for tag in payload.tags:
-            ctx.changed(tag, before=None, after=None)
+            ctx.changed(Change(tag, Op.TAG))
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class RemoveTags(TagKind):
         payload = payload_of(ctx)
         ctx.platform.remove_tags(ctx.contact(), payload.tags, ref=ctx.job.id)
         for tag in payload.tags:
-            ctx.changed(tag, before=None, after=0)
+            ctx.changed(Change(tag, Op.UNTAG, after=0))
 
 
 ADD_TAG = register(AddTag("add_tag", "added tag {tags}", takes_several_tags=True, needs_target=False))

@@ -19,6 +19,7 @@ from jobs.executor import Executor
 from jobs.kinds import RunContext, RunsOn, kind_named, registered, request_from_raw
 from jobs.model import InvalidJob, JobStatus, Target
 from jobs.runner import Runner
+from jobs.scoring.changes import Change, Op
 from tests.contract.conftest import StoreCase
 
 
@@ -64,7 +65,7 @@ class Note:
 
     def run(self, ctx: RunContext) -> None:
         ctx.services["notes"].append((ctx.job.id, ctx.request.payload.note))
-        ctx.changed(None, before=None, after=None)
+        ctx.changed(Change(None, Op.TAG))
 
 
 def test_a_kind_added_through_the_registry_alone_runs_end_to_end(

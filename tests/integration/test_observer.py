@@ -10,7 +10,8 @@ import pytest
 
 from connector.spotler import SpotlerPlatform
 from jobs.model import Job, JobStatus
-from jobs.observe import AttemptEnded, AttemptStarted, Change, ChangeApplied, Claimed, Event, Finished, Released
+from jobs.observe import AttemptEnded, AttemptStarted, ChangeApplied, Claimed, Event, Finished, Released
+from jobs.scoring.changes import Change, Op
 from jobs.store import Outcome, Record
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
@@ -44,7 +45,7 @@ def test_a_run_publishes_claimed_attempts_changes_and_finished_in_order(rig: Rig
     assert [type(e) for e in events] == [Claimed, AttemptStarted, ChangeApplied, AttemptEnded, Finished]
     assert all(e.job.id == job.id for e in events)
     change = events[2]
-    assert isinstance(change, ChangeApplied) and change.change == Change("Lead", 5, 15)
+    assert isinstance(change, ChangeApplied) and change.change == Change("Lead", Op.ADD, 5, 15, 10)
     ended, finished = events[3], events[4]
     assert isinstance(ended, AttemptEnded) and ended.attempt.outcome == "succeeded" and ended.seconds >= 0
     assert isinstance(finished, Finished) and finished.outcome.status is JobStatus.SUCCEEDED
