@@ -14,8 +14,8 @@ import typer
 from typer.core import TyperOption
 
 from config import defaults
-from jobs.cli import common, config, contact, jobs, run, sandbox
-from jobs.cli.common import out
+from jobs.cli import config, contact, jobs, run, sandbox
+from jobs.cli.common import RootOptions, out
 
 app = typer.Typer(
     help="Apply tag and score jobs from the CRM on the marketing platform, and show what happened.",
@@ -43,6 +43,7 @@ def _print_version(wanted: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     home: Annotated[Path | None, typer.Option(
         help=f"Data directory of the embedded default: {defaults.HOME} unless CONNECTOR_HOME says otherwise. "
              "Give it before the sub-command: connector --home DIR jobs list.")] = None,
@@ -50,11 +51,7 @@ def main_options(
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
 ) -> None:
-    common._overrides.clear()
-    if home is not None:
-        common._overrides["home"] = home
-    if log_level is not None:
-        common._overrides["log_level"] = log_level
+    ctx.obj = RootOptions(home=home, log_level=log_level)
 
 
 def _flags_without_a_value_type(command: Any) -> Any:

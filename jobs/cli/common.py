@@ -14,6 +14,8 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -30,8 +32,6 @@ from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
 # Piped output is read by people in logs and by tools; do not squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-_overrides: dict[str, Any] = {}
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -124,9 +124,26 @@ def reported() -> Iterator[None]:
         fail(f"{exc.strerror or exc}{where}.", 1)
 
 
-def settings(**overrides: Any) -> Settings:
+@dataclass(frozen=True)
+class RootOptions:
+    """The root command's options that override settings (`connector --home D --log-level L ...`).
+
+    The root callback puts them in Typer's context; `settings()` finds them there, so nothing outlives a command.
+    """
+
+    home: Path | None = None
+    log_level: str | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        given = {"home": self.home, "log_level": self.log_level}
+        return {key: value for key, value in given.items() if value is not None}
+
+
+def settings(ctx: typer.Context, **overrides: Any) -> Settings:
+    """The settings of this command: its own overrides, then the root options, then the environment and files."""
+    root = ctx.find_root().ensure_object(RootOptions)
     with reported():
-        return load_settings(**{**_overrides, **overrides})
+        return load_settings(**{**root.overrides(), **overrides})
 
 
 def setup_logging(config: Settings) -> None:

@@ -14,9 +14,9 @@ app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
 
 
 @app.command("show")
-def show(as_json: JsonFlag = False) -> None:
+def show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """The effective settings, secrets masked."""
-    config = settings()
+    config = settings(ctx)
     data = json.loads(config.model_dump_json())
     data["sandbox_mode"] = config.sandbox_mode
     if as_json:

@@ -15,6 +15,7 @@ app = typer.Typer(help="What the platform and the timeline say about a CRM recor
 
 @app.command("show")
 def show(
+    ctx: typer.Context,
     record_id: Annotated[str, typer.Argument(help="CRM id of the contact (or lead / account with --kind).")],
     kind: Annotated[str, typer.Option(help="contact, lead or account.")] = "contact",
     as_json: JsonFlag = False,
@@ -22,7 +23,7 @@ def show(
     """The tags and scores the platform reports for a record, and its timeline posts."""
     if kind not in ("contact", "lead", "account"):
         fail(f"--kind is {kind!r}; use contact, lead or account.", 2)
-    config = settings()
+    config = settings(ctx)
     with connector(config, quiet=as_json) as built:
         view = contact_view(built.platform, built.crm, kind, record_id)
     if as_json:

@@ -21,6 +21,7 @@ DEFAULT_LIMIT = 100
 
 @app.command("add")
 def add(
+    ctx: typer.Context,
     operation: Annotated[str, typer.Option("--operation", "-o", help='add_tag, remove_tag, set_score, increase_score, '
                                            'decrease_score, remove_score, start_automation, or the CRM name '
                                            '("Add Tag").')],
@@ -33,7 +34,7 @@ def add(
     as_json: JsonFlag = False,
 ) -> None:
     """Queue one job. Without --contact, --lead or --account, Add Tag only creates the tag."""
-    config = settings()
+    config = settings(ctx)
     with reported():
         request = request_from_fields(
             {"operation": operation, "tags": tag, "score": score, "contact": contact, "lead": lead, "account": account}
@@ -50,13 +51,14 @@ def add(
 
 @app.command("import")
 def import_(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(metavar="FILE", help="CSV with a header row, or JSON Lines.")],
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="Queue the valid rows even when some are bad.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Queue the jobs of a file: all or nothing unless --skip-invalid; every bad row reported with its line."""
-    config = settings()
+    config = settings(ctx)
     with job_store(config) as store:
         # Counting reads the file once more: only worth it when someone watches a progress bar.
         total = count_rows(file) if err.is_terminal and file.is_file() else 0
@@ -78,6 +80,7 @@ def import_(
 
 @app.command("list")
 def list_(
+    ctx: typer.Context,
     status: Annotated[
         str | None, typer.Option(help="pending, retrying, running, succeeded, failed or cancelled.")
     ] = None,
@@ -87,7 +90,7 @@ def list_(
     as_json: JsonFlag = False,
 ) -> None:
     """Jobs, newest first, with their status and result."""
-    config = settings()
+    config = settings(ctx)
     with reported():
         if status is not None and status not in {*(s.value for s in JobStatus), "retrying"}:
             raise UsageProblem(
@@ -106,9 +109,11 @@ def list_(
 
 
 @app.command("show")
-def show(job_id: Annotated[str, typer.Argument(help="The job id.")], as_json: JsonFlag = False) -> None:
+def show(
+    ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The job id.")], as_json: JsonFlag = False
+) -> None:
     """One job with every attempt: times, outcome, result code, HTTP status and message."""
-    config = settings()
+    config = settings(ctx)
     with job_store(config) as store:
         job = store.get(job_id)
         attempts = store.attempts(job_id)
@@ -125,11 +130,12 @@ def show(job_id: Annotated[str, typer.Argument(help="The job id.")], as_json: Js
 
 @app.command("retry")
 def retry(
+    ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="The failed job to retry.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job.")] = False,
 ) -> None:
     """Put a failed job (or all of them) back in the queue."""
-    config = settings()
+    config = settings(ctx)
     if (job_id is None) == (not failed):
         fail("give either a job id or --failed.", 2)
     with job_store(config) as store:
@@ -139,9 +145,9 @@ def retry(
 
 
 @app.command("cancel")
-def cancel(job_id: Annotated[str, typer.Argument(help="The pending job to cancel.")]) -> None:
+def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The pending job to cancel.")]) -> None:
     """Cancel a job that has not run yet."""
-    config = settings()
+    config = settings(ctx)
     with job_store(config) as store:
         job = store.cancel(job_id)
     out.print(f"Cancelled job {job.id}.", markup=False)

@@ -17,11 +17,12 @@ from jobs.model import JobStatus
 
 
 def run(
+    ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Process everything due now, then exit.")] = False,
     workers: Annotated[int | None, typer.Option(help="Worker threads.", min=1)] = None,
 ) -> None:
     """Run the job queue on a schedule until stopped (Ctrl-C), or once."""
-    config = settings(runner={"workers": workers} if workers else None)
+    config = settings(ctx, runner={"workers": workers} if workers else None)
     with connector(config) as built:
         if once:
             report = built.runner.drain()
@@ -40,6 +41,7 @@ def run(
 
 @with_fault_flags
 def demo(
+    ctx: typer.Context,
     faults: dict[str, Any] | None,
     crm: Annotated[str | None, typer.Option(
         "--crm", help="dataverse: create the job rows in (sandbox) Dynamics 365, as CRM users do.")] = None,
@@ -53,7 +55,7 @@ def demo(
         fail(f"--crm is {crm!r}; use local or dataverse.", 2)
     # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
     where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
-    config = settings(**where, faults=faults)
+    config = settings(ctx, **where, faults=faults)
     with connector(config) as built:
         result = run_demo(built)
         injected = {name: server.injector.counts for name, server in built.sandboxes.items()}

@@ -19,6 +19,7 @@ app = typer.Typer(help="The local emulators of the platforms and the CRM.", no_a
 @app.command("serve")
 @with_fault_flags
 def serve(
+    ctx: typer.Context,
     faults: dict[str, Any] | None,
     port: Annotated[int, typer.Option(
         min=0, max=65533, help="First of three ports: Spotler on it, Mautic on the next, Dataverse on the one after "
@@ -29,7 +30,7 @@ def serve(
         min=0, max=65535, help="Port of the Dataverse sandbox, https (0: any free).")] = 0,
 ) -> None:
     """Serve every sandbox on loopback in the foreground and print their base URLs; Ctrl-C or SIGTERM stops."""
-    config = settings(faults=faults)
+    config = settings(ctx, faults=faults)
     setup_logging(config)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
