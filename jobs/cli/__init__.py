@@ -37,7 +37,7 @@ def _print_version(wanted: bool) -> None:
             version = importlib.metadata.version("connector-job-runner")
         except importlib.metadata.PackageNotFoundError:
             version = "unknown (not installed)"
-        out.print(f"connector {version}", markup=False)
+        out().print(f"connector {version}", markup=False)
         raise typer.Exit()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -23,15 +24,27 @@ from rich.console import Console
 
 from config import Settings, SettingsError, load_settings
 from connector.errors import ConnectorError, InvalidInput
+from connector.sandbox.server import SandboxServer
 from jobs import app as composition
 from jobs import views
 from jobs.model import InvalidJob, Job
 from jobs.service import UsageProblem
 from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
 
-# Piped output is read by people in logs and by tools; do not squeeze tables into 80 columns there.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def out() -> Console:
+    """A console on standard output as it is now (a test may have swapped it), sized for it.
+
+    Piped output is read by people in logs and by tools; do not squeeze tables into 80 columns there.
+    """
+    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def err() -> Console:
+    """A console on standard error as it is now."""
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -86,14 +99,14 @@ class Failure(Exception):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"Error: {message}", markup=False)
+    err().print(f"Error: {message}", markup=False)
     raise typer.Exit(code)
 
 
 def print_jobs(found: list[Job]) -> None:
-    out.print(views.jobs_table(found))
+    out().print(views.jobs_table(found))
     if not found:
-        out.print("No jobs.")
+        out().print("No jobs.")
 
 
 def count(n: int, word: str, words: str | None = None) -> str:
@@ -146,36 +159,66 @@ def settings(ctx: typer.Context, **overrides: Any) -> Settings:
         return load_settings(**{**root.overrides(), **overrides})
 
 
-def setup_logging(config: Settings) -> None:
-    logging.basicConfig(
-        level=getattr(logging, config.log_level), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    composition.install_redaction(config)
+@contextmanager
+def logging_to_stderr(config: Settings) -> Iterator[None]:
+    """Log records go to standard error at the configured level, secrets masked, while the command runs.
+
+    The handler, the level and the redaction filter are taken back afterwards, so that commands run one after
+    another in one process (the tests do) neither pile up handlers nor write to a stream that is gone.
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, config.log_level))
+    redactor = composition.install_redaction(config)
+    try:
+        yield
+    finally:
+        for each in root.handlers:
+            each.removeFilter(redactor)
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@contextmanager
+def signal_handlers_restored() -> Iterator[None]:
+    """The SIGINT and SIGTERM handlers a long-running command installs are undone when it ends."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:  # None: a handler not set from Python, which Python cannot put back
+                signal.signal(signum, handler)
 
 
 @contextmanager
 def connector(config: Settings, *, quiet: bool = False) -> Iterator[composition.Connector]:
-    setup_logging(config)
-    with reported():
-        built = composition.build(config)
-    try:
-        if built.sandboxes and not quiet:
-            where = ", ".join(f"{name} on {server.url}" for name, server in built.sandboxes.items())
-            names = list(built.sandboxes)
-            emulators = "its emulator runs" if len(names) == 1 else "their emulators run"
-            err.print(
-                f"Sandbox mode: no URL is configured for {' and '.join(names)}, so {emulators} on "
-                f"loopback ({where}; state in {config.home / 'sandbox'}).", markup=False,
-            )
+    """The connector built from the settings, closed after the block; says so on stderr when it starts sandboxes."""
+    with logging_to_stderr(config):
         with reported():
-            yield built
-    finally:
-        built.close()
+            built = composition.build(config)
+        try:
+            if built.sandboxes and not quiet:
+                err().print(_sandbox_line(config, built.sandboxes), markup=False)
+            with reported():
+                yield built
+        finally:
+            built.close()
+
+
+def _sandbox_line(config: Settings, sandboxes: dict[str, SandboxServer]) -> str:
+    where = ", ".join(f"{name} on {server.url}" for name, server in sandboxes.items())
+    names = list(sandboxes)
+    emulators = "its emulator runs" if len(names) == 1 else "their emulators run"
+    return (f"Sandbox mode: no URL is configured for {' and '.join(names)}, so {emulators} on "
+            f"loopback ({where}; state in {config.home / 'sandbox'}).")
 
 
 @contextmanager
 def job_store(config: Settings) -> Iterator[JobStore]:
-    setup_logging(config)
-    with reported(), composition.open_store(config) as store:
+    """The job store of the settings, closed after the block."""
+    with logging_to_stderr(config), reported(), composition.open_store(config) as store:
         yield store

@@ -20,10 +20,10 @@ def show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     data = json.loads(config.model_dump_json())
     data["sandbox_mode"] = config.sandbox_mode
     if as_json:
-        out.print_json(data=data)
+        out().print_json(data=data)
         return
     for line in _flatten(data):
-        out.print(line, markup=False)
+        out().print(line, markup=False)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[str]:

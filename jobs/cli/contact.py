@@ -27,12 +27,12 @@ def show(
     with connector(config, quiet=as_json) as built:
         view = contact_view(built.platform, built.crm, kind, record_id)
     if as_json:
-        out.print_json(data=view)
+        out().print_json(data=view)
         return
-    out.print(f"{kind} {record_id} on {view['platform']} (as {view['platform_id']})", markup=False)
+    out().print(f"{kind} {record_id} on {view['platform']} (as {view['platform_id']})", markup=False)
     if view["platform_error"]:
-        out.print(f"  platform: {view['platform_error']}", markup=False)
-    out.print(views.tags_table(view["tags"]) if view["tags"] else "  no tags")
-    out.print("timeline:")
+        out().print(f"  platform: {view['platform_error']}", markup=False)
+    out().print(views.tags_table(view["tags"]) if view["tags"] else "  no tags")
+    out().print("timeline:")
     for post in view["timeline"] or [{"created_at": "", "text": "(no posts)"}]:
-        out.print(f"  {post['created_at']}  {post['text']}", markup=False)
+        out().print(f"  {post['created_at']}  {post['text']}", markup=False)

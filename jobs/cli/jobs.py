@@ -42,9 +42,9 @@ def add(
     with job_store(config) as store:
         job = store.add([request])[0]
     if as_json:
-        out.print_json(data=job.to_json())
+        out().print_json(data=job.to_json())
     else:
-        out.print(f"Queued job {job.id}: {request.operation.label} {', '.join(request.tags)}"
+        out().print(f"Queued job {job.id}: {request.operation.label} {', '.join(request.tags)}"
                   f"{'' if request.score is None else f' ({request.score})'} for "
                   f"{request.target or 'no record (tag only)'}.", markup=False)
 
@@ -59,23 +59,24 @@ def import_(
 ) -> None:
     """Queue the jobs of a file: all or nothing unless --skip-invalid; every bad row reported with its line."""
     config = settings(ctx)
+    console = err()
     with job_store(config) as store:
         # Counting reads the file once more: only worth it when someone watches a progress bar.
-        total = count_rows(file) if err.is_terminal and file.is_file() else 0
-        with Progress(console=err, transient=True, disable=total < 2000 or not err.is_terminal) as progress:
+        total = count_rows(file) if console.is_terminal and file.is_file() else 0
+        with Progress(console=console, transient=True, disable=total < 2000 or not console.is_terminal) as progress:
             task = progress.add_task("Checking rows", total=total)
             result = import_jobs(store, file, skip_invalid=skip_invalid, on_row=lambda: progress.advance(task))
     if as_json:
-        out.print_json(data=views.import_json(result))
+        out().print_json(data=views.import_json(result))
     for problem in result.problems if not as_json else []:
-        err.print(f"line {problem.line}: {problem.message}", markup=False)
+        console.print(f"line {problem.line}: {problem.message}", markup=False)
     if result.problems and not skip_invalid:
         fail(f"{len(result.problems)} of {count(result.rows, 'row')} {'is' if len(result.problems) == 1 else 'are'} "
              f"invalid; nothing was queued. "
              f"Fix them, or use --skip-invalid to queue the valid rows.", 2)
     if not as_json:
         skipped = f", {count(len(result.problems), 'invalid row')} skipped" if result.problems else ""
-        out.print(f"Queued {count(len(result.queued), 'job')} from {file}{skipped}.", markup=False)
+        out().print(f"Queued {count(len(result.queued), 'job')} from {file}{skipped}.", markup=False)
 
 
 @app.command("list")
@@ -100,12 +101,12 @@ def list_(
     with job_store(config) as store:
         found = store.list(status=status, target_id=contact, since=since_ts, limit=limit)
     if as_json:
-        out.print_json(data=views.jobs_json(found))
+        out().print_json(data=views.jobs_json(found))
         return
     print_jobs(found)
     if len(found) == limit:
         # There may be more: say so rather than let the listing look complete.
-        err.print(f"Showing the newest {limit} jobs; use --limit to see more.", markup=False)
+        err().print(f"Showing the newest {limit} jobs; use --limit to see more.", markup=False)
 
 
 @app.command("show")
@@ -119,13 +120,13 @@ def show(
         attempts = store.attempts(job_id)
     detail = views.job_detail_json(job, attempts)
     if as_json:
-        out.print_json(data=detail)
+        out().print_json(data=detail)
         return
     fields = views.job_fields(detail)
     width = max(len(label) for label, _ in fields)
     for label, value in fields:
-        out.print(f"{label:>{width}}: {value}", markup=False)
-    out.print(views.attempts_table(attempts))
+        out().print(f"{label:>{width}}: {value}", markup=False)
+    out().print(views.attempts_table(attempts))
 
 
 @app.command("retry")
@@ -140,7 +141,7 @@ def retry(
         fail("give either a job id or --failed.", 2)
     with job_store(config) as store:
         ids = store.retry(None if failed else job_id)
-    out.print(f"Queued again: {count(len(ids), 'job')}{': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
+    out().print(f"Queued again: {count(len(ids), 'job')}{': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
               markup=False)
 
 
@@ -150,4 +151,4 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The p
     config = settings(ctx)
     with job_store(config) as store:
         job = store.cancel(job_id)
-    out.print(f"Cancelled job {job.id}.", markup=False)
+    out().print(f"Cancelled job {job.id}.", markup=False)

@@ -11,7 +11,18 @@ import typer
 
 from config import Settings, defaults
 from jobs import views
-from jobs.cli.common import Failure, connector, count, err, fail, out, print_jobs, settings, with_fault_flags
+from jobs.cli.common import (
+    Failure,
+    connector,
+    count,
+    err,
+    fail,
+    out,
+    print_jobs,
+    settings,
+    signal_handlers_restored,
+    with_fault_flags,
+)
 from jobs.demo import DemoResult, run_demo
 from jobs.model import JobStatus
 
@@ -26,17 +37,18 @@ def run(
     with connector(config) as built:
         if once:
             report = built.runner.drain()
-            out.print(views.report_line(report), markup=False)
+            out().print(views.report_line(report), markup=False)
             if report.failed:
                 raise Failure(f"{count(report.failed, 'job')} failed; see `connector jobs list --status failed`.")
             return
         from jobs.scheduler import run_forever
 
-        err.print(f"Running: ticking every {config.runner.tick_seconds:g} s with {config.runner.workers} workers. "
+        err().print(f"Running: ticking every {config.runner.tick_seconds:g} s with {config.runner.workers} workers. "
                   "Ctrl-C stops.", markup=False)
-        run_forever(built.runner, tick_seconds=config.runner.tick_seconds,
-                    on_tick=lambda r: out.print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False))
-        err.print("Stopped.", markup=False)
+        with signal_handlers_restored():
+            run_forever(built.runner, tick_seconds=config.runner.tick_seconds,
+                        on_tick=lambda r: out().print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False))
+        err().print("Stopped.", markup=False)
 
 
 @with_fault_flags
@@ -59,19 +71,19 @@ def demo(
     with connector(config) as built:
         result = run_demo(built)
         injected = {name: server.injector.counts for name, server in built.sandboxes.items()}
-    out.rule("Jobs")
+    out().rule("Jobs")
     print_jobs(result.jobs)
-    out.print(views.report_line(result.report), markup=False)
+    out().print(views.report_line(result.report), markup=False)
     for name, counts in injected.items():
         if counts:
             shown = ", ".join(f"{fault} x{n}" for fault, n in sorted(counts.items()))
-            out.print(f"Faults injected by the {name} sandbox: {shown}.", markup=False)
-    out.rule("Tags and scores on the platform, and timeline posts")
+            out().print(f"Faults injected by the {name} sandbox: {shown}.", markup=False)
+    out().rule("Tags and scores on the platform, and timeline posts")
     for line in _record_lines(result):
-        out.print(line, markup=False)
-    out.print("\nTry:", markup=False)
+        out().print(line, markup=False)
+    out().print("\nTry:", markup=False)
     for hint in _demo_hints(config, result):
-        out.print(f"  {hint}", markup=False)
+        out().print(f"  {hint}", markup=False)
 
 
 def _record_lines(result: DemoResult) -> list[str]:

@@ -9,8 +9,20 @@ from typing import Annotated, Any
 
 import typer
 
+from config import Settings
+from connector.sandbox.server import SandboxServer
 from jobs import app as composition
-from jobs.cli.common import count, err, fail, out, reported, settings, setup_logging, with_fault_flags
+from jobs.cli.common import (
+    count,
+    err,
+    fail,
+    logging_to_stderr,
+    out,
+    reported,
+    settings,
+    signal_handlers_restored,
+    with_fault_flags,
+)
 from jobs.dataverse_wiring import sandbox_ca_file
 
 app = typer.Typer(help="The local emulators of the platforms and the CRM.", no_args_is_help=True)
@@ -31,32 +43,40 @@ def serve(
 ) -> None:
     """Serve every sandbox on loopback in the foreground and print their base URLs; Ctrl-C or SIGTERM stops."""
     config = settings(ctx, faults=faults)
-    setup_logging(config)
-    stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
+    ports = {"spotler": spotler_port or port, "mautic": mautic_port or (port and port + 1),
+             "dataverse": dataverse_port or (port and port + 2)}
+    with logging_to_stderr(config), signal_handlers_restored():
+        stopped = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopped.set())
+        started = _start(config, ports)
+        try:
+            _announce(config, started)
+            while not stopped.wait(0.2):
+                pass
+        finally:
+            for server, _ in started.values():
+                server.stop()
+    err().print("Stopped.", markup=False)
+
+
+def _start(config: Settings, ports: dict[str, int]) -> dict[str, tuple[SandboxServer, str]]:
     with reported():
         try:
-            started = composition.start_sandboxes(
-                config, {"spotler": spotler_port or port, "mautic": mautic_port or (port and port + 1),
-                         "dataverse": dataverse_port or (port and port + 2)}
-            )
+            return composition.start_sandboxes(config, ports)
         except OSError as exc:
             fail(f"A sandbox could not listen ({exc.strerror}); give free ports with --port, --spotler-port, "
                  f"--mautic-port and --dataverse-port, or 0 for any free port.", 1)
-    try:
-        for name, (_, url) in started.items():
-            out.print(f"{name}: {url}", markup=False)
-        if "dataverse" in started:
-            out.print(f"dataverse CA (curl --cacert): {sandbox_ca_file(config)}", markup=False)
-        quiet = ("hang_seconds", "seed", "retry_after")
-        faults = {k: v for k, v in config.faults.model_dump().items() if v and k not in quiet}
-        err.print(f"Serving {count(len(started), 'sandbox', 'sandboxes')}, state in {config.home / 'sandbox'}; "
-                  f"faults: {faults or 'none'}. Ctrl-C stops.", markup=False)
-        sys.stdout.flush()
-        while not stopped.wait(0.2):
-            pass
-    finally:
-        for server, _ in started.values():
-            server.stop()
-    err.print("Stopped.", markup=False)
+
+
+def _announce(config: Settings, started: dict[str, tuple[SandboxServer, str]]) -> None:
+    """The base URLs on stdout, one `name: url` a line (scripts read them), and what is served on stderr."""
+    for name, (_, url) in started.items():
+        out().print(f"{name}: {url}", markup=False)
+    if "dataverse" in started:
+        out().print(f"dataverse CA (curl --cacert): {sandbox_ca_file(config)}", markup=False)
+    quiet = ("hang_seconds", "seed", "retry_after")
+    faults = {k: v for k, v in config.faults.model_dump().items() if v and k not in quiet}
+    err().print(f"Serving {count(len(started), 'sandbox', 'sandboxes')}, state in {config.home / 'sandbox'}; "
+                f"faults: {faults or 'none'}. Ctrl-C stops.", markup=False)
+    sys.stdout.flush()
