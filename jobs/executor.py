@@ -118,7 +118,7 @@ class Executor:
         # Waiting on the stop event lets a shutdown cut short an inline backoff.
         self._sleep = sleep or self.stop.wait
         self._backoff = tenacity.wait_exponential_jitter(
-            initial=policy.backoff_initial, max=policy.backoff_max, jitter=policy.jitter
+            multiplier=policy.backoff_initial, max=policy.backoff_max, jitter=policy.jitter
         )
 
     # --- entry point ----------------------------------------------------------------------------------------

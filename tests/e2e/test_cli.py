@@ -1,21 +1,17 @@
-"""The `connector` command as a user runs it: a subprocess, its output and its exit code."""
+"""The `connector` command as a user runs it: its output and its exit code (see `helpers` for in which process)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.helpers import connector, connector_process, demo_hints, in_background
 
 SECRET = "s3cr3t-consumer-value-91c"
 
@@ -26,33 +22,8 @@ def platform_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"CONNECTOR_PLATFORM": str(request.param)}
 
 
-def connector(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, check: int | None = 0
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-    full_env.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120,
-    )
-    if check is not None:
-        shown = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-        assert result.returncode == check, shown
-    return result
-
-
 # The demo's counts: every operation; Start Automation is a Spotler operation, NOT_SUPPORTED on Mautic.
 DEMO_COUNTS = {"spotler": "16 succeeded, 1 failed", "mautic": "15 succeeded, 2 failed"}
-
-
-def demo_hints(stdout: str) -> list[tuple[dict[str, str], list[str]]]:
-    """The `Try:` commands the demo prints, as (environment, arguments after `connector`)."""
-    hints = []
-    for line in stdout.split("\nTry:\n", 1)[1].splitlines():
-        words = shlex.split(line)
-        env = dict(word.split("=", 1) for word in words[: words.index("connector")])
-        hints.append((env, words[words.index("connector") + 1:]))
-    assert len(hints) == 3, stdout
-    return hints
 
 
 def timeline_of(stdout: str, record: str) -> list[str]:
@@ -68,41 +39,9 @@ def timeline_of(stdout: str, record: str) -> list[str]:
 
 
 
-@dataclass
-class Background:
-    process: subprocess.Popen[str]
-    stdout: str = ""
-    stderr: str = ""
-
-    def lines(self, count: int) -> dict[str, str]:
-        """The first `count` lines of "name: value" the command prints."""
-        assert self.process.stdout is not None
-        return dict(self.process.stdout.readline().strip().split(": ", 1) for _ in range(count))
-
-
-@contextmanager
-def in_background(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[Background]:
-    """A long-running `connector` command; stopped with SIGTERM when the block ends (killed if it hangs)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-    full_env.update(env or {})
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=full_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running = Background(process)
-    try:
-        yield running
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            running.stdout, running.stderr = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-
-
 def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path, platform_env: dict[str, str]) -> None:
     platform = platform_env["CONNECTOR_PLATFORM"]
-    first = connector("demo", cwd=tmp_path, env=platform_env)
+    first = connector_process("demo", cwd=tmp_path, env=platform_env)  # one demo through a real process
     assert f"Sandbox mode: no URL is configured for {platform}, so its emulator runs on loopback" in first.stderr
     assert f"{platform} on http://127.0.0.1:" in first.stderr
     assert DEMO_COUNTS[platform] in first.stdout
@@ -333,8 +272,10 @@ def test_a_misspelled_setting_or_a_missing_secrets_file_is_refused_with_exit_2(t
 
 
 def test_help_shows_flags_without_a_value_type_and_the_version_is_printed(tmp_path: Path) -> None:
-    shown = "".join(connector(*command, "--help", cwd=tmp_path).stdout
-                    for command in [[], ["run"], ["jobs", "list"], ["jobs", "import"], ["jobs", "retry"]])
+    # The root help and the version through real processes (what a user tries first); the rest in this one.
+    root = connector_process("--help", cwd=tmp_path, env={"COLUMNS": "250"}).stdout
+    shown = root + "".join(connector(*command, "--help", cwd=tmp_path).stdout
+                           for command in [["run"], ["jobs", "list"], ["jobs", "import"], ["jobs", "retry"]])
     assert "<bool>" not in shown
     for flag in ("--json", "--once", "--failed", "--skip-invalid", "--help", "--version"):
         assert flag in shown
@@ -342,12 +283,15 @@ def test_help_shows_flags_without_a_value_type_and_the_version_is_printed(tmp_pa
     usage = connector("jobs", "import", "--help", cwd=tmp_path).stdout
     assert "connector jobs import [OPTIONS] {FILE}" in usage
     assert "{file}" not in usage
-    home = next(line for line in connector("--help", cwd=tmp_path, env={"COLUMNS": "250"}).stdout.splitlines()
-                if "--home" in line)
+    home = next(line for line in root.splitlines() if "--home" in line)
     assert "Data directory of the embedded default: .connector unless CONNECTOR_HOME says otherwise." in home
     assert not re.search(r" \.(?!\w)", home)  # no full stop after a space (a lost [env: ...] once)
-    version = connector("--version", cwd=tmp_path).stdout.strip()
+    version = connector_process("--version", cwd=tmp_path).stdout.strip()
     assert re.fullmatch(r"connector \d+\.\d+\.\d+\S*", version), version
+    # The console script pyproject.toml declares (`connector = "jobs.cli:main"`), as installed next to Python.
+    script = subprocess.run([Path(sys.executable).with_name("connector"), "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert (script.returncode, script.stdout.strip()) == (0, version)
 
 
 def test_jobs_list_says_when_it_stops_at_the_limit_and_refuses_a_limit_below_1(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.test_cli import connector, demo_hints
+from tests.e2e.helpers import connector, demo_hints
 
 DATAVERSE = {"CONNECTOR_JOB_STORE": "dataverse", "CONNECTOR_CRM": "dataverse"}
 

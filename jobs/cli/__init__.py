@@ -1,0 +1,80 @@
+"""The `connector` command: parse, call one function, print. Errors become `Error: ...` and an exit code.
+
+One module per noun: `jobs`, `contact`, `config` and `sandbox` are sub-commands of their own; `run` holds `run`
+and `demo`; `common` what they share. What a job looks like on screen and in JSON is in `jobs.views`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperOption
+
+from config import defaults
+from jobs.cli import config, contact, jobs, run, sandbox
+from jobs.cli.common import RootOptions, out
+
+app = typer.Typer(
+    help="Apply tag and score jobs from the CRM on the marketing platform, and show what happened.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(contact.app, name="contact")
+app.add_typer(config.app, name="config")
+app.add_typer(sandbox.app, name="sandbox")
+app.command("run")(run.run)
+app.command("demo")(run.demo)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        try:
+            version = importlib.metadata.version("connector-job-runner")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        out().print(f"connector {version}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option(
+        help=f"Data directory of the embedded default: {defaults.HOME} unless CONNECTOR_HOME says otherwise. "
+             "Give it before the sub-command: connector --home DIR jobs list.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
+) -> None:
+    ctx.obj = RootOptions(home=home, log_level=log_level)
+
+
+def _flags_without_a_value_type(command: Any) -> Any:
+    """Help shows `--json`, not `--json <bool>`.
+
+    This typer's rich help prints a value type after every option, flags included (its plain help skips flags;
+    neither `is_flag=True` nor `--json/--no-json` changes the rich one). An empty metavar leaves that column blank
+    for the options that take no value, `--help` among them.
+    """
+    for param in command.get_params(typer.Context(command)):
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_without_a_value_type(sub)
+    return command
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    command = _flags_without_a_value_type(typer.main.get_command(app))
+    try:
+        command.main(args=argv, prog_name="connector", standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+

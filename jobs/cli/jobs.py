@@ -1,0 +1,171 @@
+"""`connector jobs ...`: create, import, list, inspect, retry and cancel jobs."""
+
+from __future__ import annotations
+
+import getpass
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+
+from jobs import views
+from jobs.cli.common import JsonFlag, count, err, fail, job_store, out, print_jobs, reported, settings
+from jobs.model import JobStatus
+from jobs.service import UsageProblem, count_rows, import_jobs, parse_duration, request_from_fields
+from jobs.store import Actor, JobFilter
+
+app = typer.Typer(help="Create, import, list, inspect, retry and cancel jobs.", no_args_is_help=True)
+
+DEFAULT_LIMIT = 100
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    operation: Annotated[str, typer.Option("--operation", "-o", help='add_tag, remove_tag, set_score, increase_score, '
+                                           'decrease_score, remove_score, start_automation, or the CRM name '
+                                           '("Add Tag").')],
+    tag: Annotated[str, typer.Option("--tag", "-t", help="Tag name; several separated by , or ; for add/remove. "
+                                     "For start_automation: the automation's trigger code.")],
+    contact: Annotated[str | None, typer.Option(help="CRM id of the contact.")] = None,
+    lead: Annotated[str | None, typer.Option(help="CRM id of the lead.")] = None,
+    account: Annotated[str | None, typer.Option(help="CRM id of the account.")] = None,
+    score: Annotated[str | None, typer.Option(help="Whole number, for the score operations.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue one job. Without --contact, --lead or --account, Add Tag only creates the tag."""
+    config = settings(ctx)
+    with reported():
+        request = request_from_fields(
+            {"operation": operation, "tags": tag, "score": score, "contact": contact, "lead": lead, "account": account}
+        )
+    with job_store(config) as store:
+        job = store.add([request])[0]
+    if as_json:
+        out().print_json(data=job.to_json())
+    else:
+        fields = request.kind.template_fields(request.payload)
+        score = "" if fields.get("score") in (None, "") else f" ({fields['score']})"
+        out().print(f"Queued job {job.id}: {request.kind.label} {fields.get('tags', '')}{score} for "
+                    f"{request.target or 'no record (tag only)'}.", markup=False)
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="CSV with a header row, or JSON Lines.")],
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="Queue the valid rows even when some are bad.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue the jobs of a file: all or nothing unless --skip-invalid; every bad row reported with its line."""
+    config = settings(ctx)
+    console = err()
+    with job_store(config) as store:
+        # Counting reads the file once more: only worth it when someone watches a progress bar.
+        total = count_rows(file) if console.is_terminal and file.is_file() else 0
+        with Progress(console=console, transient=True, disable=total < 2000 or not console.is_terminal) as progress:
+            task = progress.add_task("Checking rows", total=total)
+            result = import_jobs(store, file, skip_invalid=skip_invalid, on_row=lambda: progress.advance(task))
+    if as_json:
+        out().print_json(data=views.import_json(result))
+    for problem in result.problems if not as_json else []:
+        console.print(f"line {problem.line}: {problem.message}", markup=False)
+    if result.problems and not skip_invalid:
+        fail(f"{len(result.problems)} of {count(result.rows, 'row')} {'is' if len(result.problems) == 1 else 'are'} "
+             f"invalid; nothing was queued. "
+             f"Fix them, or use --skip-invalid to queue the valid rows.", 2)
+    if not as_json:
+        skipped = f", {count(len(result.problems), 'invalid row')} skipped" if result.problems else ""
+        out().print(f"Queued {count(len(result.queued), 'job')} from {file}{skipped}.", markup=False)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None, typer.Option(help="pending, retrying, running, succeeded, failed or cancelled.")
+    ] = None,
+    contact: Annotated[str | None, typer.Option(help="Only jobs for this CRM record id.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only jobs created within this period: 30m, 2h, 7d.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs, newest first.")] = DEFAULT_LIMIT,
+    as_json: JsonFlag = False,
+) -> None:
+    """Jobs, newest first, with their status and result."""
+    config = settings(ctx)
+    with reported():
+        if status is not None and status not in {*(s.value for s in JobStatus), "retrying"}:
+            raise UsageProblem(
+                f"--status is {status!r}; use pending, retrying, running, succeeded, failed or cancelled."
+            )
+        since_ts = time.time() - parse_duration(since) if since else None
+    with job_store(config) as store:
+        found = store.list(JobFilter(status=status, target_id=contact, since=since_ts, limit=limit)).jobs
+    if as_json:
+        out().print_json(data=views.jobs_json(found))
+        return
+    print_jobs(found)
+    if len(found) == limit:
+        # There may be more: say so rather than let the listing look complete.
+        err().print(f"Showing the newest {limit} jobs; use --limit to see more.", markup=False)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The job id.")], as_json: JsonFlag = False
+) -> None:
+    """One job with every attempt: times, outcome, result code, HTTP status and message."""
+    config = settings(ctx)
+    with job_store(config) as store:
+        job = store.get(job_id)
+        attempts = store.attempts(job_id)
+        actions = store.audit(job_id)
+    detail = views.job_detail_json(job, attempts, actions)
+    if as_json:
+        out().print_json(data=detail)
+        return
+    fields = views.job_fields(detail)
+    width = max(len(label) for label, _ in fields)
+    for label, value in fields:
+        out().print(f"{label:>{width}}: {value}", markup=False)
+    out().print(views.attempts_table(attempts))
+    if actions:
+        out().print("actions:", markup=False)
+        for line in views.action_lines(actions):
+            out().print(f"  {line}", markup=False)
+
+
+@app.command("retry")
+def retry(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(help="The failed job to retry.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job.")] = False,
+) -> None:
+    """Put a failed job (or all of them) back in the queue."""
+    config = settings(ctx)
+    if (job_id is None) == (not failed):
+        fail("give either a job id or --failed.", 2)
+    with job_store(config) as store:
+        ids = store.retry(None if failed else job_id, by=actor())
+    out().print(f"Queued again: {count(len(ids), 'job')}{': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
+              markup=False)
+
+
+def actor() -> Actor:
+    """Who acts from this command line: the operating system's login name."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Actor(who=who, via="cli")
+
+
+@app.command("cancel")
+def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The pending job to cancel.")]) -> None:
+    """Cancel a job that has not run yet."""
+    config = settings(ctx)
+    with job_store(config) as store:
+        job = store.cancel(job_id, by=actor())
+    out().print(f"Cancelled job {job.id}.", markup=False)

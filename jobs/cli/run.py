@@ -1,0 +1,120 @@
+"""`connector run` (the schedule, or one drain) and `connector demo` (a realistic morning of jobs, run and shown)."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from config import Settings, defaults
+from jobs import views
+from jobs.cli.common import (
+    Failure,
+    connector,
+    count,
+    err,
+    fail,
+    out,
+    print_jobs,
+    settings,
+    signal_handlers_restored,
+    with_fault_flags,
+)
+from jobs.demo import DemoResult, run_demo
+from jobs.model import JobStatus
+
+
+def run(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Process everything due now, then exit.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Worker threads.", min=1)] = None,
+) -> None:
+    """Run the job queue on a schedule until stopped (Ctrl-C), or once."""
+    config = settings(ctx, runner={"workers": workers} if workers else None)
+    with connector(config) as built:
+        if once:
+            report = built.runner.drain()
+            out().print(views.report_line(report), markup=False)
+            if report.failed:
+                raise Failure(f"{count(report.failed, 'job')} failed; see `connector jobs list --status failed`.")
+            return
+        from jobs.scheduler import run_forever
+
+        err().print(f"Running: ticking every {config.runner.tick_seconds:g} s with {config.runner.workers} workers. "
+                  "Ctrl-C stops.", markup=False)
+        with signal_handlers_restored():
+            run_forever(built.runner, tick_seconds=config.runner.tick_seconds,
+                        on_tick=lambda r: out().print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False))
+        err().print("Stopped.", markup=False)
+
+
+@with_fault_flags
+def demo(
+    ctx: typer.Context,
+    faults: dict[str, Any] | None,
+    crm: Annotated[str | None, typer.Option(
+        "--crm", help="dataverse: create the job rows in (sandbox) Dynamics 365, as CRM users do.")] = None,
+) -> None:
+    """Queue a realistic set of jobs on the embedded default, run them, and show the outcome.
+
+    The fault flags make the sandboxes hostile; the demo keeps running retries that come due within a minute,
+    so that it ends with every job in a final state.
+    """
+    if crm not in (None, "local", "dataverse"):
+        fail(f"--crm is {crm!r}; use local or dataverse.", 2)
+    # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
+    where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
+    config = settings(ctx, **where, faults=faults)
+    with connector(config) as built:
+        result = run_demo(built)
+        injected = {name: server.injector.counts for name, server in built.sandboxes.items()}
+    out().rule("Jobs")
+    print_jobs(result.jobs)
+    out().print(views.report_line(result.report), markup=False)
+    for name, counts in injected.items():
+        if counts:
+            shown = ", ".join(f"{fault} x{n}" for fault, n in sorted(counts.items()))
+            out().print(f"Faults injected by the {name} sandbox: {shown}.", markup=False)
+    out().rule("Tags and scores on the platform, and timeline posts")
+    for line in _record_lines(result):
+        out().print(line, markup=False)
+    out().print("\nTry:", markup=False)
+    for hint in _demo_hints(config, result):
+        out().print(f"  {hint}", markup=False)
+
+
+def _record_lines(result: DemoResult) -> list[str]:
+    """Each record's tags and scores, and under it the timeline posts of this run's jobs."""
+    this_run = {job.id for job in result.jobs}
+    lines = []
+    for view in result.records:
+        tags = ", ".join(f"{t}={s}" for t, s in sorted(view["tags"].items())) or "(no tags)"
+        if view["platform_error"]:
+            tags = f"(not read: {view['platform_error']})"
+        label = view["name"] if view["name"] == view["id"] else f"{view['name']} ({view['id']})"
+        lines.append(f"{view['kind']} {label}: {tags}")
+        # The posts of this demo's jobs, not those of earlier runs.
+        posts = [post for post in view["timeline"] if post["job_id"] in this_run]
+        lines += [f"    {post['created_at']}  {post['text']}" for post in posts]
+    return lines
+
+
+def _demo_hints(config: Settings, result: DemoResult) -> list[str]:
+    """Commands that show more of what the demo did, as they work in the setup the demo ran in."""
+    env = []
+    if config.job_store == "dataverse":
+        env.append("CONNECTOR_JOB_STORE=dataverse")
+    if config.crm == "dataverse":
+        env.append("CONNECTOR_CRM=dataverse")
+    if config.platform != "spotler":
+        env.append(f"CONNECTOR_PLATFORM={config.platform}")
+    home = [] if config.home == Path(defaults.HOME) else ["--home", shlex.quote(str(config.home))]
+    command = " ".join([*env, "connector", *home])
+    failed = [job.id for job in result.jobs if job.status is JobStatus.FAILED]
+    shown = failed[0] if failed else result.jobs[0].id if result.jobs else "<job id>"
+    # On Dynamics 365 a record is known by its GUID: C-1001 is the demo's name for it.
+    contact = next((view["id"] for view in result.records if view["kind"] == "contact"), "C-1001")
+    return [f"{command} jobs list --status failed", f"{command} jobs show {shown}", f"{command} contact show {contact}"]

@@ -1,0 +1,127 @@
+"""How jobs look: the JSON shapes tools read, and the tables and lines people read.
+
+The `connector` command prints what these functions build; they print nothing and read no store themselves, so
+any other front end can show jobs the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from jobs.model import Attempt, Job, iso
+from jobs.runner import DrainReport
+from jobs.service import ImportResult
+from jobs.store import AuditEntry
+
+# `jobs show`: the fields in the order people read them, and the labels that differ from the JSON key.
+JOB_FIELDS = ("id", "operation", "target", "tags", "score", "display_status", "result_code", "message", "attempts",
+              "attempts_total", "created_at", "updated_at", "next_attempt_at", "applied_at", "posted_at")
+FIELD_LABELS = {"display_status": "status", "attempts": "attempts (since last retry)",
+                "attempts_total": "attempts in all"}
+
+
+def jobs_json(jobs: list[Job]) -> list[dict[str, Any]]:
+    """`jobs list --json`."""
+    return [job.to_json() for job in jobs]
+
+
+def job_detail_json(job: Job, attempts: list[Attempt], actions: list[AuditEntry]) -> dict[str, Any]:
+    """`jobs show --json`: the job, its attempt log, and who retried or cancelled it.
+
+    `attempts` counts the tries since the job was queued or last retried by hand (the retry budget); the attempt
+    log keeps every try, so support staff see both.
+    """
+    return {**job.to_json(), "attempts_total": len(attempts), "attempt_log": [a.to_json() for a in attempts],
+            "actions": [action_json(entry) for entry in actions]}
+
+
+def action_json(entry: AuditEntry) -> dict[str, Any]:
+    return {"action": entry.action, "at": iso(entry.at), "who": entry.who, "via": entry.via}
+
+
+def action_lines(actions: list[AuditEntry]) -> list[str]:
+    """`jobs show`: one line per retry or cancel by hand: `2026-05-04T09:15:00Z  retry by ann (cli)`."""
+    return [f"{iso(entry.at)}  {entry.action} by {entry.who} ({entry.via})" for entry in actions]
+
+
+def import_json(result: ImportResult) -> dict[str, Any]:
+    """`jobs import --json`: the rows read, the ids queued, and every bad row with its line."""
+    return {
+        "rows": result.rows, "queued": [job.id for job in result.queued],
+        "problems": [{"line": p.line, "message": p.message} for p in result.problems],
+    }
+
+
+def jobs_table(jobs: list[Job]) -> Table:
+    """One line per job: when, what, for which record, its status and its result."""
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("job")
+    table.add_column("record", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("tries", justify="right")
+    table.add_column("result")
+    for job in jobs:
+        data = job.to_json()
+        target = data["target"]
+        result = job.result_code or ""
+        if job.message and job.result_code != "OK":
+            result = f"{result}: {job.message}" if result else job.message
+        table.add_row(
+            job.id, (data["created_at"] or "")[5:16].replace("T", " "), what(job),
+            f"{target['kind']} {target['id']}" if target else "-", job.display_status, str(job.attempts), result,
+        )
+    return table
+
+
+def what(job: Job) -> str:
+    """The job in a few words (`Increase Score Lead 10`); the input as given when it is not valid."""
+    if job.request is not None:
+        return job.request.brief()
+    raw = job.raw
+    return " ".join(str(raw.get(k)) for k in ("operation", "tags", "score") if raw.get(k) not in (None, ""))
+
+
+def job_fields(detail: dict[str, Any]) -> list[tuple[str, str]]:
+    """`jobs show`: (label, value) for every field of a `job_detail_json`, in reading order."""
+    fields = []
+    for key in JOB_FIELDS:
+        value = detail[key]
+        if isinstance(value, dict):
+            value = f"{value['kind']} {value['id']}"
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        fields.append((FIELD_LABELS.get(key, key), "" if value is None else str(value)))
+    return fields
+
+
+def attempts_table(attempts: list[Attempt]) -> Table:
+    """Every try at a job: times, outcome, result code, HTTP status and message."""
+    table = Table(title="attempts", show_edge=False)
+    for column in ("#", "started", "ended", "outcome", "result", "http", "message"):
+        table.add_column(column, overflow="fold")
+    for a in attempts:
+        table.add_row(str(a.number), iso(a.started_at) or "", iso(a.ended_at) or "", a.outcome, a.result_code or "",
+                      str(a.http_status or ""), a.message)
+    return table
+
+
+def tags_table(tags: dict[str, int]) -> Table:
+    """A record's tags on the platform, with their scores."""
+    table = Table(show_edge=False)
+    table.add_column("tag")
+    table.add_column("score", justify="right")
+    for tag, score in sorted(tags.items()):
+        table.add_row(tag, str(score))
+    return table
+
+
+def report_line(report: DrainReport) -> str:
+    """What a drain did, in one line: `3 succeeded, 1 failed in 0.4 s; 2 waiting to retry (next at ...).`"""
+    line = f"{report.succeeded} succeeded, {report.failed} failed in {report.seconds:.1f} s"
+    if report.retrying:
+        line += f"; {report.retrying} waiting to retry (next at {iso(report.next_retry_at)})"
+    return line + "."
