@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import subprocess
@@ -148,6 +149,8 @@ def test_cancel_and_retry_refuse_jobs_in_the_wrong_status(tmp_path: Path) -> Non
                                    cwd=tmp_path).stdout)
     cancelled = connector("jobs", "cancel", pending["id"], cwd=tmp_path)
     assert f"Cancelled job {pending['id']}." in cancelled.stdout
+    shown = json.loads(connector("jobs", "show", pending["id"], "--json", cwd=tmp_path).stdout)
+    assert [(a["action"], a["via"]) for a in shown["actions"]] == [("cancel", "cli")]
     again = connector("jobs", "cancel", pending["id"], cwd=tmp_path, check=2)
     assert "only pending jobs can be cancelled" in again.stderr
     connector("run", "--once", cwd=tmp_path)
@@ -177,6 +180,10 @@ def test_a_job_failing_under_run_once_exits_1(tmp_path: Path) -> None:
     assert "attempts in all: 2" in human
     assert "tags: VIP" in human
     assert "attempts_total" not in json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)[0]
+    # Who retried it, and from where, is on the job.
+    who = getpass.getuser()
+    assert [(a["action"], a["who"], a["via"]) for a in shown["actions"]] == [("retry", who, "cli")]
+    assert human[human.index("actions:") + 1].endswith(f"retry by {who} (cli)")
 
 
 def test_secrets_never_appear_in_output_logs_or_attempts(tmp_path: Path) -> None:
