@@ -21,15 +21,15 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from config import defaults
 from connector import errors
 
 log = logging.getLogger(__name__)
 
-# Per-request timeouts: connecting should be quick; a slow answer is still an answer up to READ_TIMEOUT.
-CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 30.0
-# A Retry-After longer than this is treated as this: we would rather ask again than park a job for hours.
-RETRY_AFTER_CAP = 600.0
+# The defaults' reasons are in config/defaults.py; settings override them.
+CONNECT_TIMEOUT = defaults.CONNECT_TIMEOUT
+READ_TIMEOUT = defaults.READ_TIMEOUT
+RETRY_AFTER_CAP = defaults.RETRY_AFTER_CAP
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None, cap: float = RETRY_AFTER_CAP) -> float | None:
