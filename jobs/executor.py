@@ -11,16 +11,15 @@ errors fail the job at once. Every try is recorded as an attempt.
 The executor knows no kind: the handler (`jobs.kinds`) applies the change through a `RunContext`, which gives it
 the platform, the CRM, the outside services, and a durable place for what it observed before changing anything
 (the increments' read-back lives in `jobs.kinds.scores`). What happens is published to the `Observer`
-(`jobs.observe`); the records of durable subscribers are written with the job's outcome.
+(`jobs.observe`); the effects of durable subscribers are written with the mark that the change is applied.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,18 +173,16 @@ class Executor:
                                          posted=run.job.posted_at is not None))
 
     def _finish(self, run: _Run, outcome: Outcome) -> JobStatus:
-        return self._record(run.store, run.owner, run.job, outcome, run.changes)
+        return self._record(run.store, run.owner, run.job, outcome)
 
-    def _record(self, store: RunnerStore, owner: str, job: Job, outcome: Outcome,
-                changes: Sequence[Change] = ()) -> JobStatus:
-        """Record the job's outcome with what durable subscribers keep of it, asking a job store that does not
-        answer (Dataverse 5xx) a few times more; then tell the plain subscribers.
+    def _record(self, store: RunnerStore, owner: str, job: Job, outcome: Outcome) -> JobStatus:
+        """Record the job's outcome, asking a job store that does not answer (Dataverse 5xx) a few times more;
+        then tell the plain subscribers.
 
         Safe to repeat: a write that was applied after all has moved the row on, and the next try finds the job
         no longer held (LeaseLost). If the store stays down, the job keeps its lease until it expires and is
         run again, and the platform change is not repeated (`applied_at`, `score_before`).
         """
-        outcome = dataclasses.replace(outcome, records=self.observer.records(job, outcome, changes))
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(defaults.STORE_WRITE_TRIES),
             wait=tenacity.wait_exponential(multiplier=0.5, max=4),
@@ -241,7 +238,8 @@ class Executor:
 
     def _apply(self, run: _Run) -> None:
         run.request.kind.run(run)
-        run.store.save_progress(run.owner, run.job.id, applied=True)
+        effects = self.observer.effects(run.job, run.changes)
+        run.store.save_progress(run.owner, run.job.id, applied=True, effects=effects)
         run.job = run.job.replace(applied_at=self._clock())
 
     def _post(self, run: _Run) -> None:

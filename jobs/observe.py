@@ -4,10 +4,12 @@ Subscribers are registered in the composition root (`jobs.app`). There are two s
 
 - **plain subscribers** (`subscribe`) see every event after the fact: metrics, logs. One that raises is logged
   and ignored: it never changes what happens to a job.
-- **durable subscribers** (`subscribe_durable`) turn a job's outcome and the changes its run applied into
-  `Record`s, which the store writes in the same transaction as the outcome: score history, trigger firings. Either
-  the outcome and its records are kept, or neither. One that raises fails the job's run like any defect (the
-  runner records INTERNAL_ERROR), so that a record can never be silently missing.
+- **durable subscribers** (`subscribe_durable`) turn the changes a job applied into `Effects` (records, and jobs
+  to queue), which the store writes in the same transaction that marks the change applied: score history, trigger
+  firings and their action jobs. Either the applied mark and its effects are kept, or neither, so a runner killed
+  at any moment can neither lose nor repeat them: a job whose change is marked applied never applies it again. One
+  that raises fails the job's run like any defect (the runner records INTERNAL_ERROR), so that an effect can
+  never be silently missing.
 
 The events, in the order one run publishes them: `Claimed`, then per try `AttemptStarted`, `ChangeApplied` (for
 each change, with the score before and after where known), `AttemptEnded`; then `Finished`, or `Released` when a
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jobs.model import Attempt, Job
 from jobs.scoring.changes import Change
-from jobs.store import Outcome, Record
+from jobs.store import Effects, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ __all__ = ["Change"]
 
 Event = Claimed | AttemptStarted | AttemptEnded | ChangeApplied | Finished | Released
 Subscriber = Callable[[Event], None]
-DurableSubscriber = Callable[[Job, Outcome, Sequence[Change]], Iterable[Record]]
+DurableSubscriber = Callable[[Job, Sequence[Change]], Effects]
 
 
 class Observer:
@@ -94,6 +96,9 @@ class Observer:
                 log.exception("job %s: a subscriber failed on %s; the job goes on", event.job.id,
                               type(event).__name__)
 
-    def records(self, job: Job, outcome: Outcome, changes: Sequence[Change]) -> tuple[Record, ...]:
-        """What the durable subscribers keep with this outcome."""
-        return tuple(record for durable in list(self._durable) for record in durable(job, outcome, changes))
+    def effects(self, job: Job, changes: Sequence[Change]) -> Effects:
+        """What the durable subscribers keep of the changes a job applied."""
+        total = Effects()
+        for durable in list(self._durable):
+            total += durable(job, changes)
+        return total

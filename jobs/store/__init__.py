@@ -7,8 +7,9 @@ guarantee against every store:
   keys is running (per-key creation order; the rule is `semantics.claimable`);
 - a lease that is not renewed expires, and the job becomes claimable again, with an attempt recorded;
 - every write made on behalf of a claim checks that the claim still holds (`LeaseLost` otherwise);
-- an outcome is one write: the status, the last attempt, the posted mark and the records of durable
-  subscribers (`Outcome.records`) are kept together or not at all;
+- an outcome is one write: the status, the last attempt and the posted mark are kept together or not at all;
+- the mark that a job's change is applied, and its `Effects` (the records of durable subscribers, such as score
+  history and trigger firings, and the jobs they queue) are one write too: both or neither;
 - a request id is queued once: adding it again returns the job it already names.
 
 The protocol is split by who uses it: `RunnerStore` (the runner), `PeopleStore` (people acting on jobs, each act
@@ -62,11 +63,25 @@ class Outcome:
     attempt: Attempt | None = None
     # The timeline post is done: like `save_progress(posted=True)`, in the same write.
     posted: bool = False
-    records: tuple[Record, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status is JobStatus.RUNNING:
             raise ValueError("an outcome leaves running; it cannot be running")
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What durable subscribers keep when a job's change is applied, in the same write as the applied mark:
+    records, and jobs to queue (a request id already stored is not queued again, as with `add`)."""
+
+    records: tuple[Record, ...] = ()
+    jobs: tuple[JobRequest, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.jobs)
+
+    def __add__(self, other: Effects) -> Effects:
+        return Effects(self.records + other.records, self.jobs + other.jobs)
 
 
 @dataclass(frozen=True)
@@ -121,9 +136,9 @@ class RunnerStore(Protocol):
 
     def save_progress(
         self, owner: str, job_id: str, *, score_before: int | None = None, applied: bool = False,
-        posted: bool = False,
+        posted: bool = False, effects: Effects | None = None,
     ) -> None:
-        """Remember, durably, what a running job has already observed or done."""
+        """Remember, durably, what a running job has already observed or done; `effects` go in the same write."""
 
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         """Record the outcome of a claimed job, in one transaction (see `Outcome`)."""
@@ -178,6 +193,6 @@ class JobStore(RunnerStore, PeopleStore, ReaderStore, Protocol):
 
 
 __all__ = [
-    "Actor", "AuditEntry", "Entry", "JobFilter", "JobNotFound", "JobStore", "LeaseLost", "NotAllowed", "Outcome",
-    "Page", "PeopleStore", "ReaderStore", "Record", "RunnerStore", "StoreError", "StoreUnavailable",
+    "Actor", "AuditEntry", "Effects", "Entry", "JobFilter", "JobNotFound", "JobStore", "LeaseLost", "NotAllowed",
+    "Outcome", "Page", "PeopleStore", "ReaderStore", "Record", "RunnerStore", "StoreError", "StoreUnavailable",
 ]

@@ -28,9 +28,10 @@ at the same moment can both create it: the window is one `add`.
 **Retries and cancels by hand** append a line to the attempt log, naming who asked and from where
 (`@ 2026-05-04T09:15:00.000Z | retry | alice | cli`), in the same PATCH as the change.
 
-**Records of durable subscribers** (`Outcome.records`) go to the entries table (`[dataverse.entries]`) in one
-change set with the outcome's PATCH: both or neither. A record with a `unique` value gets a row id derived from it,
-and one already stored is not written again.
+**Effects of durable subscribers** (`save_progress(applied=True, effects=...)`) go in one change set with the
+PATCH that marks the change applied, both or neither: records to the entries table (`[dataverse.entries]`), jobs
+as new rows. A record with a `unique` value gets a row id derived from it, and one already stored is not written
+again; a job whose request id is stored already is not created again.
 
 Times in DateTime columns are whole seconds (Dataverse's precision), rounded up so that a job is never due early.
 
@@ -62,6 +63,7 @@ from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus
 from jobs.store import (
     Actor,
     AuditEntry,
+    Effects,
     Entry,
     JobFilter,
     JobNotFound,
@@ -585,10 +587,11 @@ class DataverseJobStore:
 
     def save_progress(
         self, owner: str, job_id: str, *, score_before: int | None = None, applied: bool = False,
-        posted: bool = False,
+        posted: bool = False, effects: Effects | None = None,
     ) -> None:
         t = self.t
-        now = _iso(self._clock())
+        moment = self._clock()
+        now = _iso(moment)
 
         def changes(row: Row) -> Row:
             out: Row = {}
@@ -600,7 +603,22 @@ class DataverseJobStore:
                 out[t.posted_at] = now
             return out or {t.lease_owner: owner}
 
-        self._write(owner, job_id, changes)
+        also: builtins.list[BatchPart] = []
+        if effects:
+            also = self._entry_parts(job_id, effects.records, moment) + self._new_job_parts(effects.jobs)
+        self._write(owner, job_id, changes, also=also)
+
+    def _new_job_parts(self, requests: Sequence[JobRequest]) -> builtins.list[BatchPart]:
+        """A POST per request whose request id is not stored yet (nor earlier in `requests`)."""
+        stored = set(self._by_request_id([r.request_id for r in requests if r.request_id is not None]))
+        parts = []
+        for request in requests:
+            if request.request_id is not None:
+                if request.request_id in stored:
+                    continue
+                stored.add(request.request_id)
+            parts.append(BatchPart("POST", self.t.entity_set, body=self._new_row(kinds.raw_of(request))))
+        return parts
 
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         t = self.t
@@ -621,7 +639,7 @@ class DataverseJobStore:
                 out[t.posted_at] = _iso(now)
             return out
 
-        self._write(owner, job_id, with_attempt, keep=False, also=self._entry_parts(job_id, outcome.records, now))
+        self._write(owner, job_id, with_attempt, keep=False)
 
     def _entry_parts(self, job_id: str, records: Sequence[Record], now: float) -> builtins.list[BatchPart]:
         """An upsert (PATCH without If-Match) per record. A record with a `unique` value has a row id made from

@@ -25,6 +25,7 @@ from jobs.model import Attempt, Job, JobRequest, JobStatus, Target, TargetKind
 from jobs.store import (
     Actor,
     AuditEntry,
+    Effects,
     Entry,
     JobFilter,
     JobNotFound,
@@ -202,22 +203,8 @@ class SqliteJobStore:
     # --- what people do -------------------------------------------------------------------------------------
 
     def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
-        now = self._clock()
-        slots: builtins.list[int] = []  # the seq of each request's job, new or already stored
         with self.atomic() as db:
-            known: dict[str, int] = {}
-            first_new = None
-            for request in requests:
-                if request.request_id is not None:
-                    seq = known.get(request.request_id) or self._seq_of_request(db, request.request_id)
-                    if seq is not None:
-                        slots.append(seq)
-                        continue
-                seq = self._insert(db, kinds.raw_of(request), request, now)
-                first_new = first_new or seq
-                if request.request_id is not None:
-                    known[request.request_id] = seq
-                slots.append(seq)
+            slots, first_new = self._add(db, requests, self._clock())
             if not slots:
                 return []
             # New rows are consecutive under the write lock: one read for them, and one per earlier job named.
@@ -228,6 +215,26 @@ class SqliteJobStore:
                 if seq not in rows:
                     rows[seq] = db.execute("SELECT * FROM jobs WHERE seq = ?", (seq,)).fetchone()
             return [_job_from_row(rows[seq]) for seq in slots]
+
+    def _add(self, db: sqlite3.Connection, requests: Sequence[JobRequest],
+             now: float) -> tuple[builtins.list[int], int | None]:
+        """Insert the requests not stored yet: the seq of each request's job, new or already stored, and the
+        first new seq."""
+        slots: builtins.list[int] = []
+        known: dict[str, int] = {}
+        first_new = None
+        for request in requests:
+            if request.request_id is not None:
+                seq = known.get(request.request_id) or self._seq_of_request(db, request.request_id)
+                if seq is not None:
+                    slots.append(seq)
+                    continue
+            seq = self._insert(db, kinds.raw_of(request), request, now)
+            first_new = first_new or seq
+            if request.request_id is not None:
+                known[request.request_id] = seq
+            slots.append(seq)
+        return slots, first_new
 
     @staticmethod
     def _seq_of_request(db: sqlite3.Connection, request_id: str) -> int | None:
@@ -390,9 +397,10 @@ class SqliteJobStore:
 
     def save_progress(
         self, owner: str, job_id: str, *, score_before: int | None = None, applied: bool = False,
-        posted: bool = False,
+        posted: bool = False, effects: Effects | None = None,
     ) -> None:
-        sets, args = ["updated_at = :now"], {"now": self._clock(), "id": job_id, "owner": owner}
+        now = self._clock()
+        sets, args = ["updated_at = :now"], {"now": now, "id": job_id, "owner": owner}
         if score_before is not None:
             sets.append("score_before = :score_before")
             args["score_before"] = score_before
@@ -404,6 +412,9 @@ class SqliteJobStore:
         with self.atomic() as db:
             if db.execute(sql, args).rowcount == 0:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
+            if effects:
+                db.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in effects.records])
+                self._add(db, effects.jobs, now)
 
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         now = self._clock()
@@ -420,7 +431,6 @@ class SqliteJobStore:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             if outcome.status.finished:
                 db.execute(CLOSE_KEYS, (row["seq"],))
-            db.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in outcome.records])
 
     def release(self, owner: str, job_id: str) -> None:
         with self.atomic() as db:

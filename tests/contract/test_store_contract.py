@@ -11,7 +11,7 @@ import pytest
 
 from jobs.kinds import kind_named
 from jobs.model import Attempt, JobStatus
-from jobs.store import JobFilter, JobNotFound, LeaseLost, NotAllowed, Outcome, Record, semantics
+from jobs.store import Effects, JobFilter, JobNotFound, LeaseLost, NotAllowed, Outcome, Record, semantics
 from tests.contract.conftest import LEASE, PERSON, StoreCase
 
 
@@ -386,30 +386,31 @@ def test_the_last_attempt_and_the_posted_mark_go_with_the_outcome(case: StoreCas
     assert [(a.number, a.outcome) for a in case.store.attempts(job.id)] == [(1, "succeeded")]
 
 
-def test_an_outcome_whose_lease_is_lost_writes_nothing_of_it(case: StoreCase) -> None:
+def test_effects_whose_lease_is_lost_are_not_written(case: StoreCase) -> None:
     job = case.add()
     case.store.claim("runner-a", 1, LEASE)
     case.clock.advance(LEASE + 2)
     case.store.claim("runner-b", 1, LEASE)
-    attempt = Attempt(job_id=job.id, started_at=case.clock.now, outcome="succeeded", result_code="OK")
-    record = Record("history", "contact|webinar", {"after": 1})
+    effects = Effects((Record("history", "contact|webinar", {"after": 1}),), (case.req(target="C-9"),))
     with pytest.raises(LeaseLost):
-        case.store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "", attempt=attempt,
-                                                      records=(record,)))
-    assert [a.outcome for a in case.store.attempts(job.id)] == ["lease_expired"]
+        case.store.save_progress("runner-a", job.id, applied=True, effects=effects)
     assert case.store.entries("history") == []
+    assert case.store.get(job.id).applied_at is None
+    assert len(listed(case)) == 1
 
 
-def test_records_of_durable_subscribers_are_kept_with_the_outcome(case: StoreCase) -> None:
+def test_effects_of_durable_subscribers_are_kept_with_the_applied_mark(case: StoreCase) -> None:
     first, second = case.add(target="C-1"), case.add(target="C-2")
     case.store.claim("runner-a", 2, LEASE)
     records = (Record("history", "contact:c-1|lead", {"before": 1, "after": 4}),
                Record("history", "contact:c-1|lead", {"before": 4, "after": 6}),
                Record("firings", "t1|contact:c-1", {"trigger": "t1"}, unique="t1|contact:c-1|1"))
-    case.store.finish("runner-a", first.id, Outcome(JobStatus.SUCCEEDED, "OK", "", records=records))
+    action = case.req("add_tag", "Prospect", target="C-1", request_id="firing:t1|contact:c-1|1|0")
+    case.store.save_progress("runner-a", first.id, applied=True, effects=Effects(records, (action,)))
+    assert case.store.get(first.id).applied_at == case.at(case.clock.now)
     case.clock.advance(1)
     again = Record("firings", "t1|contact:c-1", {"trigger": "t1", "again": True}, unique="t1|contact:c-1|1")
-    case.store.finish("runner-a", second.id, Outcome(JobStatus.PENDING, "X", "", records=(again,)))
+    case.store.save_progress("runner-a", second.id, applied=True, effects=Effects((again,), (action,)))
 
     history = case.another().entries("history", "contact:c-1|lead")
     assert [(e.data, e.job_id) for e in history] == [({"before": 1, "after": 4}, first.id),
@@ -417,6 +418,9 @@ def test_records_of_durable_subscribers_are_kept_with_the_outcome(case: StoreCas
     (firing,) = case.store.entries("firings")
     assert (firing.data, firing.job_id) == ({"trigger": "t1"}, first.id)  # kept once: the first one stays
     assert case.store.entries("history", "elsewhere") == []
+    queued = [j for j in case.store.list(JobFilter()).jobs if j.request_id == "firing:t1|contact:c-1|1|0"]
+    assert len(queued) == 1 and queued[0].status is JobStatus.PENDING  # queued once, also when offered twice
+    assert queued[0].request == action
 
 
 # --- a person's retry and cancel ------------------------------------------------------------------------------

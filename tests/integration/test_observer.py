@@ -12,7 +12,7 @@ from connector.spotler import SpotlerPlatform
 from jobs.model import Job, JobStatus
 from jobs.observe import AttemptEnded, AttemptStarted, ChangeApplied, Claimed, Event, Finished, Released
 from jobs.scoring.changes import Change, Op
-from jobs.store import Outcome, Record
+from jobs.store import Effects, Record
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 from tests.integration.helpers import Rig, make_rig
@@ -25,13 +25,12 @@ def rig(tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: 
     r.close()
 
 
-def history(job: Job, outcome: Outcome, changes: Sequence[Change]) -> list[Record]:
-    """A durable subscriber: one history record per change of a job that succeeded."""
-    if outcome.status is not JobStatus.SUCCEEDED or job.request is None or job.request.target is None:
-        return []
+def history(job: Job, changes: Sequence[Change]) -> Effects:
+    """A durable subscriber: one history record per change a job applied."""
+    assert job.request is not None and job.request.target is not None
     target = job.request.target
-    return [Record("history", f"{target.kind.value}:{target.id}|{change.tag}",
-                   {"before": change.before, "after": change.after}) for change in changes]
+    return Effects(tuple(Record("history", f"{target.kind.value}:{target.id}|{change.tag}",
+                                {"before": change.before, "after": change.after}) for change in changes))
 
 
 def test_a_run_publishes_claimed_attempts_changes_and_finished_in_order(rig: Rig) -> None:
@@ -51,7 +50,7 @@ def test_a_run_publishes_claimed_attempts_changes_and_finished_in_order(rig: Rig
     assert isinstance(finished, Finished) and finished.outcome.status is JobStatus.SUCCEEDED
 
 
-def test_records_of_a_durable_subscriber_are_written_with_the_outcome(rig: Rig) -> None:
+def test_effects_of_a_durable_subscriber_are_written_with_the_applied_mark(rig: Rig) -> None:
     rig.executor.observer.subscribe_durable(history)
     rig.queue(operation="set_score", tags="Lead", score=5, target_id="C-1")
     rig.queue(operation="increase_score", tags="Lead", score=10, target_id="C-1")
@@ -72,15 +71,15 @@ def test_a_failing_subscriber_changes_nothing_for_the_job(rig: Rig) -> None:
     assert rig.store.get(job.id).status is JobStatus.SUCCEEDED
 
 
-def test_a_failing_durable_subscriber_fails_the_job_and_keeps_no_half_outcome(rig: Rig) -> None:
-    def broken(job: Job, outcome: Outcome, changes: Sequence[Change]) -> list[Record]:
+def test_a_failing_durable_subscriber_fails_the_job_and_marks_nothing_applied(rig: Rig) -> None:
+    def broken(job: Job, changes: Sequence[Change]) -> Effects:
         raise RuntimeError("a bug in a rule")
 
     rig.executor.observer.subscribe_durable(broken)
     job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
     assert rig.drain().failed == 1
     failed = rig.store.get(job.id)
-    assert (failed.status, failed.result_code) == (JobStatus.FAILED, "INTERNAL_ERROR")
+    assert (failed.status, failed.result_code, failed.applied_at) == (JobStatus.FAILED, "INTERNAL_ERROR", None)
     assert rig.store.entries("history") == []
 
 
