@@ -2,5 +2,6 @@
 
 The flow is one way: event -> rule -> job -> platform -> history -> trigger -> firing -> action jobs. The pure
 parts live here (`changes`: a change and the fold of a history; `crossings`: thresholds crossed and re-arm;
-`rules`: the rules file); the store keeps history and firings with the outcome of the job that caused them.
+`rules`: the rules file); the store keeps history and firings in the transaction that marks the change of the job
+that caused them applied.
 """
