@@ -164,6 +164,8 @@ class DataverseTableSettings(_Section):
     payload: str = Field("cr_payload", description="multiple lines of text: the JSON of a job kind a CRM user "
                          "does not create on the form (the connector's own jobs)")
     request_id: str = Field("cr_requestid", description="text: a caller's request id, so a request is queued once")
+    origin: str = Field("cr_origin", description="text: where a job the connector created comes from (JSON: an "
+                        "import, a rule, a trigger and the job that fired it); empty on a CRM user's job")
     status_reasons: DataverseStatusReasons = DataverseStatusReasons()
 
     @field_validator("operation_values")

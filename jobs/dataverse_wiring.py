@@ -98,6 +98,7 @@ def sandbox_table(table: DataverseTableSettings) -> EntityDef:
         table.operation, table.tags, table.score, table.result_code, table.message, table.http_status,
         table.attempts, table.last_attempt_at, table.next_attempt_at, table.lease_owner, table.lease_expires_at,
         table.applied_at, table.posted_at, table.score_before, table.attempt_log, table.payload, table.request_id,
+        table.origin,
     }
     if table.sequence:
         columns.add(table.sequence)

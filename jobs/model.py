@@ -73,6 +73,29 @@ class Target(BaseModel):
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a job comes from: a CRM user's job (`crm`), an `import`, a scoring `rule`, a `trigger`, or the `api`.
+    A trigger's action job also names the job whose change fired it, the trigger and the firing."""
+
+    source: str = "crm"
+    job_id: str | None = None
+    trigger: str | None = None
+    firing: str | None = None
+
+    def to_json(self) -> dict[str, str] | None:
+        """None for a CRM user's job, the most common kind; the fields set otherwise."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return None if data == {"source": "crm"} else data
+
+    @classmethod
+    def from_json(cls, data: object) -> Origin:
+        if not isinstance(data, dict):
+            return cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: str(v) for k, v in data.items() if k in known and v is not None})
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """A validated request: a kind of job, its payload and its target. Build one with `jobs.kinds.request_from_raw`
     (or `JobRequest.from_input`); the kind's handler (`jobs.kinds`) says what the payload holds."""
@@ -82,6 +105,7 @@ class JobRequest:
     payload: Any
     # A caller's own name for this request: the same request id is queued once (see `JobStore.add`).
     request_id: str | None = None
+    origin: Origin = field(default_factory=Origin)
 
     @classmethod
     def from_input(cls, *, operation: object, target_kind: str | None = None, target_id: str | None = None,
@@ -211,6 +235,7 @@ class Job:
             **fields,
             "input": raw,
             "request_id": self.request_id,
+            "origin": req.origin.to_json() if req else raw.get("origin"),
             "status": self.status.value,
             "display_status": self.display_status,
             "result_code": self.result_code,

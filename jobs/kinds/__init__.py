@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from connector.crm import Crm
 from connector.platform import Contact, Platform
-from jobs.model import InvalidJob, JobRequest, Target, TargetKind, messages_of
+from jobs.model import InvalidJob, JobRequest, Origin, Target, TargetKind, messages_of
 from jobs.scoring.changes import Change
 
 if TYPE_CHECKING:
@@ -184,7 +184,8 @@ def request_from_raw(raw: Mapping[str, Any]) -> JobRequest:
         raise InvalidJob([str(exc)]) from None
     request_id = raw.get("request_id")
     return JobRequest(kind=kind, target=target, payload=payload,
-                      request_id=None if request_id in (None, "") else str(request_id))
+                      request_id=None if request_id in (None, "") else str(request_id),
+                      origin=Origin.from_json(raw.get("origin")))
 
 
 def raw_of(request: JobRequest) -> dict[str, Any]:
@@ -198,11 +199,13 @@ def raw_of(request: JobRequest) -> dict[str, Any]:
     }
     if request.request_id is not None:
         raw["request_id"] = request.request_id
+    if (origin := request.origin.to_json()) is not None:
+        raw["origin"] = origin
     return raw
 
 
 def stored_request(kind_name: str, target: Target | None, payload: Mapping[str, Any] | None,
-                   request_id: str | None) -> JobRequest | None:
+                   request_id: str | None, origin: object = None) -> JobRequest | None:
     """The request a store kept (its kind's name and payload JSON), or None when the kind is no longer known or
     the payload was not valid when stored (the job then fails with the reason when it runs)."""
     kind = _REGISTRY.get(kind_name)
@@ -210,7 +213,7 @@ def stored_request(kind_name: str, target: Target | None, payload: Mapping[str, 
         return None
     try:
         return JobRequest(kind=kind, target=target, payload=kind.payload_model.model_validate(payload),
-                          request_id=request_id)
+                          request_id=request_id, origin=Origin.from_json(origin))
     except ValidationError:
         return None
 

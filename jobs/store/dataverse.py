@@ -152,7 +152,7 @@ class DataverseJobStore:
             t.primary_key, "statecode", "statuscode", t.created_on, t.modified_on, t.operation, t.tags, t.score,
             *(value for _, value in self._lookups.values()), t.result_code, t.message, t.http_status, t.attempts,
             t.last_attempt_at, t.next_attempt_at, t.lease_owner, t.lease_expires_at, t.applied_at, t.posted_at,
-            t.score_before, t.attempt_log, t.payload, t.request_id,
+            t.score_before, t.attempt_log, t.payload, t.request_id, t.origin,
         ]
         if t.sequence:
             names.append(t.sequence)
@@ -204,7 +204,8 @@ class DataverseJobStore:
         raw = self._raw(row)
         created = _epoch(row.get(t.created_on)) or self._clock()
         request_id = row.get(t.request_id) or None
-        request = kinds.try_request({**raw, "request_id": request_id})
+        origin = _json_or_none(row.get(t.origin))
+        request = kinds.try_request({**raw, "request_id": request_id, "origin": origin})
         return Job(
             id=str(row[t.primary_key]),
             request=request,
@@ -253,7 +254,7 @@ class DataverseJobStore:
             name = None
         if name is not None and not self.on_form(name):
             # The connector's own kind: its fields as JSON, the target in the lookups all jobs use.
-            fields = {k: v for k, v in raw.items() if k not in ("target_kind", "target_id", "request_id")}
+            fields = {k: v for k, v in raw.items() if k not in ("target_kind", "target_id", "request_id", "origin")}
             columns[t.payload] = json.dumps({**fields, "operation": name})
         elif name is not None:
             columns[t.operation] = t.operation_values.get(name, name) if t.operation_values else name
@@ -267,6 +268,8 @@ class DataverseJobStore:
             columns[t.score] = score
         if raw.get("request_id"):
             columns[t.request_id] = str(raw["request_id"])
+        if raw.get("origin"):
+            columns[t.origin] = json.dumps(raw["origin"])
         columns.update(self._target_columns(raw.get("target_kind"), raw.get("target_id")))
         return columns
 
@@ -716,6 +719,13 @@ class DataverseJobStore:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _json_or_none(text: object) -> Any:
+    try:
+        return json.loads(str(text)) if text else None
+    except ValueError:
+        return None
 
 
 def _clip(message: str) -> str:

@@ -40,9 +40,9 @@ from jobs.store import (
 from jobs.store.sqlite_schema import upgrade
 
 INSERT_JOB = """
-INSERT INTO jobs (id, kind, target_kind, target_id, payload, raw, request_id, status, created_at, updated_at,
-                  next_attempt_at)
-VALUES (:id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, 'pending', :now, :now, :now)
+INSERT INTO jobs (id, kind, target_kind, target_id, payload, raw, request_id, origin, status, created_at,
+                  updated_at, next_attempt_at)
+VALUES (:id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, :origin, 'pending', :now, :now, :now)
 """
 INSERT_KEY = "INSERT OR IGNORE INTO open_keys (key, seq) VALUES (?, ?)"
 
@@ -252,6 +252,7 @@ class SqliteJobStore:
             "payload": json.dumps(kinds.payload_json(request)) if request else None,
             "raw": json.dumps(raw),
             "request_id": request.request_id if request else None,
+            "origin": _origin_json(request.origin.to_json() if request else raw.get("origin")),
             "now": now,
         })
         seq = cursor.lastrowid
@@ -448,6 +449,10 @@ def _entry_args(record: Record, job_id: str, at: float) -> dict[str, Any]:
             "data": json.dumps(record.data), "uniq": record.unique}
 
 
+def _origin_json(origin: object) -> str | None:
+    return json.dumps(origin) if origin else None
+
+
 def _cursor_seq(cursor: str) -> int:
     try:
         return int(cursor)
@@ -465,7 +470,9 @@ def _job_from_row(row: sqlite3.Row) -> Job:
     payload = row["payload"]
     request = None
     if payload is not None:
-        request = kinds.stored_request(row["kind"], _target_of_row(row), json.loads(payload), row["request_id"])
+        origin = json.loads(row["origin"]) if row["origin"] else None
+        request = kinds.stored_request(row["kind"], _target_of_row(row), json.loads(payload), row["request_id"],
+                                       origin)
     return Job(
         id=row["id"], request=request, raw=json.loads(row["raw"]), status=JobStatus(row["status"]),
         created_at=row["created_at"], updated_at=row["updated_at"], next_attempt_at=row["next_attempt_at"],

@@ -141,10 +141,17 @@ def _payloads(db: sqlite3.Connection) -> None:
             db.execute("UPDATE jobs SET payload = ? WHERE seq = ?", (json.dumps(payload_json(request)), seq))
 
 
+# 3: where a job comes from (a CRM user, an import, a rule, a trigger, the API) and, for a trigger's action, the job
+# and firing that caused it: JSON, NULL for a CRM user's job.
+V3 = """
+ALTER TABLE jobs ADD COLUMN origin TEXT;
+"""
+
 Step = str | Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[list[Step]] = [
     [V1],
     [V2, _payloads],
+    [V3],
 ]
 LATEST = len(MIGRATIONS)
 

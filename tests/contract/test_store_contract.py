@@ -4,13 +4,14 @@ subscribers keep with an outcome. Time is a FakeClock the stores share with the 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 
 import pytest
 
 from jobs.kinds import kind_named
-from jobs.model import Attempt, JobStatus
+from jobs.model import Attempt, JobStatus, Origin
 from jobs.store import Effects, JobFilter, JobNotFound, LeaseLost, NotAllowed, Outcome, Record, semantics
 from tests.contract.conftest import LEASE, PERSON, StoreCase
 
@@ -68,6 +69,19 @@ def test_every_field_of_a_job_and_its_attempts_survives_another_store_reading_it
     assert again == case.store.get(job.id)
     (stored,) = other.attempts(job.id)
     assert stored.model_dump() == {**attempt.model_dump(), "number": 1}
+
+
+def test_where_a_job_comes_from_round_trips(case: StoreCase) -> None:
+    cause = Origin(source="trigger", job_id="j-1", trigger="prospect", firing="prospect|contact:c-1")
+    request = dataclasses.replace(case.req("add_tag", "Prospect", request_id="firing-1-0"), origin=cause)
+    (job,) = case.store.add([request])
+    again = case.another().get(job.id)
+    assert again.request is not None and again.request.origin == cause
+    assert again.to_json()["origin"] == {"source": "trigger", "job_id": "j-1", "trigger": "prospect",
+                                         "firing": "prospect|contact:c-1"}
+    plain = case.add()
+    assert case.another().get(plain.id).request.origin == Origin()  # a CRM user's job
+    assert plain.to_json()["origin"] is None
 
 
 def test_progress_timestamps_are_kept_from_the_first_time(case: StoreCase) -> None:
