@@ -31,7 +31,9 @@ from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
 from jobs.dataverse_wiring import dataverse_client, dataverse_crm, dataverse_store, serve_dataverse_sandbox
 from jobs.executor import Executor
+from jobs.observe import Observer
 from jobs.runner import Runner
+from jobs.scoring.history import history_effects
 from jobs.store import JobStore
 from jobs.store.sqlite import SqliteJobStore
 
@@ -135,6 +137,13 @@ class _Parts:
             server.stop()
 
 
+def make_observer() -> Observer:
+    """The subscribers of every connector: the score history, kept with each applied change."""
+    observer = Observer()
+    observer.subscribe_durable(history_effects)
+    return observer
+
+
 def _uses_dataverse(settings: Settings) -> bool:
     return settings.job_store == "dataverse" or settings.crm == "dataverse"
 
@@ -170,7 +179,7 @@ def build(
             crm = local_crm
         executor = Executor(
             platform, crm, settings.retry, timeline_template=settings.timeline_template, clock=clock, sleep=sleep,
-            stop=parts.stop,
+            stop=parts.stop, observer=make_observer(),
         )
         runner = Runner(
             store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,

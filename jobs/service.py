@@ -17,8 +17,9 @@ from config import defaults
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
-from jobs.model import InvalidJob, Job, JobRequest, TargetKind
-from jobs.store import JobStore
+from jobs.model import InvalidJob, Job, JobRequest, Target, TargetKind
+from jobs.scoring.history import HistoryEntry, history_of
+from jobs.store import JobStore, ReaderStore
 
 IMPORT_COLUMNS = {"operation", "tag", "tags", "score", "contact", "lead", "account", "target_kind", "target_id"}
 
@@ -183,10 +184,20 @@ def read_for_a_person(read: Callable[[], T], *, sleep: Callable[[float], Any] = 
     return retrying(read)
 
 
+def last_changes(entries: list[HistoryEntry], per_tag: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """The newest changes the connector applied to each tag, oldest first."""
+    by_tag: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_tag.setdefault(entry.change.tag or "", []).append(entry.to_json())
+    return {tag: changes[-per_tag:] for tag, changes in by_tag.items()}
+
+
 def contact_view(
-    platform: Platform, crm: Crm, kind: str, record_id: str, *, sleep: Callable[[float], Any] = time.sleep
+    platform: Platform, crm: Crm, kind: str, record_id: str, *, sleep: Callable[[float], Any] = time.sleep,
+    store: ReaderStore | None = None,
 ) -> dict[str, Any]:
-    """What the platform reports for a CRM record, and its timeline: the `contact show` output."""
+    """What the platform reports for a CRM record, its timeline, and (with the job store) the newest changes the
+    connector applied to each tag: the `contact show` output."""
     contact = read_for_a_person(lambda: crm.identify(kind, record_id), sleep=sleep)
     tags: dict[str, int] | None = None
     error = None
@@ -203,4 +214,6 @@ def contact_view(
         "tags": tags if tags is not None else {},
         "platform_error": error,
         "timeline": [{"text": p.text, "job_id": p.job_id, "created_at": p.created_at} for p in posts],
+        "last_changes": last_changes(history_of(store, Target(kind=TargetKind(kind), id=record_id)))
+        if store is not None else {},
     }

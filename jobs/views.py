@@ -12,6 +12,8 @@ from rich.table import Table
 
 from jobs.model import Attempt, Job, iso
 from jobs.runner import DrainReport
+from jobs.scoring.changes import Change, Op
+from jobs.scoring.history import HistoryEntry
 from jobs.service import ImportResult
 from jobs.store import AuditEntry
 
@@ -107,6 +109,33 @@ def attempts_table(attempts: list[Attempt]) -> Table:
         table.add_row(str(a.number), iso(a.started_at) or "", iso(a.ended_at) or "", a.outcome, a.result_code or "",
                       str(a.http_status or ""), a.message)
     return table
+
+
+def change_text(change: Change) -> str:
+    """A change in a few characters: `+10`, `-3`, `=5`, `tagged`, `untagged`."""
+    if change.op is Op.ADD:
+        return f"{change.delta:+d}" if change.delta is not None else "changed"
+    if change.op is Op.SET:
+        return f"={change.after}"
+    return "tagged" if change.op is Op.TAG else "untagged"
+
+
+def history_table(entries: list[HistoryEntry]) -> Table:
+    """A record's history: when, which tag, what changed, the score before and after, and the job behind it."""
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("when", "tag", "change", "before", "after", "source", "job"):
+        table.add_column(column, no_wrap=column != "tag")
+    for entry in entries:
+        c = entry.change
+        table.add_row(iso(entry.at) or "", c.tag or "", change_text(c), "" if c.before is None else str(c.before),
+                      "" if c.after is None else str(c.after), entry.source, entry.job_id)
+    return table
+
+
+def change_line(change: dict[str, Any]) -> str:
+    """`contact show`: one change of a `HistoryEntry.to_json()`, in a line: `2026-… +10 (job 4b6f…)`."""
+    text = change_text(Change(change["tag"], Op(change["op"]), change["before"], change["after"], change["delta"]))
+    return f"{change['at']} {text} (job {change['job_id']})"
 
 
 def tags_table(tags: dict[str, int]) -> Table:

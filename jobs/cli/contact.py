@@ -25,7 +25,7 @@ def show(
         fail(f"--kind is {kind!r}; use contact, lead or account.", 2)
     config = settings(ctx)
     with connector(config, quiet=as_json) as built:
-        view = contact_view(built.platform, built.crm, kind, record_id)
+        view = contact_view(built.platform, built.crm, kind, record_id, store=built.store)
     if as_json:
         out().print_json(data=view)
         return
@@ -33,6 +33,11 @@ def show(
     if view["platform_error"]:
         out().print(f"  platform: {view['platform_error']}", markup=False)
     out().print(views.tags_table(view["tags"]) if view["tags"] else "  no tags")
+    if view["last_changes"]:
+        out().print("last changes by the connector:")
+        for tag, changes in view["last_changes"].items():
+            for change in changes:
+                out().print(f"  {tag}: {views.change_line(change)}", markup=False)
     out().print("timeline:")
     for post in view["timeline"] or [{"created_at": "", "text": "(no posts)"}]:
         out().print(f"  {post['created_at']}  {post['text']}", markup=False)

@@ -9,6 +9,7 @@ from typing import Any
 from config.settings import RetrySettings
 from connector.localcrm import LocalCrm
 from connector.platform import Platform
+from jobs.app import make_observer
 from jobs.executor import Executor
 from jobs.model import Job, JobRequest
 from jobs.runner import DrainReport, Runner
@@ -40,6 +41,7 @@ def make_rig(tmp_path: Path, store: SqliteJobStore, platform: Platform, clock: F
              retry: RetrySettings | None = None, workers: int = 4, lease_seconds: float = 30,
              crm: LocalCrm | None = None) -> Rig:
     crm = crm or LocalCrm(tmp_path / "timeline.db")
-    executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=clock.sleep)
+    executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=clock.sleep,
+                        observer=make_observer())
     runner = Runner(store, executor, workers=workers, lease_seconds=lease_seconds, clock=clock)
     return Rig(store, crm, executor, runner, clock)

@@ -35,6 +35,8 @@ from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import Faults, SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
+from jobs.model import Target, TargetKind
+from jobs.scoring.history import history_of, scores_of
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock, PlatformCase
 from tests.integration.helpers import Rig, make_rig
@@ -131,6 +133,11 @@ def test_a_thousand_increments_through_thirty_percent_faults_are_each_applied_on
         for tag, change in hostile.score_changes(contact):
             logged[tag].append(change)
         assert dict(logged) == {tag: expected[(contact, tag)] for tag in sums}, contact
+        # The connector's own history: each change once, in order, and its fold is the platform's score.
+        history = history_of(rig.store, Target(kind=TargetKind.CONTACT, id=contact))
+        assert {tag: [e.change.delta for e in history if e.change.tag == tag] for tag in sums} == \
+            {tag: expected[(contact, tag)] for tag in sums}, contact
+        assert scores_of(history) == sums, contact
     # Measured on a 2-core machine, reported rather than asserted (speed belongs to benchmarks).
     print(f"{hostile.name}: drained in {elapsed:.1f} s; faults {injected}")
 

@@ -1,0 +1,50 @@
+"""`connector scores history`: every tag and score change the connector applied to a record."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jobs import views
+from jobs.cli.common import JsonFlag, fail, job_store, out, reported, settings
+from jobs.kinds import target_of
+from jobs.scoring.history import history_of, record_key, scores_of
+
+app = typer.Typer(help="Score history: the changes the connector applied to a record's tags.", no_args_is_help=True)
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    contact: Annotated[str | None, typer.Option(help="CRM id of the contact.")] = None,
+    lead: Annotated[str | None, typer.Option(help="CRM id of the lead.")] = None,
+    account: Annotated[str | None, typer.Option(help="CRM id of the account.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only this tag's changes.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every change the connector applied to a record's tags and scores, oldest first, with the job behind it;
+    the sum of a tag's changes is the connector's view of its score."""
+    given = [(kind, value) for kind, value in (("contact", contact), ("lead", lead), ("account", account))
+             if value is not None]
+    if len(given) != 1:
+        fail("give the record with exactly one of --contact, --lead or --account.", 2)
+    config = settings(ctx)
+    with reported():
+        target = target_of(*given[0])
+    if target is None:
+        fail(f"--{given[0][0]} is empty; give the CRM id of the record.", 2)
+    with job_store(config) as store:
+        entries = history_of(store, target, tag)
+    scores = scores_of(entries)
+    if as_json:
+        out().print_json(data={"record": record_key(target), "entries": [e.to_json() for e in entries],
+                               "scores": scores})
+        return
+    if not entries:
+        out().print(f"No changes for {target}{f' on tag {tag}' if tag else ''}.", markup=False)
+        return
+    out().print(views.history_table(entries))
+    for name, score in scores.items():
+        shown = "unknown (only tags added)" if score is None else str(score)
+        out().print(f"{name}: {shown}, the sum of its changes", markup=False)
