@@ -187,7 +187,7 @@ def load_rules(path: Path | None) -> RuleSet:
 
 def _problem(data: Any, error: Any) -> str:
     """`triggers[0] "Nutrition prospect" at_least: at_least is 'three'; ...`: where, and what."""
-    where = []
+    where: list[str] = []
     node = data
     for part in error["loc"]:
         if isinstance(part, int) and isinstance(node, list) and part < len(node):

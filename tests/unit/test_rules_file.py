@@ -64,7 +64,9 @@ def test_a_rules_file_maps_events_to_jobs_and_tags_to_triggers(tmp_path: Path) -
     (trigger,) = rules.triggers_on("nutrition interest")
     assert (trigger.at_least, trigger.rearm, trigger.cooldown) == (3, "once", 7 * 86400)
     assert [a.fields() for a in trigger.actions] == [
-        {"operation": "start_automation", "tags": "prospect-general-nurture"}, {"operation": "add_tag", "tags": "Prospect"}]
+        {"operation": "start_automation", "tags": "prospect-general-nurture"},
+        {"operation": "add_tag", "tags": "Prospect"},
+    ]
     assert rules.warnings == ()
 
 
