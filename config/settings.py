@@ -221,6 +221,7 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(Path(defaults.HOME), description="data directory of the embedded default")
+    rules_file: Path | None = Field(None, description="the scoring rules and triggers (TOML); unset: none")
     platform: Literal["spotler", "mautic"] = "spotler"
     job_store: Literal["sqlite", "dataverse"] = "sqlite"
     crm: Literal["local", "dataverse"] = "local"

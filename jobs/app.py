@@ -34,7 +34,9 @@ from jobs.executor import Executor
 from jobs.observe import Observer
 from jobs.runner import Runner
 from jobs.scoring.history import history_effects
-from jobs.store import JobStore
+from jobs.scoring.rules import RuleSet, load_rules
+from jobs.scoring.triggers import TriggerFirings
+from jobs.store import JobStore, ReaderStore
 from jobs.store.sqlite import SqliteJobStore
 
 log = logging.getLogger(__name__)
@@ -137,11 +139,21 @@ class _Parts:
             server.stop()
 
 
-def make_observer() -> Observer:
-    """The subscribers of every connector: the score history, kept with each applied change."""
+def make_observer(rules: RuleSet, store: ReaderStore, clock: Callable[[], float] = time.time) -> Observer:
+    """The subscribers of every connector: the score history, and the triggers of the rules file, both kept with
+    each applied change (history first: a trigger reads the history before the change)."""
     observer = Observer()
     observer.subscribe_durable(history_effects)
+    observer.subscribe_durable(TriggerFirings(rules, store, clock))
     return observer
+
+
+def load_rules_of(settings: Settings) -> RuleSet:
+    """The rules file of the settings, checked; what no rule can reach is logged as a warning."""
+    rules = load_rules(settings.rules_file)
+    for warning in rules.warnings:
+        log.warning("%s: %s", settings.rules_file, warning)
+    return rules
 
 
 def _uses_dataverse(settings: Settings) -> bool:
@@ -159,6 +171,7 @@ def build(
     home.mkdir(parents=True, exist_ok=True)
     parts = _Parts(settings, clock=clock, sleep=sleep)
     closers: list[Callable[[], Any]] = []
+    rules = load_rules_of(settings)  # before anything starts: nothing runs half-configured
     try:
         platform = _build_platform(parts)
         client = parts.dataverse_client() if _uses_dataverse(settings) else None
@@ -179,7 +192,7 @@ def build(
             crm = local_crm
         executor = Executor(
             platform, crm, settings.retry, timeline_template=settings.timeline_template, clock=clock, sleep=sleep,
-            stop=parts.stop, observer=make_observer(),
+            stop=parts.stop, observer=make_observer(rules, store, clock),
         )
         runner = Runner(
             store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,

@@ -13,6 +13,7 @@ from jobs.app import make_observer
 from jobs.executor import Executor
 from jobs.model import Job, JobRequest
 from jobs.runner import DrainReport, Runner
+from jobs.scoring.rules import RuleSet
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 
@@ -39,9 +40,9 @@ class Rig:
 
 def make_rig(tmp_path: Path, store: SqliteJobStore, platform: Platform, clock: FakeClock,
              retry: RetrySettings | None = None, workers: int = 4, lease_seconds: float = 30,
-             crm: LocalCrm | None = None) -> Rig:
+             crm: LocalCrm | None = None, rules: RuleSet | None = None) -> Rig:
     crm = crm or LocalCrm(tmp_path / "timeline.db")
     executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=clock.sleep,
-                        observer=make_observer())
+                        observer=make_observer(rules or RuleSet(), store, clock))
     runner = Runner(store, executor, workers=workers, lease_seconds=lease_seconds, clock=clock)
     return Rig(store, crm, executor, runner, clock)

@@ -1,0 +1,125 @@
+"""Triggers through the runner: a crossing fires once, its actions are jobs that run like any other, and re-arm,
+cooldown, several thresholds and cascades behave as the rules file says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector.sandbox.spotler import SpotlerSandbox
+from connector.spotler import SpotlerPlatform
+from jobs.model import JobStatus, Target, TargetKind
+from jobs.scoring.rules import RuleSet, load_rules
+from jobs.scoring.triggers import firings_of
+from jobs.store import JobFilter
+from jobs.store.sqlite import SqliteJobStore
+from tests.conftest import FakeClock
+from tests.integration.helpers import Rig, make_rig
+
+C1 = Target(kind=TargetKind.CONTACT, id="C-1")
+
+RULES = """
+[[triggers]]
+name = "Prospect"
+tag = "Nutrition"
+at_least = 3
+[[triggers.actions]]
+do = "add_tag"
+tags = "Prospect"
+[[triggers.actions]]
+do = "increase_score"
+tags = "Sales ready"
+score = 50
+
+[[triggers]]
+name = "Fan"
+tag = "Nutrition"
+at_least = 10
+rearm = "every_crossing"
+cooldown = "1d"
+[[triggers.actions]]
+do = "add_tag"
+tags = "Fan"
+
+[[triggers]]
+name = "Hand over"
+tag = "Sales ready"
+at_least = 50
+[[triggers.actions]]
+do = "set_score"
+tags = "Handed over"
+score = 1
+"""
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> RuleSet:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES, encoding="utf-8")
+    return load_rules(path)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock,
+        rules: RuleSet) -> Iterator[Rig]:
+    r = make_rig(tmp_path, store, spotler, clock, rules=rules)
+    yield r
+    r.close()
+
+
+def score(rig: Rig, tag: str, n: int, op: str = "increase_score") -> None:
+    rig.queue(operation=op, tags=tag, score=n, target_id="C-1")
+    rig.drain()
+    rig.drain()  # the actions a firing queued, and what they cascade into
+
+
+def fired(rig: Rig) -> list[tuple[str, int | None, int | None]]:
+    return [(f.trigger, f.before, f.after) for f in firings_of(rig.store, C1)]
+
+
+def test_a_crossing_fires_once_and_its_actions_run_as_jobs_linked_to_it(rig: Rig, spotler_app: SpotlerSandbox) -> None:
+    score(rig, "Nutrition", 2)
+    assert fired(rig) == []
+    score(rig, "Nutrition", 1)
+    # Prospect fired; its Sales ready +50 crossed Hand over's threshold: a cascade, each firing once.
+    assert fired(rig) == [("Prospect", 2, 3), ("Hand over", 0, 50)]
+    assert spotler_app.scores("C-1") == {"Nutrition": 3, "Prospect": 0, "Sales ready": 50, "Handed over": 1}
+    jobs = {j.id: j for j in rig.store.list(JobFilter()).jobs}
+    assert all(j.status is JobStatus.SUCCEEDED for j in jobs.values())
+    (firing,) = [f for f in firings_of(rig.store, C1) if f.trigger == "Prospect"]
+    actions = [j for j in jobs.values() if j.request and j.request.request_id in firing.actions]
+    assert sorted(j.request.kind.name for j in actions if j.request) == ["add_tag", "increase_score"]
+    assert {j.request.origin.job_id for j in actions if j.request} == {firing.job_id}
+    assert {j.request.origin.source for j in actions if j.request} == {"trigger"}
+    assert jobs[firing.job_id].request.payload.score == 1  # the job whose change crossed the threshold
+
+    score(rig, "Nutrition", 1)
+    score(rig, "Nutrition", 5, op="decrease_score")
+    score(rig, "Nutrition", 5)  # below 3 and back above it: a `once` trigger does not fire again
+    assert [t for t, _, _ in fired(rig)] == ["Prospect", "Hand over"]
+
+
+def test_one_change_over_several_thresholds_fires_each_lowest_first(rig: Rig) -> None:
+    score(rig, "Nutrition", 12)
+    assert [t for t, _, _ in fired(rig)] == ["Prospect", "Fan", "Hand over"]
+
+
+def test_every_crossing_fires_again_after_a_fall_but_not_within_its_cooldown(rig: Rig, clock: FakeClock) -> None:
+    score(rig, "Nutrition", 10)
+    score(rig, "Nutrition", 1, op="decrease_score")
+    score(rig, "Nutrition", 1)  # crossed again within a day: the cooldown holds it back
+    assert [t for t, _, _ in fired(rig)].count("Fan") == 1
+    clock.advance(86400)
+    score(rig, "Nutrition", 1, op="decrease_score")
+    score(rig, "Nutrition", 1)
+    assert [t for t, _, _ in fired(rig)].count("Fan") == 2
+
+
+def test_a_set_score_crosses_from_the_connector_s_view_of_the_score(rig: Rig) -> None:
+    score(rig, "Nutrition", 2, op="set_score")
+    score(rig, "Nutrition", 5, op="set_score")  # from 2 (the history) to 5
+    score(rig, "Nutrition", 6, op="set_score")  # already above: no crossing
+    assert fired(rig)[0] == ("Prospect", 2, 5)
+    assert [t for t, _, _ in fired(rig)].count("Prospect") == 1
