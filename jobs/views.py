@@ -14,11 +14,14 @@ from jobs.model import Attempt, Job, iso
 from jobs.runner import DrainReport
 from jobs.scoring.changes import Change, Op
 from jobs.scoring.history import HistoryEntry
+from jobs.scoring.rules import Trigger
+from jobs.scoring.triggers import Firing
 from jobs.service import ImportResult
 from jobs.store import AuditEntry
 
 # `jobs show`: the fields in the order people read them, and the labels that differ from the JSON key.
-JOB_FIELDS = ("id", "operation", "target", "tags", "score", "display_status", "result_code", "message", "attempts",
+JOB_FIELDS = ("id", "operation", "target", "tags", "score", "origin", "display_status", "result_code", "message",
+              "attempts",
               "attempts_total", "created_at", "updated_at", "next_attempt_at", "applied_at", "posted_at")
 FIELD_LABELS = {"display_status": "status", "attempts": "attempts (since last retry)",
                 "attempts_total": "attempts in all"}
@@ -29,14 +32,17 @@ def jobs_json(jobs: list[Job]) -> list[dict[str, Any]]:
     return [job.to_json() for job in jobs]
 
 
-def job_detail_json(job: Job, attempts: list[Attempt], actions: list[AuditEntry]) -> dict[str, Any]:
-    """`jobs show --json`: the job, its attempt log, and who retried or cancelled it.
+def job_detail_json(job: Job, attempts: list[Attempt], actions: list[AuditEntry],
+                    fired: list[tuple[Firing, list[str]]] | None = None) -> dict[str, Any]:
+    """`jobs show --json`: the job, its attempt log, who retried or cancelled it, and what its change fired (each
+    firing with the ids of the action jobs it queued).
 
     `attempts` counts the tries since the job was queued or last retried by hand (the retry budget); the attempt
     log keeps every try, so support staff see both.
     """
     return {**job.to_json(), "attempts_total": len(attempts), "attempt_log": [a.to_json() for a in attempts],
-            "actions": [action_json(entry) for entry in actions]}
+            "actions": [action_json(entry) for entry in actions],
+            "fired": [{**firing_json(f), "action_jobs": ids} for f, ids in fired or []]}
 
 
 def action_json(entry: AuditEntry) -> dict[str, Any]:
@@ -92,7 +98,9 @@ def job_fields(detail: dict[str, Any]) -> list[tuple[str, str]]:
     fields = []
     for key in JOB_FIELDS:
         value = detail[key]
-        if isinstance(value, dict):
+        if key == "origin" and value:
+            value = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items() if k != "firing")
+        elif isinstance(value, dict):
             value = f"{value['kind']} {value['id']}"
         elif isinstance(value, list):
             value = ", ".join(value)
@@ -136,6 +144,37 @@ def change_line(change: dict[str, Any]) -> str:
     """`contact show`: one change of a `HistoryEntry.to_json()`, in a line: `2026-… +10 (job 4b6f…)`."""
     text = change_text(Change(change["tag"], Op(change["op"]), change["before"], change["after"], change["delta"]))
     return f"{change['at']} {text} (job {change['job_id']})"
+
+
+def trigger_json(trigger: Trigger) -> dict[str, Any]:
+    return {"name": trigger.name, "tag": trigger.tag, "at_least": trigger.at_least, "rearm": trigger.rearm,
+            "cooldown_seconds": trigger.cooldown, "actions": [a.fields() for a in trigger.actions]}
+
+
+def triggers_table(triggers: list[Trigger]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("trigger", "when", "re-arm", "actions"):
+        table.add_column(column)
+    for t in triggers:
+        rearm = t.rearm + (f", cooldown {t.cooldown:g} s" if t.cooldown else "")
+        actions = "; ".join(" ".join(str(v) for v in a.fields().values()) for a in t.actions)
+        table.add_row(t.name, f"{t.tag} >= {t.at_least}", rearm, actions)
+    return table
+
+
+def firing_json(firing: Firing) -> dict[str, Any]:
+    return {"at": iso(firing.at), "trigger": firing.trigger, "record": firing.record, "tag": firing.tag,
+            "at_least": firing.at_least, "before": firing.before, "after": firing.after, "job_id": firing.job_id,
+            "actions": list(firing.actions)}
+
+
+def firings_table(firings: list[Firing]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("when", "trigger", "record", "score", "caused by job"):
+        table.add_column(column, no_wrap=column != "trigger")
+    for f in firings:
+        table.add_row(iso(f.at) or "", f.trigger, f.record, f"{f.tag} {f.before} -> {f.after}", f.job_id)
+    return table
 
 
 def tags_table(tags: dict[str, int]) -> Table:

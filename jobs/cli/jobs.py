@@ -12,9 +12,10 @@ from rich.progress import Progress
 
 from jobs import views
 from jobs.cli.common import JsonFlag, count, err, fail, job_store, out, print_jobs, reported, settings
-from jobs.model import JobStatus
+from jobs.model import Job, JobStatus
+from jobs.scoring.triggers import Firing, firings_of
 from jobs.service import UsageProblem, count_rows, import_jobs, parse_duration, request_from_fields
-from jobs.store import Actor, JobFilter
+from jobs.store import Actor, JobFilter, JobStore
 
 app = typer.Typer(help="Create, import, list, inspect, retry and cancel jobs.", no_args_is_help=True)
 
@@ -122,7 +123,8 @@ def show(
         job = store.get(job_id)
         attempts = store.attempts(job_id)
         actions = store.audit(job_id)
-    detail = views.job_detail_json(job, attempts, actions)
+        fired = fired_by(store, job)
+    detail = views.job_detail_json(job, attempts, actions, fired)
     if as_json:
         out().print_json(data=detail)
         return
@@ -131,6 +133,9 @@ def show(
     for label, value in fields:
         out().print(f"{label:>{width}}: {value}", markup=False)
     out().print(views.attempts_table(attempts))
+    for firing in detail["fired"]:
+        out().print(f"fired: trigger {firing['trigger']} ({firing['tag']} {firing['before']} -> {firing['after']}), "
+                    f"queued {', '.join(firing['action_jobs']) or 'nothing new'}", markup=False)
     if actions:
         out().print("actions:", markup=False)
         for line in views.action_lines(actions):
@@ -151,6 +156,18 @@ def retry(
         ids = store.retry(None if failed else job_id, by=actor())
     out().print(f"Queued again: {count(len(ids), 'job')}{': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
               markup=False)
+
+
+def fired_by(store: JobStore, job: Job) -> list[tuple[Firing, list[str]]]:
+    """What the job's change fired, each firing with the ids of the action jobs it queued."""
+    if job.request is None or job.request.target is None:
+        return []
+    fired = []
+    for firing in firings_of(store, job.request.target):
+        if firing.job_id == job.id:
+            queued = store.list(JobFilter(request_ids=firing.actions, limit=len(firing.actions) or 1)).jobs
+            fired.append((firing, [j.id for j in queued]))
+    return fired
 
 
 def actor() -> Actor:

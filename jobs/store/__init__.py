@@ -109,6 +109,7 @@ class JobFilter:
     status: str | None = None
     target_id: str | None = None
     since: float | None = None
+    request_ids: tuple[str, ...] = ()  # only the jobs queued under these request ids
     limit: int = 100
     after: str | None = None
 

@@ -359,6 +359,9 @@ class DataverseJobStore:
                                              for _, column in self._lookups.values()) + ")")
         if query.since is not None:
             clauses.append(f"{t.created_on} ge {_iso(math.floor(query.since))}")
+        if query.request_ids:
+            clauses.append("(" + " or ".join(f"{t.request_id} eq {odata_literal(rid)}"
+                                             for rid in query.request_ids) + ")")
         if query.after is not None:
             clauses.append(self._before(query.after))
         tie = t.sequence or t.primary_key

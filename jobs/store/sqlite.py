@@ -318,6 +318,9 @@ class SqliteJobStore:
         if query.since is not None:
             clauses.append("created_at >= ?")
             args.append(query.since)
+        if query.request_ids:
+            clauses.append(f"request_id IN ({', '.join('?' * len(query.request_ids))})")
+            args.extend(query.request_ids)
         if query.after is not None:
             clauses.append("seq < ?")
             args.append(_cursor_seq(query.after))
