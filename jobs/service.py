@@ -79,19 +79,21 @@ class ImportResult:
     rows: int = 0
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, fields) for each row of a CSV file with a header, or of a JSON Lines file."""
+def read_rows(path: Path, columns: set[str] = IMPORT_COLUMNS,
+              required: tuple[str, str] = ("operation", "every job needs one")) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, fields) for each row of a CSV file with a header naming some of `columns` (and the
+    `required` one, with the reason), or of a JSON Lines file."""
     if not path.is_file():
         raise UsageProblem(f"{path} is not a file.")
     try:
-        yield from _rows(path)
+        yield from _rows(path, columns, required)
     except UnicodeDecodeError as exc:
         raise UsageProblem(
             f"{path} is not UTF-8 text (byte {exc.start} cannot be read); save it as 'CSV UTF-8' or JSON Lines."
         ) from None
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         first = handle.readline()
         handle.seek(0)
@@ -110,13 +112,13 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         delimiter = ";" if ";" in first and "," not in first else ","
         reader = csv.DictReader(handle, delimiter=delimiter)
         header = [h.strip().lower() for h in reader.fieldnames or []]
-        unknown = [h for h in header if h not in IMPORT_COLUMNS]
+        unknown = [h for h in header if h not in columns]
         if not header or unknown:
             found = (f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)}"
                      if unknown else "no header row")
-            raise UsageProblem(f"{path}: {found}; use {', '.join(sorted(IMPORT_COLUMNS))}.")
-        if "operation" not in header:
-            raise UsageProblem(f"{path}: the header has no 'operation' column; every job needs one.")
+            raise UsageProblem(f"{path}: {found}; use {', '.join(sorted(columns))}.")
+        if required[0] not in header:
+            raise UsageProblem(f"{path}: the header has no {required[0]!r} column; {required[1]}.")
         reader.fieldnames = header
         for row in reader:
             if row.get(None):

@@ -168,6 +168,9 @@ class PeopleStore(Protocol):
     def cancel(self, job_id: str, by: Actor) -> Job:
         """Cancel a pending job."""
 
+    def keep(self, records: Sequence[Record]) -> None:
+        """Keep records that belong to no job's change (the event log), all or none; `unique` as for effects."""
+
 
 class ReaderStore(Protocol):
     """What readers ask."""

@@ -698,6 +698,10 @@ class DataverseJobStore:
                 continue
         raise StoreUnavailable(f"Job {job_id} kept changing; try again.")
 
+    def keep(self, records: Sequence[Record]) -> None:
+        parts = self._entry_parts("", records, self._clock())
+        self._batch(parts, changeset=True)
+
     def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
         fields = semantics.retried(self._clock())
         if job_id is not None:

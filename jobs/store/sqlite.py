@@ -268,6 +268,11 @@ class SqliteJobStore:
             seq = self._insert(db, raw, kinds.try_request(raw), self._clock())
             return _job_from_row(db.execute("SELECT * FROM jobs WHERE seq = ?", (seq,)).fetchone())
 
+    def keep(self, records: Sequence[Record]) -> None:
+        now = self._clock()
+        with self.atomic() as db:
+            db.executemany(INSERT_ENTRY, [_entry_args(record, "", now) for record in records])
+
     def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
         now = self._clock()
         with self.atomic() as db:

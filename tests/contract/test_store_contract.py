@@ -437,6 +437,16 @@ def test_effects_of_durable_subscribers_are_kept_with_the_applied_mark(case: Sto
     assert queued[0].request == action
 
 
+def test_records_of_no_job_are_kept_all_at_once_and_unique_ones_once(case: StoreCase) -> None:
+    log = [Record("events", "contact:c-1", {"name": "page_visit", "n": n}) for n in range(3)]
+    case.store.keep([*log, Record("events", "contact:c-1", {"name": "x"}, unique="evt-1")])
+    case.store.keep([Record("events", "contact:c-1", {"name": "x", "again": True}, unique="evt-1")])
+    kept = case.another().entries("events", "contact:c-1")
+    assert [e.data for e in kept] == [{"name": "page_visit", "n": 0}, {"name": "page_visit", "n": 1},
+                                      {"name": "page_visit", "n": 2}, {"name": "x"}]
+    assert {e.job_id for e in kept} == {""}
+
+
 # --- a person's retry and cancel ------------------------------------------------------------------------------
 
 

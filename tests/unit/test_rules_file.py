@@ -109,3 +109,10 @@ def test_a_trigger_no_rule_can_reach_is_a_warning(tmp_path: Path) -> None:
     rules = load_rules(write(tmp_path, '[[triggers]]\nname = "T"\ntag = "Lead"\nat_least = 3\n'
                                        '[[triggers.actions]]\ndo = "add_tag"\ntags = "X"\n'))
     assert rules.warnings == ("trigger 'T' watches tag 'Lead', which no rule changes; only jobs can reach it.",)
+
+
+def test_the_example_rules_file_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "example-rules.toml"
+    rules = load_rules(example)
+    assert len(rules.rules) == 7 and [t.name for t in rules.triggers] == ["Nutrition prospect", "Hot lead"]
+    assert rules.warnings == ()
