@@ -1,9 +1,11 @@
-"""What the runner needs from the CRM: who a target is on the platform, and the timeline."""
+"""What the runner needs from the CRM: who a target is on the platform, the timeline, and the record itself
+(fields set on it, tasks for its owner) for the actions of triggers."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from connector.platform import Contact
 
@@ -15,6 +17,19 @@ class TimelinePost:
     job_id: str
     text: str
     created_at: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task for a record's owner, regarding the record."""
+
+    target_kind: str
+    target_id: str
+    job_id: str
+    subject: str
+    description: str
+    due: str  # ISO 8601 date
+    owner: str | None
 
 
 class Crm(Protocol):
@@ -32,3 +47,17 @@ class Crm(Protocol):
 
     def timeline(self, target_kind: str, target_id: str) -> list[TimelinePost]:
         """The record's posts written by the connector, oldest first."""
+
+    def update_record(self, target_kind: str, target_id: str, fields: Mapping[str, Any], *, ref: str) -> None:
+        """Set fields of the record (a status reason, say). Setting the same values again changes nothing; a record
+        that does not exist is a NotFound, never a new record."""
+
+    def create_task(self, target_kind: str, target_id: str, *, subject: str, description: str, due: str,
+                    ref: str) -> None:
+        """A task for the record's owner, regarding the record, due on `due` (ISO date). One per job (`ref`)."""
+
+    def tasks(self, target_kind: str, target_id: str) -> list[Task]:
+        """The tasks the connector created regarding the record, oldest first."""
+
+    def fields(self, target_kind: str, target_id: str, names: list[str]) -> dict[str, Any]:
+        """The current values of some fields of the record."""

@@ -1,17 +1,21 @@
-"""The CRM of the embedded default: timeline posts kept in a local SQLite file.
+"""The CRM of the embedded default: timeline posts, record fields and tasks kept in a local SQLite file.
 
 It stands in for Dynamics 365 until one is configured: a record's external id on the platform is its CRM id,
-and each job gets at most one post (the job id is unique in the table).
+each job gets at most one post and one task (the job id is unique in those tables), and a record exists as soon
+as it is named (records have no owner here, so tasks have none either).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from connector.crm import TimelinePost
+from connector.crm import Task, TimelinePost
 from connector.platform import Contact
 
 SCHEMA = """
@@ -23,6 +27,23 @@ CREATE TABLE IF NOT EXISTS posts (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS posts_target ON posts(target_kind, target_id, created_at);
+CREATE TABLE IF NOT EXISTS record_fields (
+    target_kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT,                               -- JSON
+    PRIMARY KEY (target_kind, target_id, name)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id TEXT PRIMARY KEY,
+    target_kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    description TEXT NOT NULL,
+    due TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_target ON tasks(target_kind, target_id, created_at);
 """
 
 
@@ -40,7 +61,7 @@ class LocalCrm:
         return Contact(external_id=target_id)
 
     def post(self, *, target_kind: str, target_id: str, job_id: str, text: str, may_exist: bool = True) -> None:
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        now = _now()
         with self._lock:
             self._conn.execute(
                 "INSERT OR IGNORE INTO posts (job_id, target_kind, target_id, text, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -56,5 +77,43 @@ class LocalCrm:
             ).fetchall()
         return [TimelinePost(*row) for row in rows]
 
+    def update_record(self, target_kind: str, target_id: str, fields: Mapping[str, Any], *, ref: str) -> None:
+        with self._lock:
+            self._conn.executemany(
+                "INSERT INTO record_fields (target_kind, target_id, name, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (target_kind, target_id, name) DO UPDATE SET value = excluded.value",
+                [(target_kind, target_id, name, json.dumps(value)) for name, value in fields.items()],
+            )
+
+    def fields(self, target_kind: str, target_id: str, names: list[str]) -> dict[str, Any]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT name, value FROM record_fields WHERE target_kind = ? AND target_id = ?",
+                (target_kind, target_id),
+            ).fetchall()
+        values = {name: json.loads(value) for name, value in rows}
+        return {name: values.get(name) for name in names}
+
+    def create_task(self, target_kind: str, target_id: str, *, subject: str, description: str, due: str,
+                    ref: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO tasks (job_id, target_kind, target_id, subject, description, due, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (ref, target_kind, target_id, subject, description, due, _now()),
+            )
+
+    def tasks(self, target_kind: str, target_id: str) -> list[Task]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT target_kind, target_id, job_id, subject, description, due FROM tasks "
+                "WHERE target_kind = ? AND target_id = ? ORDER BY created_at, rowid", (target_kind, target_id),
+            ).fetchall()
+        return [Task(target_kind=row[0], target_id=row[1], job_id=row[2], subject=row[3], description=row[4],
+                     due=row[5], owner=None) for row in rows]
+
     def close(self) -> None:
         self._conn.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,4 +1,7 @@
-"""Dynamics 365 as the runner's CRM: who a record is on the platform, and one timeline record per job.
+"""Dynamics 365 as the runner's CRM: who a record is on the platform, one timeline record per job, and the
+record itself for the actions of triggers: fields set with a PATCH of the record (`If-Match: *`, so a deleted
+record is a 404 and never a new row), and tasks regarding the record for its owner (`ownerid`, read from the
+record), one per job: the job's mark `(job <id>)` ends the description and is looked for before creating.
 
 The timeline record is a `post` (an auto post of type status, shown on the record's timeline where a Dynamics 365
 app is installed) or an `annotation` (a note, available on any Dataverse environment), chosen by configuration.
@@ -18,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from connector import errors
-from connector.crm import TimelinePost
+from connector.crm import Task, TimelinePost
 from connector.dataverse.client import DataverseClient, guid, odata_literal, row_url
 from connector.platform import Contact
 
@@ -152,6 +156,54 @@ class DataverseCrm:
                     posts.append(TimelinePost(target_kind, target_id, marks[-1], str(row.get("notetext") or ""),
                                               str(row.get("createdon"))))
         return posts
+
+
+    # -- the record -----------------------------------------------------------------------------------------
+
+    def update_record(self, target_kind: str, target_id: str, fields: Mapping[str, Any], *, ref: str) -> None:
+        entity_set, _ = _record(target_kind)
+        self.client.update(entity_set, _guid(target_kind, target_id), dict(fields), etag="*")
+        log.info("job %s: set %s on %s %s", ref, ", ".join(fields), target_kind, target_id)
+
+    def fields(self, target_kind: str, target_id: str, names: list[str]) -> dict[str, Any]:
+        entity_set, _ = _record(target_kind)
+        row = self.client.get(entity_set, _guid(target_kind, target_id), select=names)
+        return {name: row.get(name) for name in names}
+
+    def create_task(self, target_kind: str, target_id: str, *, subject: str, description: str, due: str,
+                    ref: str) -> None:
+        entity_set, _ = _record(target_kind)
+        record = _guid(target_kind, target_id)
+        mark = job_mark(ref)
+        found = self.client.query("tasks", select=["activityid"], top=1,
+                                  filter=f"_regardingobjectid_value eq {record} and "
+                                         f"contains(description, {odata_literal(mark)})")
+        if any(True for _ in found):
+            log.info("job %s: the task exists already; not creating another", ref)
+            return
+        owner = self.client.get(entity_set, record, select=["_ownerid_value"]).get("_ownerid_value")
+        row: dict[str, Any] = {
+            "subject": subject, "description": f"{description} {mark}".strip(), "scheduledend": due,
+            f"regardingobjectid_{target_kind}_task@odata.bind": row_url(entity_set, record),
+        }
+        if owner:
+            row["ownerid@odata.bind"] = row_url("systemusers", str(owner))
+        self.client.create("tasks", row)
+        log.info("job %s: created a task on %s %s", ref, target_kind, target_id)
+
+    def tasks(self, target_kind: str, target_id: str) -> list[Task]:
+        record = _guid(target_kind, target_id)
+        rows = self.client.query("tasks", select=["subject", "description", "scheduledend", "_ownerid_value"],
+                                 filter=f"_regardingobjectid_value eq {record} and contains(description, '(job ')",
+                                 orderby="createdon asc")
+        tasks = []
+        for row in rows:
+            marks = _JOB_MARK.findall(str(row.get("description") or ""))
+            if marks:
+                tasks.append(Task(target_kind=target_kind, target_id=target_id, job_id=marks[-1],
+                                  subject=str(row.get("subject") or ""), description=str(row.get("description")),
+                                  due=str(row.get("scheduledend") or ""), owner=row.get("_ownerid_value")))
+        return tasks
 
 
 def _record(target_kind: str) -> tuple[str, str]:

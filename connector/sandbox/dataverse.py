@@ -110,12 +110,17 @@ class EntityDef:
         )
 
 
+# Every record has an owner (a user; Dataverse also allows a team, which the connector does not need).
+_OWNER = Lookup("ownerid", "systemusers", "_ownerid_value")
+
+
 def _people(entity_set: str, logical: str, extra: Sequence[str]) -> EntityDef:
     return EntityDef(
         entity_set=entity_set,
         logical_name=logical,
         key=f"{logical}id",
         columns=frozenset(("emailaddress1", "telephone1", *extra)),
+        lookups=(_OWNER,),
         status_reasons={1: 0, 2: 1},
     )
 
@@ -142,6 +147,26 @@ def standard_tables() -> list[EntityDef]:
             required=frozenset(("text", "_regardingobjectid_value")),
             max_lengths={"text": 2000},
             immutable=True,
+        ),
+        EntityDef(
+            entity_set="systemusers",
+            logical_name="systemuser",
+            key="systemuserid",
+            columns=frozenset(("fullname", "internalemailaddress")),
+        ),
+        EntityDef(
+            entity_set="tasks",
+            logical_name="task",
+            key="activityid",
+            columns=frozenset(("subject", "description", "scheduledend")),
+            # On an activity the regarding navigation properties carry the activity's name.
+            lookups=(*(Lookup(f"regardingobjectid_{logical}_task", target, "_regardingobjectid_value")
+                       for logical, target in (("contact", "contacts"), ("lead", "leads"), ("account", "accounts"))),
+                     _OWNER),
+            required=frozenset(("subject",)),
+            max_lengths={"subject": 200, "description": 2000},
+            status_reasons={2: 0, 5: 1},
+            default_status=2,
         ),
         EntityDef(
             entity_set="annotations",

@@ -234,6 +234,7 @@ def try_request(raw: Mapping[str, Any]) -> JobRequest | None:
 from jobs.kinds import tags  # noqa: E402, I001
 from jobs.kinds import scores  # noqa: E402
 from jobs.kinds import automation  # noqa: E402
+from jobs.kinds import crm  # noqa: E402
 
 __all__ = [
     "Kind",
@@ -241,6 +242,7 @@ __all__ = [
     "RunsOn",
     "all_kinds",
     "automation",
+    "crm",
     "kind_named",
     "payload_json",
     "raw_of",

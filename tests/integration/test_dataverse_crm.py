@@ -185,3 +185,30 @@ def test_a_runner_that_died_after_posting_does_not_post_twice(client, spotler_ap
         runner.close()
     assert len(crm.timeline("contact", contact)) == 1
     assert [a.outcome for a in store.attempts(row_id)] == ["lease_expired", "succeeded"]
+
+
+@pytest.mark.parametrize("kind", ["contact", "lead", "account"])
+def test_a_task_for_the_record_s_owner_is_created_once_per_job(client, kind):
+    owner = client.create("systemusers", {"fullname": "Sam Sales", "internalemailaddress": "sam@gym.example"})
+    record = make_record(client, kind, **{"ownerid@odata.bind": f"/systemusers({owner})"})
+    crm = DataverseCrm(client)
+    for _ in range(2):  # a retry after a lost answer
+        crm.create_task(kind, record, subject="Call back", description="Reached 3 points.", due="2027-01-17",
+                        ref=JOB)
+    rows = list(client.query("tasks", filter=f"_regardingobjectid_value eq {record}"))
+    assert len(rows) == 1
+    assert (rows[0]["subject"], rows[0]["scheduledend"], rows[0]["_ownerid_value"]) == ("Call back", "2027-01-17",
+                                                                                         owner)
+    (task,) = crm.tasks(kind, record)
+    assert (task.job_id, task.owner, task.description) == (JOB, owner, f"Reached 3 points. (job {JOB})")
+
+
+def test_updating_a_record_sets_its_fields_and_never_creates_one(client):
+    record = make_record(client, "lead")
+    crm = DataverseCrm(client)
+    crm.update_record("lead", record, {"subject": "Prospect"}, ref=JOB)
+    assert crm.fields("lead", record, ["subject"]) == {"subject": "Prospect"}
+    gone = "00000000-0000-4000-8000-0000000000ff"
+    with pytest.raises(errors.NotFound):
+        crm.update_record("lead", gone, {"subject": "Prospect"}, ref=JOB)
+    assert not list(client.query("leads", filter=f"leadid eq {gone}"))

@@ -123,3 +123,47 @@ def test_a_set_score_crosses_from_the_connector_s_view_of_the_score(rig: Rig) ->
     score(rig, "Nutrition", 6, op="set_score")  # already above: no crossing
     assert fired(rig)[0] == ("Prospect", 2, 5)
     assert [t for t, _, _ in fired(rig)].count("Prospect") == 1
+
+
+CRM_RULES = """
+[[triggers]]
+name = "Prospect"
+tag = "Nutrition"
+at_least = 3
+[[triggers.actions]]
+do = "update_record"
+fields = { statuscode = "Prospect", leadsourcecode = 8 }
+[[triggers.actions]]
+do = "create_task"
+subject = "Call about the nutrition plan"
+description = "Reached 3 points of Nutrition Interest."
+due_in_days = 2
+[[triggers.actions]]
+do = "post"
+text = "Became a nutrition prospect"
+"""
+
+
+def test_crm_actions_set_fields_create_a_task_and_post_once_each(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+) -> None:
+    (tmp_path / "crm-rules.toml").write_text(CRM_RULES, encoding="utf-8")
+    rig = make_rig(tmp_path, store, spotler, clock, rules=load_rules(tmp_path / "crm-rules.toml"))
+    try:
+        score(rig, "Nutrition", 3)
+        assert rig.crm.fields("contact", "C-1", ["statuscode", "leadsourcecode"]) == {
+            "statuscode": "Prospect", "leadsourcecode": 8}
+        (task,) = rig.crm.tasks("contact", "C-1")
+        assert (task.subject, task.description) == ("Call about the nutrition plan",
+                                                    "Reached 3 points of Nutrition Interest.")
+        assert task.due == "2027-01-17"  # two days after the firing (the FakeClock's 2027-01-15)
+        texts = [p.text for p in rig.crm.timeline("contact", "C-1")]
+        assert any(t.startswith("Became a nutrition prospect (job ") for t in texts)
+        assert any(t.startswith("Set statuscode to Prospect, leadsourcecode to 8") for t in texts)
+        assert any(t.startswith("Created the task 'Call about the nutrition plan' for the owner") for t in texts)
+        jobs = rig.store.list(JobFilter()).jobs
+        assert sorted(j.request.kind.name for j in jobs if j.request) == [
+            "create_task", "increase_score", "post", "update_record"]
+        assert all(j.status is JobStatus.SUCCEEDED for j in jobs)
+    finally:
+        rig.close()
