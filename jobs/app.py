@@ -46,6 +46,10 @@ SPOTLER_PREFIX = "/integrationservice-1.1.0"
 SANDBOX_MAUTIC_CONTACT_FIELD = "crm_id"
 # The automation the embedded Spotler sandbox knows, so that Start Automation can be tried without setup.
 SANDBOX_TRIGGER = "welcome"
+# The automation the example rules file starts (config/example-rules.toml), known to the embedded sandbox too.
+SANDBOX_NURTURE = "prospect-general-nurture"
+# The gym example of the product documents, shipped with the package: what `connector demo` scores with.
+EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "config" / "example-rules.toml"
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Connector:
     sandboxes: dict[str, SandboxServer] = field(default_factory=dict)
     _closers: list[Callable[[], Any]] = field(default_factory=list)
     dataverse: DataverseClient | None = None  # when the job store or the CRM is Dynamics 365
+    rules: RuleSet = field(default_factory=RuleSet)
 
     def close(self) -> None:
         self.runner.close()
@@ -203,7 +208,7 @@ def build(
             close()
         parts.stop_sandboxes()
         raise
-    return Connector(settings, store, platform, crm, executor, runner, parts.sandboxes, closers, client)
+    return Connector(settings, store, platform, crm, executor, runner, parts.sandboxes, closers, client, rules)
 
 
 @contextmanager
@@ -296,6 +301,7 @@ def serve_spotler_sandbox(settings: Settings, *, port: int = 0) -> SandboxServer
         consumer_secret=spotler.consumer_secret.get_secret_value(), auto_create_contacts=True,
     )
     app.seed_automation(SANDBOX_TRIGGER)
+    app.seed_automation(SANDBOX_NURTURE)
     return SandboxServer(app, port=port, faults=_faults(settings)).start()
 
 

@@ -9,12 +9,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from connector.crm import Task
 from connector.sandbox.server import Faults, SandboxServer
 from jobs.app import Connector
 from jobs.demo_dataverse import create_job_rows, ensure_records
-from jobs.model import Job
+from jobs.model import Job, Target, TargetKind
 from jobs.runner import DrainReport
+from jobs.scoring.events import EventReport, event_from_fields, ingest
+from jobs.scoring.history import HistoryEntry, history_of, record_key
+from jobs.scoring.triggers import Firing, firings_of
 from jobs.service import contact_view, read_for_a_person, request_from_fields
+from jobs.store import JobFilter
 from jobs.store.dataverse import DataverseJobStore
 
 # What CRM users typically queue: every operation, several contacts, a lead, an account, a tag-only job, a
@@ -48,11 +53,41 @@ SHOWN_RECORDS = [("contact", "C-1001"), ("contact", "C-1002"), ("contact", "C-10
                  ("account", "A-3001")]
 
 
+# The gym of the product documents (config/example-rules.toml): three events give C-1001's "Nutrition Interest"
+# its 3 points and make the contact a Prospect; a shop's visit, cart and purchase take C-1002 past "Hot lead". The
+# second nutrition article click is the same event delivered twice: it is acknowledged, not scored again.
+GYM_EVENTS: list[dict[str, Any]] = [
+    {"contact": "C-1001", "event": "nutrition_page_visit", "time": "2026-05-04T09:00:00Z", "id": "gym-1"},
+    {"contact": "C-1001", "event": "nutrition_article_click", "time": "2026-05-04T09:05:00Z", "id": "gym-2"},
+    {"contact": "C-1001", "event": "nutrition_article_click", "time": "2026-05-04T09:05:00Z", "id": "gym-2"},
+    {"contact": "C-1001", "event": "form_picked_nutrition", "time": "2026-05-04T09:10:00Z", "id": "gym-3"},
+    {"contact": "C-1001", "event": "spa_visit", "time": "2026-05-04T09:12:00Z", "id": "gym-4"},
+    {"contact": "C-1002", "event": "page_visit", "time": "2026-05-04T10:00:00Z", "id": "shop-1"},
+    {"contact": "C-1002", "event": "add_to_cart", "time": "2026-05-04T10:02:00Z", "id": "shop-2"},
+    {"contact": "C-1002", "event": "purchase", "time": "2026-05-04T10:05:00Z", "id": "shop-3"},
+]
+GYM_RECORDS = [("contact", "C-1001"), ("contact", "C-1002")]
+
+
+@dataclass
+class GymResult:
+    """What the gym example did: the events and what became of them, the history, firings and action jobs."""
+
+    events: EventReport
+    history: dict[str, list[HistoryEntry]]  # by record key
+    firings: list[Firing]
+    actions: list[Job]
+    tasks: list[Task]
+    fields: dict[str, Any]
+    report: DrainReport
+
+
 @dataclass
 class DemoResult:
     jobs: list[Job]
     report: DrainReport
     records: list[dict[str, Any]]
+    gym: GymResult | None = None
 
 
 def run_demo(
@@ -76,11 +111,40 @@ def run_demo(
         more.seconds += report.seconds
         report = more
     jobs = [read_for_a_person(functools.partial(store.get, job_id)) for job_id in job_ids]
+    gym = run_gym(connector) if connector.settings.crm == "local" and connector.rules.rules else None
     records = [
         {**contact_view(connector.platform, connector.crm, kind, record_id), "name": name}
         for kind, record_id, name in shown
     ]
-    return DemoResult(jobs, report, records)
+    return DemoResult(jobs, report, records, gym)
+
+
+def run_gym(connector: Connector) -> GymResult:
+    """Ingest the gym's events through the rules file, drain until the triggers' actions are done too."""
+    store = connector.store
+    events = [(n, event_from_fields(fields)) for n, fields in enumerate(GYM_EVENTS, start=1)]
+    report = ingest(store, connector.rules, events)
+    drained = connector.runner.drain()
+    while True:  # the actions a firing queued, and what they cascade into
+        more = connector.runner.drain()
+        if not more.processed:
+            break
+        drained.succeeded += more.succeeded
+        drained.failed += more.failed
+    targets = [Target(kind=TargetKind(kind), id=record) for kind, record in GYM_RECORDS]
+    # What this run fired: firings caused by its events' jobs, and by the action jobs those queued (cascades).
+    caused, firings, actions = set(report.queued), [], []
+    for firing in sorted((f for t in targets for f in firings_of(store, t)), key=lambda f: f.at):
+        if firing.job_id in caused and firing.actions:
+            firings.append(firing)
+            queued = store.list(JobFilter(request_ids=firing.actions, limit=len(firing.actions))).jobs
+            actions += queued
+            caused |= {job.id for job in queued}
+    return GymResult(
+        events=report, history={record_key(t): history_of(store, t) for t in targets}, firings=firings,
+        actions=actions, tasks=connector.crm.tasks("contact", "C-1001"),
+        fields=connector.crm.fields("contact", "C-1001", ["status"]), report=drained,
+    )
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import typer
 
 from config import Settings, defaults
 from jobs import views
+from jobs.app import EXAMPLE_RULES
 from jobs.cli.common import (
     Failure,
     connector,
@@ -23,8 +24,8 @@ from jobs.cli.common import (
     signal_handlers_restored,
     with_fault_flags,
 )
-from jobs.demo import DemoResult, run_demo
-from jobs.model import JobStatus
+from jobs.demo import DemoResult, GymResult, run_demo
+from jobs.model import JobStatus, iso
 
 
 def run(
@@ -68,6 +69,9 @@ def demo(
     # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
     where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
     config = settings(ctx, **where, faults=faults)
+    if config.rules_file is None:
+        # The gym of the product documents, unless the user has rules of their own.
+        config = config.model_copy(update={"rules_file": EXAMPLE_RULES})
     with connector(config) as built:
         result = run_demo(built)
         injected = {name: server.injector.counts for name, server in built.sandboxes.items()}
@@ -78,6 +82,16 @@ def demo(
         if counts:
             shown = ", ".join(f"{fault} x{n}" for fault, n in sorted(counts.items()))
             out().print(f"Faults injected by the {name} sandbox: {shown}.", markup=False)
+    if result.gym is not None:
+        out().rule(f"Scoring rules and triggers: the gym ({config.rules_file})")
+        for line in _gym_lines(result.gym):
+            out().print(line, markup=False)
+        if result.gym.actions:
+            out().print("Action jobs the triggers queued:", markup=False)
+            print_jobs(result.gym.actions)
+    elif config.crm == "dataverse":
+        out().print("The gym example of scoring rules and triggers runs with the local CRM: try `connector demo`.",
+                    markup=False)
     out().rule("Tags and scores on the platform, and timeline posts")
     for line in _record_lines(result):
         out().print(line, markup=False)
@@ -86,9 +100,37 @@ def demo(
         out().print(f"  {hint}", markup=False)
 
 
+def _gym_lines(gym: GymResult) -> list[str]:
+    """The gym's events, the score history they made, what fired, and what the CRM actions left on the record."""
+    events = gym.events
+    lines = [f"Events: {events.read} read: {len(events.queued)} queued, {events.seen_before} seen before, "
+             f"{events.first_already_scored} already scored once, {len(events.unknown)} with no rule (kept in the "
+             f"event log)."]
+    lines += [f"  line {p.line}: {p.message}" for p in events.unknown]
+    lines.append("Score history of the rules' and triggers' changes:")
+    for record, entries in gym.history.items():
+        for entry in entries:
+            if entry.source not in ("rule", "trigger"):
+                continue
+            change = entry.change
+            around = "" if change.after is None else f" ({change.before if change.before is not None else '?'} -> " \
+                f"{change.after})"
+            lines.append(f"  {record}  {change.tag} {views.change_text(change)}{around}  by a {entry.source} "
+                         f"(job {entry.job_id})")
+    lines.append("Trigger log:")
+    lines += [f"  {iso(f.at)}  {f.trigger} fired for {f.record}: {f.tag} {f.before} -> {f.after} "
+              f"(job {f.job_id})" for f in gym.firings] or ["  (nothing fired)"]
+    lines += [f"Task for the owner of contact C-1001: {t.subject!r}, due {t.due}" for t in gym.tasks]
+    if gym.fields.get("status"):
+        lines.append(f"contact C-1001's status in the CRM: {gym.fields['status']}")
+    return lines
+
+
 def _record_lines(result: DemoResult) -> list[str]:
     """Each record's tags and scores, and under it the timeline posts of this run's jobs."""
     this_run = {job.id for job in result.jobs}
+    if result.gym is not None:
+        this_run |= set(result.gym.events.queued) | {job.id for job in result.gym.actions}
     lines = []
     for view in result.records:
         tags = ", ".join(f"{t}={s}" for t, s in sorted(view["tags"].items())) or "(no tags)"

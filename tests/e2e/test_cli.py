@@ -47,7 +47,7 @@ def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path,
     assert f"{platform} on http://127.0.0.1:" in first.stderr
     assert DEMO_COUNTS[platform] in first.stdout
     assert "INVALID_INPUT: Score is -5; Increase Score needs a number greater than 0." in first.stdout
-    assert "contact C-1001: Newsletter=0, Product news=0, Webinar 2026=12" in first.stdout
+    assert "contact C-1001: Newsletter=0, Nutrition Interest=3, Product news=0, Prospect=0, Webinar 2026=12" in first.stdout
     assert "Increased score Webinar 2026 by 10 (job " in first.stdout
     assert "lead L-2001: Lead score=25" in first.stdout
     assert ("Started automation welcome (job " in first.stdout) == (platform == "spotler")
@@ -56,8 +56,19 @@ def test_demo_shows_jobs_tags_scores_and_timeline_and_runs_twice(tmp_path: Path,
                     if j["result_code"] == "INVALID_INPUT")
     assert (careless["tags"], careless["score"]) == (["Lead score"], -5)
     assert careless["input"]["score"] == "-5"
+    # The gym: three events make C-1001 a Prospect, with its actions; a shop's events make C-1002 a hot lead.
+    assert "Events: 8 read: 6 queued, 1 seen before, 0 already scored once, 1 with no rule" in first.stdout
+    assert "Nutrition prospect fired for contact:C-1001: Nutrition Interest 2 -> 3" in first.stdout
+    assert "Hot lead fired for contact:C-1002: Hot lead 16 -> 116" in first.stdout
+    assert "Task for the owner of contact C-1001: 'Call about the nutrition plan', due " in first.stdout
+    assert "contact C-1001's status in the CRM: Prospect" in first.stdout
+    assert ("Nutrition Interest=3" in first.stdout) and ("Hot lead=116" in first.stdout)
+    assert ("Started automation prospect-general-nurture (job " in first.stdout) == (platform == "spotler")
     second = connector("demo", cwd=tmp_path, env=platform_env)
     assert "Webinar 2026=24" in second.stdout  # the platform's state persists between runs
+    # The same events delivered again score nothing and fire nothing.
+    assert "Events: 8 read: 0 queued, 6 seen before, 1 already scored once, 1 with no rule" in second.stdout
+    assert "Nutrition Interest=3" in second.stdout and "Hot lead=116" in second.stdout
     assert (tmp_path / ".connector" / "sandbox" / f"{platform}.db").is_file()
     # The timeline shows the posts of this run's jobs, and all of them; not those of the first run.
     this_run = set(re.findall(r"^([0-9a-f]{12}) ", second.stdout, re.MULTILINE))
@@ -79,7 +90,7 @@ def test_demo_through_injected_faults_still_ends_with_every_job_final(
                        "--latency-ms", "1", "--jitter-ms", "2", "--seed", "7", cwd=tmp_path, env=env)
     assert DEMO_COUNTS[platform_env["CONNECTOR_PLATFORM"]] in result.stdout
     assert "Faults injected by the " in result.stdout
-    assert "contact C-1001: Newsletter=0, Product news=0, Webinar 2026=12" in result.stdout
+    assert "contact C-1001: Newsletter=0, Nutrition Interest=3, Product news=0, Prospect=0, Webinar 2026=12" in result.stdout
 
 
 def test_a_user_adds_jobs_runs_them_and_reads_the_contact(tmp_path: Path, platform_env: dict[str, str]) -> None:
