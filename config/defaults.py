@@ -48,3 +48,8 @@ DATAVERSE_WRITE_TRIES = 4
 # short pause between tries: long enough to ride out a blip, short enough that a person keeps waiting.
 VIEW_TRIES = 5
 VIEW_PAUSE = 0.2
+
+# Webhooks a trigger sends: a receiver that takes longer than this is treated as not answering (retried).
+WEBHOOK_TIMEOUT = 10.0
+# Sandbox-only: signs the webhooks of the demo, whose receiver runs on loopback.
+SANDBOX_WEBHOOK_SECRET = "sandbox-webhook-secret"

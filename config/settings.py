@@ -81,6 +81,24 @@ class SpotlerSettings(_Section):
     create_missing_contacts: bool = False
 
 
+class WebhookSettings(_Section):
+    """Webhooks that triggers send: signed with this secret (see the README), so the receiver can trust them."""
+
+    secret: SecretStr = SecretStr(defaults.SANDBOX_WEBHOOK_SECRET)
+    timeout: float = Field(defaults.WEBHOOK_TIMEOUT, gt=0, description="seconds to wait for the receiver's answer")
+
+
+class MailSettings(_Section):
+    """E-mail notifications that triggers send, through SMTP."""
+
+    host: str | None = Field(None, description="unset: a local SMTP server keeps the mails in <home>/sandbox/mail")
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    sender: str = Field("connector@localhost", description="the From address")
+
+
 class MauticSettings(_Section):
     base_url: str | None = Field(None, description="unset: the sandbox is started on loopback")
     auth: Literal["basic", "oauth2"] = "basic"
@@ -237,6 +255,8 @@ class Settings(BaseSettings):
     faults: FaultSettings = FaultSettings()
     spotler: SpotlerSettings = SpotlerSettings()
     mautic: MauticSettings = MauticSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    mail: MailSettings = MailSettings()
     dataverse: DataverseSettings = DataverseSettings()
 
     @field_validator("log_level")

@@ -23,12 +23,15 @@ from connector.crm import Crm
 from connector.dataverse.client import DataverseClient
 from connector.http import ApiSession, Brake, Redactor
 from connector.localcrm import LocalCrm
+from connector.mail import MailClient
 from connector.mautic import MauticPlatform
 from connector.platform import Platform
 from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import Faults, SandboxServer
+from connector.sandbox.smtp import SmtpSink
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
+from connector.webhook import WebhookClient
 from jobs.dataverse_wiring import dataverse_client, dataverse_crm, dataverse_store, serve_dataverse_sandbox
 from jobs.executor import Executor
 from jobs.observe import Observer
@@ -158,7 +161,46 @@ def load_rules_of(settings: Settings) -> RuleSet:
     rules = load_rules(settings.rules_file)
     for warning in rules.warnings:
         log.warning("%s: %s", settings.rules_file, warning)
+    secret = settings.webhook.secret.get_secret_value()
+    for trigger in rules.triggers:
+        for action in trigger.actions:
+            url = str(action.fields().get("url", ""))
+            if action.do == "webhook" and not secret:
+                raise SettingsError(f"{settings.rules_file}: trigger {trigger.name!r} sends a webhook, but "
+                                    f"CONNECTOR_WEBHOOK__SECRET is empty; receivers could not verify it.")
+            if action.do == "webhook" and secret == defaults.SANDBOX_WEBHOOK_SECRET and _remote(url):
+                raise SettingsError(
+                    f"{settings.rules_file}: trigger {trigger.name!r} sends a webhook to {urlsplit(url).hostname}, "
+                    f"but CONNECTOR_WEBHOOK__SECRET is not set; set it to the secret the receiver verifies with."
+                )
     return rules
+
+
+def _services(parts: _Parts, rules: RuleSet, closers: list[Callable[[], Any]]) -> dict[str, Any]:
+    """The outside services that kinds run on: the webhook client, and the mail client (in sandbox mode a local
+    SMTP server that keeps the mails in <home>/sandbox/mail, started only when a trigger sends mail)."""
+    settings = parts.settings
+    session = ApiSession("Webhook", pool_size=settings.runner.workers, brake=parts.brake("Webhook"),
+                         timeout=(settings.http.connect_timeout, settings.webhook.timeout))
+    closers.append(session.close)
+    services: dict[str, Any] = {}
+    if secret := settings.webhook.secret.get_secret_value():
+        services["webhook"] = WebhookClient(session, secret)
+    mail = settings.mail
+    if mail.host is not None:
+        services["mail"] = MailClient(mail.host, mail.port, security=mail.security, username=mail.username or None,
+                                      password=mail.password.get_secret_value() or None, sender=mail.sender)
+    elif any(action.do == "email" for trigger in rules.triggers for action in trigger.actions):
+        sink = SmtpSink(mailbox_path(settings.home)).start()
+        closers.append(sink.stop)
+        services["mail"] = MailClient(sink.host, sink.port, security="none", username=None, password=None,
+                                      sender=mail.sender)
+    return services
+
+
+def mailbox_path(home: Path) -> Path:
+    """Where the sandbox's SMTP server keeps the mails it received (`connector mail list`)."""
+    return home / "sandbox" / "mail"
 
 
 def _uses_dataverse(settings: Settings) -> bool:
@@ -195,9 +237,10 @@ def build(
             local_crm = LocalCrm(home / "timeline.db")
             closers.append(local_crm.close)
             crm = local_crm
+        services = _services(parts, rules, closers)
         executor = Executor(
             platform, crm, settings.retry, timeline_template=settings.timeline_template, clock=clock, sleep=sleep,
-            stop=parts.stop, observer=make_observer(rules, store, clock),
+            stop=parts.stop, observer=make_observer(rules, store, clock), services=services,
         )
         runner = Runner(
             store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,

@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from connector.crm import Task
 from connector.sandbox.server import Faults, SandboxServer
-from jobs.app import Connector
+from connector.sandbox.smtp import read_mailbox
+from jobs.app import EXAMPLE_RULES, Connector, mailbox_path
 from jobs.demo_dataverse import create_job_rows, ensure_records
 from jobs.model import Job, Target, TargetKind
 from jobs.runner import DrainReport
@@ -80,6 +82,7 @@ class GymResult:
     tasks: list[Task]
     fields: dict[str, Any]
     report: DrainReport
+    mails: list[dict[str, Any]]
 
 
 @dataclass
@@ -144,7 +147,24 @@ def run_gym(connector: Connector) -> GymResult:
         events=report, history={record_key(t): history_of(store, t) for t in targets}, firings=firings,
         actions=actions, tasks=connector.crm.tasks("contact", "C-1001"),
         fields=connector.crm.fields("contact", "C-1001", ["status"]), report=drained,
+        mails=[m for m in read_mailbox(mailbox_path(connector.settings.home))
+               if m["job_id"] in {job.id for job in actions}],
     )
+
+
+def demo_rules(home: Path, webhook_url: str) -> Path:
+    """The example rules file with a webhook to `webhook_url` on its hot-lead trigger (the last one), written to
+    <home>/demo-rules.toml for the demo to run with."""
+    path = home / "demo-rules.toml"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(EXAMPLE_RULES.read_text(encoding="utf-8") + f"""
+# Added by the demo: the hot lead is also announced to a webhook receiver it runs on loopback.
+[[triggers.actions]]
+do = "webhook"
+url = "{webhook_url}"
+data = {{ campaign = "spring" }}
+""", encoding="utf-8")
+    return path
 
 
 @contextmanager

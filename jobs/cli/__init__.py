@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperOption
 
 from config import defaults
-from jobs.cli import config, contact, events, jobs, run, sandbox, scores, triggers
+from jobs.cli import config, contact, events, jobs, mail, run, sandbox, scores, triggers
 from jobs.cli.common import RootOptions, out
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(contact.app, name="contact")
 app.add_typer(scores.app, name="scores")
 app.add_typer(triggers.app, name="triggers")
 app.add_typer(events.app, name="events")
+app.add_typer(mail.app, name="mail")
 app.add_typer(config.app, name="config")
 app.add_typer(sandbox.app, name="sandbox")
 app.command("run")(run.run)

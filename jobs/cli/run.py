@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from config import Settings, defaults
+from connector.sandbox.webhook import WebhookReceiver
 from jobs import views
-from jobs.app import EXAMPLE_RULES
 from jobs.cli.common import (
     Failure,
     connector,
@@ -24,7 +25,7 @@ from jobs.cli.common import (
     signal_handlers_restored,
     with_fault_flags,
 )
-from jobs.demo import DemoResult, GymResult, run_demo
+from jobs.demo import DemoResult, GymResult, demo_rules, run_demo
 from jobs.model import JobStatus, iso
 
 
@@ -69,11 +70,16 @@ def demo(
     # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
     where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
     config = settings(ctx, **where, faults=faults)
-    if config.rules_file is None:
-        # The gym of the product documents, unless the user has rules of their own.
-        config = config.model_copy(update={"rules_file": EXAMPLE_RULES})
-    with connector(config) as built:
+    with contextlib.ExitStack() as stack:
+        receiver = None
+        if config.rules_file is None:
+            # The gym of the product documents, unless the user has rules of their own; its hot-lead trigger also
+            # sends a webhook, to a receiver the demo runs on loopback.
+            receiver = stack.enter_context(WebhookReceiver(config.webhook.secret.get_secret_value()))
+            config = config.model_copy(update={"rules_file": demo_rules(config.home, receiver.url)})
+        built = stack.enter_context(connector(config))
         result = run_demo(built)
+        deliveries = receiver.received if receiver else []
         injected = {name: server.injector.counts for name, server in built.sandboxes.items()}
     out().rule("Jobs")
     print_jobs(result.jobs)
@@ -86,6 +92,14 @@ def demo(
         out().rule(f"Scoring rules and triggers: the gym ({config.rules_file})")
         for line in _gym_lines(result.gym):
             out().print(line, markup=False)
+        for mail in result.gym.mails:
+            out().print(f"E-mail to {', '.join(mail['to'])}: {mail['subject']!r} (job {mail['job_id']})",
+                        markup=False)
+        for delivery in deliveries:
+            body = delivery.body or {}
+            out().print(f"Webhook received on loopback, signature {'verified' if delivery.verified else 'WRONG'}: "
+                        f"trigger {body.get('trigger')!r}, {body.get('tag')} = {body.get('score')} (job "
+                        f"{body.get('job_id')})", markup=False)
         if result.gym.actions:
             out().print("Action jobs the triggers queued:", markup=False)
             print_jobs(result.gym.actions)

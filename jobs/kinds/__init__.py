@@ -235,6 +235,7 @@ from jobs.kinds import tags  # noqa: E402, I001
 from jobs.kinds import scores  # noqa: E402
 from jobs.kinds import automation  # noqa: E402
 from jobs.kinds import crm  # noqa: E402
+from jobs.kinds import notify  # noqa: E402
 
 __all__ = [
     "Kind",
@@ -244,6 +245,7 @@ __all__ = [
     "automation",
     "crm",
     "kind_named",
+    "notify",
     "payload_json",
     "raw_of",
     "register",

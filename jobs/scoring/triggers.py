@@ -92,7 +92,8 @@ class TriggerFirings:
         if not may_fire(trigger, earlier, self.clock()):
             return Effects()
         unique = firing_key(trigger, target, job.id)
-        origin = Origin(source="trigger", job_id=job.id, trigger=trigger.name, firing=unique)
+        origin = Origin(source="trigger", job_id=job.id, trigger=trigger.name, firing=unique, tag=change.tag,
+                        score=None if change.after is None else str(change.after))
         actions = tuple(self._action(fields, target, f"firing:{unique}:{n}", origin)
                         for n, fields in enumerate(a.fields() for a in trigger.actions))
         record = Record(STREAM, key, {

@@ -167,3 +167,56 @@ def test_crm_actions_set_fields_create_a_task_and_post_once_each(
         assert all(j.status is JobStatus.SUCCEEDED for j in jobs)
     finally:
         rig.close()
+
+
+NOTIFY_RULES = """
+[[triggers]]
+name = "Hot lead"
+tag = "Hot lead"
+at_least = 100
+[[triggers.actions]]
+do = "webhook"
+url = "{url}"
+data = {{ campaign = "spring" }}
+[[triggers.actions]]
+do = "email"
+to = "sales@gym.example, owner@gym.example"
+subject = "{{record}} is a hot lead"
+body = "{{record}} reached {{score}} on {{tag}} ({{trigger}})."
+"""
+
+
+def test_a_firing_sends_a_signed_webhook_and_an_email_as_jobs(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+) -> None:
+    from connector.http import ApiSession, Brake
+    from connector.mail import MailClient
+    from connector.sandbox.smtp import SmtpSink
+    from connector.sandbox.webhook import WebhookReceiver
+    from connector.webhook import WebhookClient
+
+    with WebhookReceiver("s3cret-hook", clock=clock) as receiver, SmtpSink(tmp_path / "mail") as sink:
+        (tmp_path / "notify.toml").write_text(NOTIFY_RULES.format(url=receiver.url), encoding="utf-8")
+        rig = make_rig(tmp_path, store, spotler, clock, rules=load_rules(tmp_path / "notify.toml"))
+        session = ApiSession("Webhook", pool_size=2, timeout=(2.0, 5.0), brake=Brake("Webhook"))
+        rig.executor.services.update({
+            "webhook": WebhookClient(session, "s3cret-hook", clock=clock),
+            "mail": MailClient(sink.host, sink.port, security="none", username=None, password=None,
+                               sender="connector@gym.example"),
+        })
+        try:
+            score(rig, "Hot lead", 116)
+            (delivery,) = receiver.received
+            assert delivery.verified
+            body = delivery.body
+            assert (body["record"], body["tag"], body["score"], body["trigger"], body["data"]) == (
+                {"kind": "contact", "id": "C-1"}, "Hot lead", 116, "Hot lead", {"campaign": "spring"})
+            assert delivery.headers["Connector-Delivery"] == body["job_id"]
+            (mail,) = sink.received
+            assert sorted(mail.rcpt_tos) == ["owner@gym.example", "sales@gym.example"]
+            assert mail.subject == "contact C-1 is a hot lead"
+            assert "contact C-1 reached 116 on Hot lead (Hot lead)." in mail.body
+            assert all(j.status is JobStatus.SUCCEEDED for j in rig.store.list(JobFilter()).jobs)
+        finally:
+            rig.close()
+            session.close()
