@@ -111,6 +111,20 @@ class MauticSettings(_Section):
     )
 
 
+class EndpointSettings(_Section):
+    """The HTTP endpoint of `connector serve`: events and jobs POSTed by other systems. A route whose secret or
+    token is empty refuses every request, so nothing is open until it is configured."""
+
+    host: str = Field("127.0.0.1", description="loopback: put a TLS proxy in front to face the internet")
+    port: int = Field(8780, ge=0, le=65535, description="0: any free port")
+    secret: SecretStr = SecretStr("")
+    mautic_secret: SecretStr = SecretStr("")
+    token: SecretStr = SecretStr("")
+    mautic_record_field: str = Field("crm_id", min_length=1,
+                                     description="alias of the Mautic contact field holding the CRM id")
+    max_body: int = Field(1_048_576, ge=1, description="bytes; a larger body is refused unread")
+
+
 class DataverseStatusReasons(_Section):
     """The job table's status reason (`statuscode`) for each job status, and the state (`statecode`, 0 active,
     1 inactive) it belongs to. Custom status reasons get values from 100000000 up in Dataverse."""
@@ -257,6 +271,7 @@ class Settings(BaseSettings):
     mautic: MauticSettings = MauticSettings()
     webhook: WebhookSettings = WebhookSettings()
     mail: MailSettings = MailSettings()
+    endpoint: EndpointSettings = EndpointSettings()
     dataverse: DataverseSettings = DataverseSettings()
 
     @field_validator("log_level")

@@ -63,6 +63,7 @@ def request_from_fields(fields: dict[str, Any]) -> JobRequest:
     return JobRequest.from_input(
         operation=fields.get("operation"), tags=tags, score=fields.get("score"),
         target_kind=target_kind, target_id=None if target_id is None else str(target_id),
+        request_id=fields.get("request_id"),
     )
 
 

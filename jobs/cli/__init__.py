@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperOption
 
 from config import defaults
-from jobs.cli import config, contact, events, jobs, mail, run, sandbox, scores, triggers
+from jobs.cli import config, contact, events, jobs, mail, run, sandbox, scores, serve, triggers
 from jobs.cli.common import RootOptions, out
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(sandbox.app, name="sandbox")
 app.command("run")(run.run)
 app.command("demo")(run.demo)
+app.command("serve")(serve.serve)
 
 
 def _print_version(wanted: bool) -> None:

@@ -27,7 +27,8 @@ from connector.errors import ConnectorError, InvalidInput
 from connector.sandbox.server import SandboxServer
 from jobs import app as composition
 from jobs import views
-from jobs.model import InvalidJob, Job
+from jobs.kinds import target_of
+from jobs.model import InvalidJob, Job, Target
 from jobs.service import UsageProblem
 from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
 
@@ -222,3 +223,18 @@ def job_store(config: Settings) -> Iterator[JobStore]:
     """The job store of the settings, closed after the block."""
     with logging_to_stderr(config), reported(), composition.open_store(config) as store:
         yield store
+
+
+def record_of(contact: str | None, lead: str | None, account: str | None, *, required: bool = True) -> Target | None:
+    """The record named by --contact, --lead or --account: exactly one (or, when not `required`, at most one)."""
+    given = [(kind, value) for kind, value in (("contact", contact), ("lead", lead), ("account", account))
+             if value is not None]
+    if len(given) > 1 or (required and not given):
+        fail(f"give the record with {'exactly' if required else 'at most'} one of --contact, --lead or --account.", 2)
+    if not given:
+        return None
+    with reported():
+        target = target_of(*given[0])
+    if target is None:
+        fail(f"--{given[0][0]} is empty; give the CRM id of the record.", 2)
+    return target

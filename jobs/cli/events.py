@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from jobs.app import load_rules_of
-from jobs.cli.common import JsonFlag, count, err, fail, job_store, out, reported, settings
-from jobs.kinds import target_of
+from jobs.cli.common import JsonFlag, count, err, fail, job_store, out, record_of, reported, settings
 from jobs.model import iso
 from jobs.scoring.events import STREAM, ingest_file
 from jobs.scoring.history import record_key
@@ -63,15 +62,9 @@ def log(
 ) -> None:
     """Every event of a record, oldest first, with what became of it: queued, seen before, first already scored,
     or no rule."""
-    given = [(kind, value) for kind, value in (("contact", contact), ("lead", lead), ("account", account))
-             if value is not None]
-    if len(given) != 1:
-        fail("give the record with exactly one of --contact, --lead or --account.", 2)
+    target = record_of(contact, lead, account)
+    assert target is not None
     config = settings(ctx)
-    with reported():
-        target = target_of(*given[0])
-    if target is None:
-        fail(f"--{given[0][0]} is empty; give the CRM id of the record.", 2)
     with job_store(config) as store:
         entries = store.entries(STREAM, record_key(target))
     rows = [{"logged_at": iso(e.at), **e.data} for e in entries]

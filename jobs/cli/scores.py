@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from jobs import views
-from jobs.cli.common import JsonFlag, fail, job_store, out, reported, settings
-from jobs.kinds import target_of
+from jobs.cli.common import JsonFlag, job_store, out, record_of, settings
 from jobs.scoring.history import history_of, record_key, scores_of
 
 app = typer.Typer(help="Score history: the changes the connector applied to a record's tags.", no_args_is_help=True)
@@ -25,15 +24,9 @@ def history(
 ) -> None:
     """Every change the connector applied to a record's tags and scores, oldest first, with the job behind it;
     the sum of a tag's changes is the connector's view of its score."""
-    given = [(kind, value) for kind, value in (("contact", contact), ("lead", lead), ("account", account))
-             if value is not None]
-    if len(given) != 1:
-        fail("give the record with exactly one of --contact, --lead or --account.", 2)
+    target = record_of(contact, lead, account)
+    assert target is not None
     config = settings(ctx)
-    with reported():
-        target = target_of(*given[0])
-    if target is None:
-        fail(f"--{given[0][0]} is empty; give the CRM id of the record.", 2)
     with job_store(config) as store:
         entries = history_of(store, target, tag)
     scores = scores_of(entries)

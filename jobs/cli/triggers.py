@@ -8,8 +8,7 @@ import typer
 
 from jobs import views
 from jobs.app import load_rules_of
-from jobs.cli.common import JsonFlag, fail, job_store, out, reported, settings
-from jobs.kinds import target_of
+from jobs.cli.common import JsonFlag, job_store, out, record_of, reported, settings
 from jobs.scoring.triggers import firings_of
 
 app = typer.Typer(help="The triggers of the rules file, and what they fired.", no_args_is_help=True)
@@ -40,13 +39,8 @@ def log(
     as_json: JsonFlag = False,
 ) -> None:
     """What fired, oldest first: when, which trigger, for which record, the score's change and the job behind it."""
-    given = [(kind, value) for kind, value in (("contact", contact), ("lead", lead), ("account", account))
-             if value is not None]
-    if len(given) > 1:
-        fail("give at most one of --contact, --lead or --account.", 2)
+    target = record_of(contact, lead, account, required=False)
     config = settings(ctx)
-    with reported():
-        target = target_of(*given[0]) if given else None
     with job_store(config) as store:
         firings = firings_of(store, target)
     if as_json:

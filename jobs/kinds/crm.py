@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.kinds import RunContext, RunsOn, register
+from jobs.kinds.action import ActionKind
 from jobs.model import Target
 
 FieldValue = str | int | float | bool | None
@@ -38,33 +39,13 @@ class PostPayload(BaseModel):
 
 
 @dataclass(frozen=True)
-class _CrmKind:
-    name: str
+class _CrmKind(ActionKind):
     runs_on: ClassVar[RunsOn] = RunsOn.CRM
     idempotent: ClassVar[bool] = True
-    posts_timeline: ClassVar[bool] = True
-    on_crm_form: ClassVar[bool] = False
-
-    @property
-    def label(self) -> str:
-        return self.name.replace("_", " ").title()
 
     def _needs_target(self, target: Target | None) -> None:
         if target is None:
             raise ValueError(f"{self.label} needs a contact, lead or account: it acts on that record.")
-
-    def keys(self, payload: Any, target: Target | None) -> list[str]:
-        owner = f"{target.kind.value}:{target.id}" if target else "no record"
-        return [f"{owner}|crm:{self.name}"]
-
-    def template_fields(self, payload: Any) -> dict[str, Any]:
-        return {"tags": "", "score": ""}
-
-    def to_json(self, payload: Any) -> dict[str, Any]:
-        return dict(payload.model_dump(mode="json"))
-
-    def raw(self, payload: Any) -> dict[str, Any]:
-        return dict(payload.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.kinds import RunContext, RunsOn, register
+from jobs.kinds.action import ActionKind
 from jobs.model import Target, iso
 
 # What the texts of a mail may name: {record}, {tag}, {score} and {trigger}.
@@ -35,29 +36,9 @@ class EmailPayload(BaseModel):
 
 
 @dataclass(frozen=True)
-class _Notify:
-    name: str
+class _Notify(ActionKind):
     runs_on: ClassVar[RunsOn] = RunsOn.SERVICE
     idempotent: ClassVar[bool] = False  # sent again after a lost answer; the receiver can tell (see above)
-    posts_timeline: ClassVar[bool] = True
-    on_crm_form: ClassVar[bool] = False
-
-    @property
-    def label(self) -> str:
-        return self.name.replace("_", " ").title()
-
-    def keys(self, payload: Any, target: Target | None) -> list[str]:
-        owner = f"{target.kind.value}:{target.id}" if target else "no record"
-        return [f"{owner}|{self.name}"]
-
-    def template_fields(self, payload: Any) -> dict[str, Any]:
-        return {"tags": "", "score": ""}
-
-    def to_json(self, payload: Any) -> dict[str, Any]:
-        return dict(payload.model_dump(mode="json"))
-
-    def raw(self, payload: Any) -> dict[str, Any]:
-        return dict(payload.model_dump(mode="json"))
 
 
 def _about(ctx: RunContext) -> dict[str, Any]:

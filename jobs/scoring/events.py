@@ -100,7 +100,7 @@ def ingest(store: JobStore, rules: RuleSet, events: Iterable[tuple[int, Event]])
             report.unknown.append(RowProblem(line, f"No rule for event {event.name!r}; it is kept in the event log."))
         lines.append((line, event, job_of(event, rule) if rule else None))
     requests = [request for _, _, request in lines if request is not None]
-    stored = _stored(store, [r.request_id for r in requests if r.request_id is not None])
+    stored = stored_request_ids(store, [r.request_id for r in requests if r.request_id is not None])
     jobs = iter(store.add(requests))
     log: list[Record] = []
     for _line, event, request in lines:
@@ -127,7 +127,8 @@ def ingest(store: JobStore, rules: RuleSet, events: Iterable[tuple[int, Event]])
     return report
 
 
-def _stored(store: JobStore, request_ids: Sequence[str]) -> set[str]:
+def stored_request_ids(store: JobStore, request_ids: Sequence[str]) -> set[str]:
+    """Which of these request ids name a job the store holds already."""
     found: set[str] = set()
     unique = list(dict.fromkeys(request_ids))
     for start in range(0, len(unique), 500):
