@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -10,9 +11,13 @@ from config.settings import RetrySettings
 from connector import errors
 from connector.dataverse.crm import DataverseCrm
 from connector.platform import Contact
+from jobs.app import make_observer
 from jobs.executor import Executor
-from jobs.model import JobStatus
+from jobs.model import JobStatus, Target, TargetKind
 from jobs.runner import Runner
+from jobs.scoring.history import history_of
+from jobs.scoring.rules import load_rules
+from jobs.scoring.triggers import firings_of
 from jobs.store.dataverse import DataverseJobStore
 from tests.integration.dataverse_env import TABLE, client_for, make_record
 
@@ -212,3 +217,42 @@ def test_updating_a_record_sets_its_fields_and_never_creates_one(client):
     with pytest.raises(errors.NotFound):
         crm.update_record("lead", gone, {"subject": "Prospect"}, ref=JOB)
     assert not list(client.query("leads", filter=f"leadid eq {gone}"))
+
+
+def test_a_crossing_on_dynamics_365_updates_the_record_and_creates_the_owner_s_task(
+    client, sandbox, spotler_app, make_spotler, spotler_server, clock, tmp_path
+):
+    """The whole scoring path with Dynamics 365 as job store and CRM: a job row crosses a threshold, the firing and
+    its history are in the entries table, the action jobs are rows of the job table, and the record update and the
+    task are there to see through the Web API."""
+    owner = client.create("systemusers", {"fullname": "Sam Sales"})
+    lead = make_record(client, "lead", **{"ownerid@odata.bind": f"/systemusers({owner})"})
+    spotler_app.seed_contact(lead, "lee@example.com")
+    (tmp_path / "rules.toml").write_text(
+        '[[triggers]]\nname = "Prospect"\ntag = "Nutrition Interest"\nat_least = 3\n'
+        '[[triggers.actions]]\ndo = "update_record"\nfields = { subject = "Nutrition prospect" }\n'
+        '[[triggers.actions]]\ndo = "create_task"\nsubject = "Call about nutrition"\ndue_in_days = 1\n',
+        encoding="utf-8")
+    client.create(TABLE.entity_set, {"cr_operation": 100000003, "cr_tags": "Nutrition Interest", "cr_score": 3,
+                                     "cr_Lead@odata.bind": f"/leads({lead})"})
+    store = DataverseJobStore(client, TABLE, clock=clock)
+    crm = DataverseCrm(client)
+    platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
+    observer = make_observer(load_rules(tmp_path / "rules.toml"), store, clock)
+    runner = Runner(store, Executor(platform, crm, RetrySettings(), clock=clock, sleep=clock.sleep, observer=observer),
+                    workers=2, lease_seconds=30, clock=clock)
+    try:
+        assert runner.drain().succeeded == 3  # the job, and the two actions it queued as rows of the job table
+    finally:
+        runner.close()
+
+    (firing,) = firings_of(store, Target(kind=TargetKind.LEAD, id=lead))
+    assert (firing.trigger, firing.before, firing.after) == ("Prospect", 0, 3)
+    assert [e.change.delta for e in history_of(store, Target(kind=TargetKind.LEAD, id=lead))] == [3]
+    assert client.get("leads", lead, select=["subject"])["subject"] == "Nutrition prospect"
+    (task,) = list(client.query("tasks", filter=f"_regardingobjectid_value eq {lead}"))
+    assert (task["subject"], task["_ownerid_value"]) == ("Call about nutrition", owner)
+    rows = list(client.query(TABLE.entity_set, select=["cr_payload", "cr_origin", "statuscode"],
+                             filter="cr_payload ne null"))
+    assert len(rows) == 2 and {r["statuscode"] for r in rows} == {TABLE.status_reasons.succeeded}
+    assert {json.loads(r["cr_origin"])["trigger"] for r in rows} == {"Prospect"}
