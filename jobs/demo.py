@@ -114,7 +114,8 @@ def run_demo(
         more.seconds += report.seconds
         report = more
     jobs = [read_for_a_person(functools.partial(store.get, job_id)) for job_id in job_ids]
-    gym = run_gym(connector) if connector.settings.crm == "local" and connector.rules.rules else None
+    names = {name: record_id for _, record_id, name in shown}
+    gym = run_gym(connector, names) if connector.rules.rules else None
     records = [
         {**contact_view(connector.platform, connector.crm, kind, record_id), "name": name}
         for kind, record_id, name in shown
@@ -122,11 +123,14 @@ def run_demo(
     return DemoResult(jobs, report, records, gym)
 
 
-def run_gym(connector: Connector) -> GymResult:
-    """Ingest the gym's events through the rules file, drain until the triggers' actions are done too."""
+def run_gym(connector: Connector, names: dict[str, str]) -> GymResult:
+    """Ingest the gym's events through the rules file, drain until the triggers' actions are done too. `names`
+    maps the demo's record names to the CRM's ids (GUIDs on Dynamics 365)."""
     store = connector.store
-    events = [(n, event_from_fields(fields)) for n, fields in enumerate(GYM_EVENTS, start=1)]
-    report = ingest(store, connector.rules, events)
+    events = [(n, event_from_fields({**fields, "contact": names.get(fields["contact"], fields["contact"])}))
+              for n, fields in enumerate(GYM_EVENTS, start=1)]
+    with _faults_paused(connector.sandboxes.get("dataverse")):  # the events arrive; the runner meets the faults
+        report = ingest(store, connector.rules, events)
     drained = connector.runner.drain()
     while True:  # the actions a firing queued, and what they cascade into
         more = connector.runner.drain()
@@ -134,7 +138,8 @@ def run_gym(connector: Connector) -> GymResult:
             break
         drained.succeeded += more.succeeded
         drained.failed += more.failed
-    targets = [Target(kind=TargetKind(kind), id=record) for kind, record in GYM_RECORDS]
+    targets = [Target(kind=TargetKind(kind), id=names.get(record, record)) for kind, record in GYM_RECORDS]
+    prospect = names.get("C-1001", "C-1001")
     # What this run fired: firings caused by its events' jobs, and by the action jobs those queued (cascades).
     caused, firings, actions = set(report.queued), [], []
     for firing in sorted((f for t in targets for f in firings_of(store, t)), key=lambda f: f.at):
@@ -145,19 +150,25 @@ def run_gym(connector: Connector) -> GymResult:
             caused |= {job.id for job in queued}
     return GymResult(
         events=report, history={record_key(t): history_of(store, t) for t in targets}, firings=firings,
-        actions=actions, tasks=connector.crm.tasks("contact", "C-1001"),
-        fields=connector.crm.fields("contact", "C-1001", ["status"]), report=drained,
+        actions=actions, tasks=connector.crm.tasks("contact", prospect),
+        fields=connector.crm.fields("contact", prospect, [PROSPECT_FIELD[connector.settings.crm]]), report=drained,
         mails=[m for m in read_mailbox(mailbox_path(connector.settings.home))
                if m["job_id"] in {job.id for job in actions}],
     )
 
 
-def demo_rules(home: Path, webhook_url: str) -> Path:
+# Where the prospect's new status goes: a field of the local CRM; on Dynamics 365 a column every contact has.
+PROSPECT_FIELD = {"local": "status", "dataverse": "description"}
+
+
+def demo_rules(home: Path, webhook_url: str, crm: str = "local") -> Path:
     """The example rules file with a webhook to `webhook_url` on its hot-lead trigger (the last one), written to
-    <home>/demo-rules.toml for the demo to run with."""
+    <home>/demo-rules.toml for the demo to run with; on Dynamics 365 the status goes to a column contacts have."""
     path = home / "demo-rules.toml"
     home.mkdir(parents=True, exist_ok=True)
-    path.write_text(EXAMPLE_RULES.read_text(encoding="utf-8") + f"""
+    text = EXAMPLE_RULES.read_text(encoding="utf-8").replace(
+        'fields = { status = "Prospect" }', f'fields = {{ {PROSPECT_FIELD[crm]} = "Prospect" }}')
+    path.write_text(text + f"""
 # Added by the demo: the hot lead is also announced to a webhook receiver it runs on loopback.
 [[triggers.actions]]
 do = "webhook"

@@ -119,7 +119,7 @@ def _people(entity_set: str, logical: str, extra: Sequence[str]) -> EntityDef:
         entity_set=entity_set,
         logical_name=logical,
         key=f"{logical}id",
-        columns=frozenset(("emailaddress1", "telephone1", *extra)),
+        columns=frozenset(("emailaddress1", "telephone1", "description", *extra)),
         lookups=(_OWNER,),
         status_reasons={1: 0, 2: 1},
     )

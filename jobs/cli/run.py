@@ -76,7 +76,7 @@ def demo(
             # The gym of the product documents, unless the user has rules of their own; its hot-lead trigger also
             # sends a webhook, to a receiver the demo runs on loopback.
             receiver = stack.enter_context(WebhookReceiver(config.webhook.secret.get_secret_value()))
-            config = config.model_copy(update={"rules_file": demo_rules(config.home, receiver.url)})
+            config = config.model_copy(update={"rules_file": demo_rules(config.home, receiver.url, config.crm)})
         built = stack.enter_context(connector(config))
         result = run_demo(built)
         deliveries = receiver.received if receiver else []
@@ -103,9 +103,6 @@ def demo(
         if result.gym.actions:
             out().print("Action jobs the triggers queued:", markup=False)
             print_jobs(result.gym.actions)
-    elif config.crm == "dataverse":
-        out().print("The gym example of scoring rules and triggers runs with the local CRM: try `connector demo`.",
-                    markup=False)
     out().rule("Tags and scores on the platform, and timeline posts")
     for line in _record_lines(result):
         out().print(line, markup=False)
@@ -135,8 +132,9 @@ def _gym_lines(gym: GymResult) -> list[str]:
     lines += [f"  {iso(f.at)}  {f.trigger} fired for {f.record}: {f.tag} {f.before} -> {f.after} "
               f"(job {f.job_id})" for f in gym.firings] or ["  (nothing fired)"]
     lines += [f"Task for the owner of contact C-1001: {t.subject!r}, due {t.due}" for t in gym.tasks]
-    if gym.fields.get("status"):
-        lines.append(f"contact C-1001's status in the CRM: {gym.fields['status']}")
+    for name, value in gym.fields.items():
+        if value:
+            lines.append(f"contact C-1001's {name} in the CRM: {value}")
     return lines
 
 

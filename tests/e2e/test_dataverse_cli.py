@@ -15,11 +15,17 @@ def test_demo_with_dataverse_creates_rows_applies_them_and_posts_on_timelines(tm
     assert "dataverse on https://127.0.0.1:" in result.stderr
     assert "so their emulators run on loopback" in result.stderr
     assert "16 succeeded, 1 failed" in result.stdout  # every operation, Start Automation on the Spotler sandbox
-    assert "Newsletter=0, Product news=0, Webinar 2026=12" in result.stdout
+    assert "Newsletter=0, Nutrition Interest=3, Product news=0, Prospect=0, Webinar 2026=12" in result.stdout
     assert "Increased score Webinar 2026 by 10 (job " in result.stdout
+    # The gym on Dynamics 365: rows for the events' jobs and the actions, the record updated, a task for its owner.
+    assert "Nutrition prospect fired for contact:" in result.stdout
+    assert "contact C-1001's description in the CRM: Prospect" in result.stdout
+    assert "Task for the owner of contact C-1001: 'Call about the nutrition plan', due " in result.stdout
+    assert "Webhook received on loopback, signature verified: trigger 'Hot lead'" in result.stdout
     # The rows live in the sandbox Dataverse: the same job store lists them, statuses written back.
     listed = json.loads(connector("jobs", "list", "--json", "--limit", "50", cwd=tmp_path, env=DATAVERSE).stdout)
-    assert sorted(j["status"] for j in listed).count("succeeded") == 16
+    # The morning's 16, the gym's 6 rule jobs and its 7 trigger actions (the mail and the webhook among them).
+    assert sorted(j["status"] for j in listed).count("succeeded") == 16 + 6 + 7
     failed = [j for j in listed if j["status"] == "failed"]
     assert [j["result_code"] for j in failed] == ["INVALID_INPUT"]
     assert failed[0]["message"].startswith("Score is -5; Increase Score needs a number greater than 0.")
