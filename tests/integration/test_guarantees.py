@@ -1,0 +1,158 @@
+"""Guarantees that rest on one line each, each tested by its effect (scores, counts, status):
+
+- an increment whose timeline post is refused, then retried by hand, is applied once (`applied_at`);
+- a defect in a kind fails that job with INTERNAL_ERROR and no other;
+- a runner never holds more claimed jobs than it has free workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from config.settings import RetrySettings
+from connector.dataverse.crm import DataverseCrm
+from connector.sandbox.spotler import SpotlerSandbox
+from connector.spotler import SpotlerPlatform
+from jobs.executor import Executor
+from jobs.kinds import RunContext, RunsOn, registered, request_from_raw
+from jobs.model import JobRequest, JobStatus, Target
+from jobs.observe import Claimed, Event, Finished, Released
+from jobs.runner import Runner
+from jobs.store import Actor
+from jobs.store.sqlite import SqliteJobStore
+from tests.conftest import FakeClock
+from tests.integration.helpers import make_rig
+
+MISSING = "6f9a1c2e-0000-4000-8000-00000000abcd"
+
+
+def test_an_increment_whose_post_was_refused_is_applied_once_when_retried_by_hand(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, clock: FakeClock,
+    client: Any,
+) -> None:
+    # The contact exists on the platform, but not yet in the CRM: the change applies, the post is refused (404).
+    spotler_app.seed_contact(MISSING, "late@example.com")
+    executor = Executor(spotler, DataverseCrm(client), RetrySettings(), clock=clock, sleep=clock.sleep)
+    runner = Runner(store, executor, workers=2, clock=clock)
+    try:
+        (job,) = store.add([JobRequest.from_input(operation="increase_score", tags="Lead", score=5,
+                                                  target_kind="contact", target_id=MISSING)])
+        runner.drain()
+        failed = store.get(job.id)
+        assert (failed.status, failed.result_code) == (JobStatus.FAILED, "TIMELINE_FAILED")
+        assert spotler_app.scores(MISSING) == {"Lead": 5}
+        client.create("contacts", {"contactid": MISSING, "lastname": "Late"})  # someone fixes the CRM record
+        store.retry(job.id, Actor("ann", "cli"))
+        runner.drain()
+    finally:
+        runner.close()
+    done = store.get(job.id)
+    assert (done.status, done.result_code) == (JobStatus.SUCCEEDED, "OK")
+    assert spotler_app.scores(MISSING) == {"Lead": 5}  # the retry only posted: the +5 was not applied again
+    assert [p.job_id for p in DataverseCrm(client).timeline("contact", MISSING)] == [job.id]
+
+
+class Nothing(BaseModel):
+    pass
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind for these tests: `broken` raises a defect, `slow` waits until the test lets it go."""
+
+    name: str
+    gate: threading.Event | None = None
+    label: ClassVar[str] = "Test"
+    runs_on: ClassVar[RunsOn] = RunsOn.SERVICE
+    idempotent: ClassVar[bool] = True
+    posts_timeline: ClassVar[bool] = False
+    on_crm_form: ClassVar[bool] = False
+    payload_model: ClassVar[type[BaseModel]] = Nothing
+
+    def validate(self, fields: Mapping[str, Any], target: Target | None) -> Nothing:
+        return Nothing()
+
+    def raw(self, payload: Nothing) -> dict[str, Any]:
+        return {}
+
+    def keys(self, payload: Nothing, target: Target | None) -> list[str]:
+        return []  # no ordering: every job may run at once
+
+    def describe(self, payload: Nothing) -> str:
+        return self.name
+
+    def brief(self, payload: Nothing) -> str:
+        return self.name
+
+    def template_fields(self, payload: Nothing) -> dict[str, Any]:
+        return {"tags": "", "score": ""}
+
+    def to_json(self, payload: Nothing) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: RunContext) -> None:
+        if self.gate is None:
+            raise KeyError("a defect in a kind")
+        assert self.gate.wait(timeout=30)
+
+
+def test_a_defect_fails_only_its_own_job_with_internal_error(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+) -> None:
+    rig = make_rig(tmp_path, store, spotler, clock)
+    try:
+        with registered(Kind("broken")):
+            broken = store.add([request_from_raw({"operation": "broken"})])[0]
+            fine = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+            report = rig.drain()
+        assert (report.succeeded, report.failed) == (1, 1)
+        failed = store.get(broken.id)
+        assert (failed.status, failed.result_code) == (JobStatus.FAILED, "INTERNAL_ERROR")
+        assert "KeyError" in failed.message and "a defect" not in failed.message  # no internals for CRM users
+        assert store.get(fine.id).status is JobStatus.SUCCEEDED
+    finally:
+        rig.close()
+
+
+def test_a_runner_never_holds_more_claimed_jobs_than_free_workers(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+) -> None:
+    gate = threading.Event()
+    rig = make_rig(tmp_path, store, spotler, clock, workers=3)
+    held: set[str] = set()
+    most = 0
+    lock = threading.Lock()
+
+    def watch(event: Event) -> None:
+        nonlocal most
+        with lock:
+            if isinstance(event, Claimed):
+                held.add(event.job.id)
+                most = max(most, len(held))
+            elif isinstance(event, Finished | Released):
+                held.discard(event.job.id)
+
+    rig.executor.observer.subscribe(watch)
+    try:
+        with registered(Kind("slow", gate)):
+            store.add([request_from_raw({"operation": "slow"}) for _ in range(10)])
+            drainer = threading.Thread(target=rig.drain)
+            drainer.start()
+            for _ in range(200):  # let the drain loop try to claim while every worker is busy
+                if store.counts().get("running") == 3:
+                    break
+                threading.Event().wait(0.01)
+            assert store.counts() == {"running": 3, "pending": 7}
+            gate.set()
+            drainer.join(timeout=30)
+        assert store.counts() == {"succeeded": 10}
+        assert most == 3
+    finally:
+        gate.set()
+        rig.close()
