@@ -80,8 +80,14 @@ def test_remove_score_leaves_no_score_at_all(rig: Rig, platform_case: PlatformCa
 def test_jobs_on_one_key_apply_in_creation_order(rig: Rig, platform_case: PlatformCase) -> None:
     for score in (1, 2, 3, 4, 5, 6, 7, 8, 9, 42):
         rig.queue(operation="set_score", tags="Lead", score=score, target_id="C-2")
+    changes = [5, -2, 7, -1, 3, -4, 6, 1, -8, 2]
+    for delta in changes:
+        rig.queue(operation="increase_score" if delta > 0 else "decrease_score", tags="Engagement",
+                  score=abs(delta), target_id="C-2")
     rig.drain()
-    assert platform_case.scores("C-2") == {"Lead": 42}
+    assert platform_case.scores("C-2") == {"Lead": 42, "Engagement": sum(changes)}
+    # The platform's own log shows the order, which a final sum cannot.
+    assert [delta for tag, delta in platform_case.score_changes("C-2") if tag == "Engagement"] == changes
 
 
 def test_each_success_gets_exactly_one_timeline_post(rig: Rig) -> None:

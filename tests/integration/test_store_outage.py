@@ -64,11 +64,11 @@ def test_an_outcome_the_store_could_not_record_runs_again_after_the_lease(
     sandbox: DataverseSandbox, spotler_app: SpotlerSandbox, rig: tuple[str, Runner], clock: FakeClock
 ) -> None:
     contact, runner = rig
-    [job] = runner.store.add([JobRequest.from_input(operation="set_score", tags="Lead", score=7,
+    [job] = runner.store.add([JobRequest.from_input(operation="increase_score", tags="Lead", score=7,
                                                     target_kind="contact", target_id=contact)])
-    # The claim (a read and a $batch) and the mark "applied" pass; every write of the outcome fails. (A write
-    # that fails inside the attempt is retried with the attempt, like a platform error.)
-    sandbox.server.injector.script(None, None, None, *["500"] * STORE_WRITE_TRIES)
+    # The claim (a read and a $batch), the score read before the change and the mark "applied" pass; every write
+    # of the outcome fails. (A write that fails inside the attempt is retried with the attempt.)
+    sandbox.server.injector.script(None, None, None, None, *["500"] * STORE_WRITE_TRIES)
     first = runner.drain()
     assert (first.succeeded, first.failed) == (0, 0)
     assert runner.store.get(job.id).status is JobStatus.RUNNING  # leased, not lost, not failed
@@ -76,7 +76,9 @@ def test_an_outcome_the_store_could_not_record_runs_again_after_the_lease(
     second = runner.drain()
     assert second.succeeded == 1
     assert [a.outcome for a in runner.store.attempts(job.id)] == ["lease_expired", "succeeded"]
-    assert spotler_app.scores(contact) == {"Lead": 7}
+    # The increment ran once: the platform logged one change, and the score is the job's alone.
+    changes = [value for tag, what, value in spotler_app.changes_of(contact) if what == "score_changed"]
+    assert (changes, spotler_app.scores(contact)) == ([7], {"Lead": 7})
 
 
 def test_an_outcome_the_store_answers_late_is_offered_again_at_once(
