@@ -156,3 +156,29 @@ def test_a_runner_never_holds_more_claimed_jobs_than_free_workers(
     finally:
         gate.set()
         rig.close()
+
+
+def test_a_stop_mid_drain_lets_running_attempts_finish_and_leaves_the_rest_pending_untried(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+) -> None:
+    gate = threading.Event()
+    rig = make_rig(tmp_path, store, spotler, clock, workers=3)
+    try:
+        with registered(Kind("slow", gate)):
+            jobs = store.add([request_from_raw({"operation": "slow"}) for _ in range(8)])
+            drainer = threading.Thread(target=rig.drain)
+            drainer.start()
+            for _ in range(200):
+                if store.counts().get("running") == 3:
+                    break
+                threading.Event().wait(0.01)
+            rig.runner.request_stop()  # SIGTERM's handler does this
+            gate.set()
+            drainer.join(timeout=30)
+            assert not drainer.is_alive()
+        assert store.counts() == {"succeeded": 3, "pending": 5}  # the three running finished; nothing is running
+        untried = [store.get(j.id) for j in jobs if store.get(j.id).status is JobStatus.PENDING]
+        assert [(j.attempts, store.attempts(j.id)) for j in untried] == [(0, [])] * 5  # no attempt spent
+    finally:
+        gate.set()
+        rig.close()
