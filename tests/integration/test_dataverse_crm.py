@@ -10,6 +10,7 @@ import pytest
 from config.settings import RetrySettings
 from connector import errors
 from connector.dataverse.crm import DataverseCrm
+from connector.sandbox.server import Faults
 from connector.platform import Contact
 from jobs.app import make_observer
 from jobs.executor import Executor
@@ -256,3 +257,50 @@ def test_a_crossing_on_dynamics_365_updates_the_record_and_creates_the_owner_s_t
                              filter="cr_payload ne null"))
     assert len(rows) == 2 and {r["statuscode"] for r in rows} == {TABLE.status_reasons.succeeded}
     assert {json.loads(r["cr_origin"])["trigger"] for r in rows} == {"Prospect"}
+
+
+def test_two_runners_keep_each_key_s_order_through_set_increase_set_sequences(
+    client, sandbox, spotler_app, make_spotler, spotler_server, clock
+):
+    """Sets and increments do not commute: only creation order gives the final scores, and the platform's own log
+    shows the order each key's changes arrived in, whichever runner sent them."""
+    contacts = [make_record(client, lastname="Q")]  # two keys, many jobs each: runners would love to overlap them
+    for contact in contacts:
+        spotler_app.seed_contact(contact)
+    operations = {"set_score": 100000002, "increase_score": 100000003, "decrease_score": 100000004}
+    sequence = [("set_score", 10), ("increase_score", 5), ("set_score", 3), ("decrease_score", 2),
+                ("increase_score", 7), ("set_score", 1), ("increase_score", 4)]
+    expected: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for round_ in range(2 * len(sequence)):
+        for i, contact in enumerate(contacts):
+            for tag in ("Lead", "Engagement"):
+                operation, n = sequence[(round_ + i) % len(sequence)]
+                client.create(TABLE.entity_set, {"cr_operation": operations[operation], "cr_tags": tag, "cr_score": n,
+                                                 "cr_Contact@odata.bind": f"/contacts({contact})"})
+                logged = ("score_set", n) if operation == "set_score" else \
+                    ("score_changed", n if operation == "increase_score" else -n)
+                expected.setdefault((contact, tag), []).append(logged)
+
+    # Answers that take between 0 and 30 ms: two jobs of one key sent at once would overtake each other.
+    spotler_server.injector.faults = Faults(jitter_ms=30, seed=11)
+    runners = []
+    with client_for(sandbox) as second:
+        for dv in (client, second):
+            store = DataverseJobStore(dv, TABLE, clock=clock)
+            platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
+            executor = Executor(platform, DataverseCrm(dv), RetrySettings(), clock=clock, sleep=clock.sleep)
+            runners.append(Runner(store, executor, workers=4, lease_seconds=300, clock=clock))
+        threads = [threading.Thread(target=runner.drain) for runner in runners]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for runner in runners:
+            runner.close()
+    spotler_server.injector.faults = Faults()
+
+    assert DataverseJobStore(client, TABLE).counts() == {"succeeded": 28}
+    for (contact, tag), changes in expected.items():
+        log = [(what, value) for logged_tag, what, value in spotler_app.changes_of(contact)
+               if logged_tag == tag and what in ("score_set", "score_changed")]
+        assert log == changes, (contact, tag)
