@@ -10,8 +10,8 @@ import pytest
 from config.settings import RetrySettings
 from connector import errors
 from connector.dataverse.crm import DataverseCrm
-from connector.sandbox.server import Faults
 from connector.platform import Contact
+from connector.sandbox.server import Faults
 from jobs.app import make_observer
 from jobs.executor import Executor
 from jobs.model import JobStatus, Target, TargetKind
