@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
 
 from config.settings import RetrySettings
 from connector.localcrm import LocalCrm
 from connector.platform import Platform
 from jobs.app import make_observer
 from jobs.executor import Executor
-from jobs.model import Job, JobRequest
+from jobs.kinds import RunContext, RunsOn
+from jobs.model import Job, JobRequest, Target
 from jobs.runner import DrainReport, Runner
 from jobs.scoring.rules import RuleSet
 from jobs.store.sqlite import SqliteJobStore
@@ -46,3 +51,51 @@ def make_rig(tmp_path: Path, store: SqliteJobStore, platform: Platform, clock: F
                         observer=make_observer(rules or RuleSet(), store, clock))
     runner = Runner(store, executor, workers=workers, lease_seconds=lease_seconds, clock=clock)
     return Rig(store, crm, executor, runner, clock)
+
+
+class Nothing(BaseModel):
+    pass
+
+
+@dataclass(frozen=True)
+class TestKind:
+    """A kind registered by a test (`jobs.kinds.registered`): it runs until `gate` is set, or, without a gate,
+    raises a defect. `key` orders its jobs like any key; None lets them all run at once."""
+
+    __test__ = False  # not a test class, whatever pytest's name rules say
+
+    name: str
+    gate: threading.Event | None = None
+    key: str | None = None
+    label: ClassVar[str] = "Test"
+    runs_on: ClassVar[RunsOn] = RunsOn.SERVICE
+    idempotent: ClassVar[bool] = True
+    posts_timeline: ClassVar[bool] = False
+    on_crm_form: ClassVar[bool] = False
+    payload_model: ClassVar[type[BaseModel]] = Nothing
+
+    def validate(self, fields: Mapping[str, Any], target: Target | None) -> Nothing:
+        return Nothing()
+
+    def raw(self, payload: Nothing) -> dict[str, Any]:
+        return {}
+
+    def keys(self, payload: Nothing, target: Target | None) -> list[str]:
+        return [] if self.key is None else [self.key]
+
+    def describe(self, payload: Nothing) -> str:
+        return self.name
+
+    def brief(self, payload: Nothing) -> str:
+        return self.name
+
+    def template_fields(self, payload: Nothing) -> dict[str, Any]:
+        return {"tags": "", "score": ""}
+
+    def to_json(self, payload: Nothing) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: RunContext) -> None:
+        if self.gate is None:
+            raise KeyError("a defect in a kind")
+        assert self.gate.wait(timeout=60)

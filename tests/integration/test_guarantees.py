@@ -8,26 +8,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import BaseModel
+from typing import Any
 
 from config.settings import RetrySettings
 from connector.dataverse.crm import DataverseCrm
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
 from jobs.executor import Executor
-from jobs.kinds import RunContext, RunsOn, registered, request_from_raw
-from jobs.model import JobRequest, JobStatus, Target
+from jobs.kinds import registered, request_from_raw
+from jobs.model import JobRequest, JobStatus
 from jobs.observe import Claimed, Event, Finished, Released
 from jobs.runner import Runner
 from jobs.store import Actor
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
-from tests.integration.helpers import make_rig
+from tests.integration.helpers import TestKind, make_rig
 
 MISSING = "6f9a1c2e-0000-4000-8000-00000000abcd"
 
@@ -58,56 +54,12 @@ def test_an_increment_whose_post_was_refused_is_applied_once_when_retried_by_han
     assert [p.job_id for p in DataverseCrm(client).timeline("contact", MISSING)] == [job.id]
 
 
-class Nothing(BaseModel):
-    pass
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A kind for these tests: `broken` raises a defect, `slow` waits until the test lets it go."""
-
-    name: str
-    gate: threading.Event | None = None
-    label: ClassVar[str] = "Test"
-    runs_on: ClassVar[RunsOn] = RunsOn.SERVICE
-    idempotent: ClassVar[bool] = True
-    posts_timeline: ClassVar[bool] = False
-    on_crm_form: ClassVar[bool] = False
-    payload_model: ClassVar[type[BaseModel]] = Nothing
-
-    def validate(self, fields: Mapping[str, Any], target: Target | None) -> Nothing:
-        return Nothing()
-
-    def raw(self, payload: Nothing) -> dict[str, Any]:
-        return {}
-
-    def keys(self, payload: Nothing, target: Target | None) -> list[str]:
-        return []  # no ordering: every job may run at once
-
-    def describe(self, payload: Nothing) -> str:
-        return self.name
-
-    def brief(self, payload: Nothing) -> str:
-        return self.name
-
-    def template_fields(self, payload: Nothing) -> dict[str, Any]:
-        return {"tags": "", "score": ""}
-
-    def to_json(self, payload: Nothing) -> dict[str, Any]:
-        return {}
-
-    def run(self, ctx: RunContext) -> None:
-        if self.gate is None:
-            raise KeyError("a defect in a kind")
-        assert self.gate.wait(timeout=30)
-
-
 def test_a_defect_fails_only_its_own_job_with_internal_error(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
 ) -> None:
     rig = make_rig(tmp_path, store, spotler, clock)
     try:
-        with registered(Kind("broken")):
+        with registered(TestKind("broken")):
             broken = store.add([request_from_raw({"operation": "broken"})])[0]
             fine = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
             report = rig.drain()
@@ -140,7 +92,7 @@ def test_a_runner_never_holds_more_claimed_jobs_than_free_workers(
 
     rig.executor.observer.subscribe(watch)
     try:
-        with registered(Kind("slow", gate)):
+        with registered(TestKind("slow", gate)):
             store.add([request_from_raw({"operation": "slow"}) for _ in range(10)])
             drainer = threading.Thread(target=rig.drain)
             drainer.start()
@@ -164,7 +116,7 @@ def test_a_stop_mid_drain_lets_running_attempts_finish_and_leaves_the_rest_pendi
     gate = threading.Event()
     rig = make_rig(tmp_path, store, spotler, clock, workers=3)
     try:
-        with registered(Kind("slow", gate)):
+        with registered(TestKind("slow", gate)):
             jobs = store.add([request_from_raw({"operation": "slow"}) for _ in range(8)])
             drainer = threading.Thread(target=rig.drain)
             drainer.start()

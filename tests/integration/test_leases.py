@@ -9,65 +9,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import BaseModel
 
 from config.settings import RetrySettings
 from connector.localcrm import LocalCrm
 from connector.spotler import SpotlerPlatform
 from jobs.executor import Executor
-from jobs.kinds import RunContext, RunsOn, registered, request_from_raw
-from jobs.model import Target
+from jobs.kinds import registered, request_from_raw
 from jobs.runner import Runner
 from jobs.store.sqlite import SqliteJobStore
+from tests.integration.helpers import TestKind
 
 LEASE = 2.0
-
-
-class Nothing(BaseModel):
-    pass
-
-
-@dataclass(frozen=True)
-class Held:
-    """A job that runs until the test lets it go."""
-
-    gate: threading.Event
-    name: ClassVar[str] = "held"
-    label: ClassVar[str] = "Held"
-    runs_on: ClassVar[RunsOn] = RunsOn.SERVICE
-    idempotent: ClassVar[bool] = True
-    posts_timeline: ClassVar[bool] = False
-    on_crm_form: ClassVar[bool] = False
-    payload_model: ClassVar[type[BaseModel]] = Nothing
-
-    def validate(self, fields: Mapping[str, Any], target: Target | None) -> Nothing:
-        return Nothing()
-
-    def raw(self, payload: Nothing) -> dict[str, Any]:
-        return {}
-
-    def keys(self, payload: Nothing, target: Target | None) -> list[str]:
-        return ["held"]
-
-    def describe(self, payload: Nothing) -> str:
-        return "held"
-
-    def brief(self, payload: Nothing) -> str:
-        return "held"
-
-    def template_fields(self, payload: Nothing) -> dict[str, Any]:
-        return {"tags": "", "score": ""}
-
-    def to_json(self, payload: Nothing) -> dict[str, Any]:
-        return {}
-
-    def run(self, ctx: RunContext) -> None:
-        assert self.gate.wait(timeout=60)
 
 
 def test_leases_are_renewed_for_as_long_as_a_claimed_job_runs_even_outside_a_drain(
@@ -80,7 +33,7 @@ def test_leases_are_renewed_for_as_long_as_a_claimed_job_runs_even_outside_a_dra
     crm = LocalCrm(tmp_path / "timeline.db")
     runner = Runner(store, Executor(spotler, crm, RetrySettings()), workers=1, lease_seconds=LEASE)
     try:
-        with registered(Held(gate)):
+        with registered(TestKind("held", gate, key="held")):
             (job,) = store.add([request_from_raw({"operation": "held"})])
             assert len(runner.tick()) == 1  # claimed and running, no drain around it
             first = store.get(job.id).lease_expires_at
