@@ -25,6 +25,24 @@ from tests.integration.dataverse_env import TABLE, client_for, make_record
 JOB = "5d3a0b7e9c21"
 
 
+def drain_with_two_runners(client, sandbox, make_spotler, spotler_server, clock) -> None:
+    """Two runners, each with its own Dataverse client (as two hosts would), drain the job table at once."""
+    runners = []
+    with client_for(sandbox) as second:
+        for dv in (client, second):
+            store = DataverseJobStore(dv, TABLE, clock=clock)
+            platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
+            executor = Executor(platform, DataverseCrm(dv), RetrySettings(), clock=clock, sleep=clock.sleep)
+            runners.append(Runner(store, executor, workers=4, lease_seconds=300, clock=clock))
+        threads = [threading.Thread(target=runner.drain) for runner in runners]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for runner in runners:
+            runner.close()
+
+
 @pytest.mark.parametrize("kind", ["contact", "lead", "account"])
 def test_a_post_is_written_once_per_job_even_when_retried(client, kind):
     record = make_record(client, kind)
@@ -131,20 +149,7 @@ def test_two_runners_on_one_table_apply_each_job_once(client, sandbox, spotler_a
         client.create(TABLE.entity_set, row)
     changes_before = spotler_app.change_count()
 
-    runners = []
-    with client_for(sandbox) as second:
-        for dv in (client, second):
-            store = DataverseJobStore(dv, TABLE, clock=clock)
-            platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
-            executor = Executor(platform, DataverseCrm(dv), RetrySettings(), clock=clock, sleep=clock.sleep)
-            runners.append(Runner(store, executor, workers=4, lease_seconds=300, clock=clock))
-        threads = [threading.Thread(target=runner.drain) for runner in runners]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        for runner in runners:
-            runner.close()
+    drain_with_two_runners(client, sandbox, make_spotler, spotler_server, clock)
 
     # Increments are not idempotent: each applied twice would show in the scores and the change log.
     assert spotler_app.change_count() - changes_before == 24
@@ -283,20 +288,7 @@ def test_two_runners_keep_each_key_s_order_through_set_increase_set_sequences(
 
     # Answers that take between 0 and 30 ms: two jobs of one key sent at once would overtake each other.
     spotler_server.injector.faults = Faults(jitter_ms=30, seed=11)
-    runners = []
-    with client_for(sandbox) as second:
-        for dv in (client, second):
-            store = DataverseJobStore(dv, TABLE, clock=clock)
-            platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
-            executor = Executor(platform, DataverseCrm(dv), RetrySettings(), clock=clock, sleep=clock.sleep)
-            runners.append(Runner(store, executor, workers=4, lease_seconds=300, clock=clock))
-        threads = [threading.Thread(target=runner.drain) for runner in runners]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        for runner in runners:
-            runner.close()
+    drain_with_two_runners(client, sandbox, make_spotler, spotler_server, clock)
     spotler_server.injector.faults = Faults()
 
     assert DataverseJobStore(client, TABLE).counts() == {"succeeded": 28}
