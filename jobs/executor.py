@@ -5,8 +5,8 @@ A job runs in two phases, each remembered on the job so that a retry never repea
 2. *post*: one line on the target's timeline (`posted_at` once done), for kinds that post.
 
 Transient errors are retried with tenacity: short waits happen inside the attempt (the lease is renewed
-meanwhile); a wait longer than `inline_wait_max` puts the job back to pending with `next_attempt_at`. Permanent
-errors fail the job at once. Every try is recorded as an attempt.
+meanwhile); a wait longer than `inline_wait_max` puts the job back to pending with `next_attempt_at`, and so does a
+stop during a wait, with what is left of it. Permanent errors fail the job at once. Every try is recorded as an attempt.
 
 The executor knows no kind: the handler (`jobs.kinds`) applies the change through a `RunContext`, which gives it
 the platform, the CRM, the outside services, and a durable place for what it observed before changing anything
@@ -283,11 +283,13 @@ class Executor:
         self._sleep(delay)
 
     def _inline_sleep(self, delay: float) -> None:
-        if delay > self.policy.inline_wait_max or self.stop.is_set():
+        if delay > self.policy.inline_wait_max:
             raise RetryLater(delay)
-        self._sleep(delay)
+        started = self._clock()
+        self._sleep(delay)  # returns at once when a stop is requested, before or during the wait
         if self.stop.is_set():
-            raise RetryLater(0.0)
+            # The job goes back with what is left of its wait: a stop does not shorten a Retry-After.
+            raise RetryLater(max(0.0, delay - (self._clock() - started)))
 
 
 @dataclass

@@ -31,6 +31,12 @@ SPOTLER_SECRET = "test-consumer-secret-7f3a9"
 MAUTIC_USER = "test-user"
 MAUTIC_PASSWORD = "test-password-5c2e1"
 MAUTIC_CONTACT_FIELD = "crm_id"
+# The read timeout of the platforms the fixtures make: far above what a loopback answer takes on a loaded machine,
+# so an answer is never late by accident. A test that injects a "timeout" fault makes the sandbox hold the request
+# for HANG, over five times longer, so the fault is always a timeout for the client and never a late answer (a held
+# request ends when its server stops, so HANG costs nothing).
+READ_TIMEOUT = 1.5
+HANG = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +129,7 @@ def make_spotler() -> Iterator[Callable[..., SpotlerPlatform]]:
 def spotler(
     spotler_server: SandboxServer, make_spotler: Callable[..., SpotlerPlatform], clock: FakeClock
 ) -> SpotlerPlatform:
-    return make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock, read_timeout=0.5)
+    return make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock, read_timeout=READ_TIMEOUT)
 
 
 @pytest.fixture
@@ -163,7 +169,7 @@ def make_mautic() -> Iterator[Callable[..., MauticPlatform]]:
 def mautic_platform(
     mautic_server: SandboxServer, make_mautic: Callable[..., MauticPlatform], clock: FakeClock
 ) -> MauticPlatform:
-    return make_mautic(mautic_server.url, clock=clock, read_timeout=0.5)
+    return make_mautic(mautic_server.url, clock=clock, read_timeout=READ_TIMEOUT)
 
 
 @dataclass

@@ -38,18 +38,15 @@ from connector.spotler import SpotlerPlatform
 from jobs.model import Target, TargetKind
 from jobs.scoring.history import history_of, scores_of
 from jobs.store.sqlite import SqliteJobStore
-from tests.conftest import FakeClock, PlatformCase
+from tests.conftest import HANG, READ_TIMEOUT, FakeClock, PlatformCase
 from tests.integration.helpers import Rig, make_rig
 
 JOBS = 1000
 CONTACTS = 50
 TAGS = ("Lead", "Engagement")
-# The client gives up on an answer after READ_TIMEOUT; the sandbox holds an unanswered request for HANG, so a
-# "timeout" fault is always a timeout for the client and never a late answer. READ_TIMEOUT stays well above what
-# a normal answer can take on a loaded machine: a normal answer arriving after the client gave up would be a
-# change applied behind the read-back, which is the documented limit of the guarantee, not what this tests.
-READ_TIMEOUT = 1.5
-HANG = 1.6
+# READ_TIMEOUT stays well above what a normal answer can take on a loaded machine: a normal answer arriving after
+# the client gave up would be a change applied behind the read-back, which is the documented limit of the
+# guarantee, not what this tests. HANG keeps every "timeout" fault a timeout, never a late answer.
 # 30 % of requests get a fault (drops apply to changes only: a dropped read is just a reset). Timeouts are the
 # only fault that costs real time, so they are the rarest.
 FAULTS = Faults(

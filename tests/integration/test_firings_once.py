@@ -31,12 +31,12 @@ from jobs.scoring.rules import RuleSet, load_rules
 from jobs.scoring.triggers import firings_of
 from jobs.store import JobFilter
 from jobs.store.sqlite import SqliteJobStore
-from tests.conftest import FakeClock
+from tests.conftest import HANG, READ_TIMEOUT, FakeClock
 
 CONTACTS = 20
 JOBS = 300
 FAULTS = Faults(throttle_rate=0.06, retry_after=1, error_rate=0.11, reset_rate=0.05, timeout_rate=0.01,
-                drop_rate=0.07, hang_seconds=1.6, seed=20261206)
+                drop_rate=0.07, hang_seconds=HANG, seed=20261206)
 RULES = """
 [[triggers]]
 name = "Ten"
@@ -94,7 +94,7 @@ def test_every_crossing_fires_once_through_faults_and_two_runners(
     for name in ("runner-a", "runner-b"):
         store = SqliteJobStore(tmp_path / "jobs.db", clock=clock)
         crm = LocalCrm(tmp_path / "timeline.db")
-        platform = make_spotler(hostile.url + "/integrationservice-1.1.0", clock=clock, read_timeout=1.5,
+        platform = make_spotler(hostile.url + "/integrationservice-1.1.0", clock=clock, read_timeout=READ_TIMEOUT,
                                 pool_size=8)
         executor = Executor(platform, crm, retry, clock=clock, sleep=clock.sleep,
                             observer=make_observer(rules, store, clock))

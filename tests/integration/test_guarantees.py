@@ -2,7 +2,8 @@
 
 - an increment whose timeline post is refused, then retried by hand, is applied once (`applied_at`);
 - a defect in a kind fails that job with INTERNAL_ERROR and no other;
-- a runner never holds more claimed jobs than it has free workers.
+- a runner never holds more claimed jobs than it has free workers;
+- a stop, mid-drain or during an inline backoff, leaves nothing running and spends no attempt.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 
 from config.settings import RetrySettings
 from connector.dataverse.crm import DataverseCrm
+from connector.localcrm import LocalCrm
+from connector.sandbox.server import SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
 from jobs.executor import Executor
 from jobs.kinds import registered, request_from_raw
 from jobs.model import JobRequest, JobStatus
-from jobs.observe import Claimed, Event, Finished, Released
+from jobs.observe import AttemptEnded, Claimed, Event, Finished, Released
 from jobs.runner import Runner
 from jobs.store import Actor
 from jobs.store.sqlite import SqliteJobStore
@@ -134,3 +137,50 @@ def test_a_stop_mid_drain_lets_running_attempts_finish_and_leaves_the_rest_pendi
     finally:
         gate.set()
         rig.close()
+
+
+def test_a_stop_during_an_inline_backoff_puts_the_job_back_to_pending_without_another_attempt(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer,
+    spotler_app: SpotlerSandbox, clock: FakeClock,
+) -> None:
+    # The backoff really waits here (on the stop event, as in production): only a stop can end it within the test.
+    retry = RetrySettings(backoff_initial=300, inline_wait_max=600, jitter=0)
+    crm = LocalCrm(tmp_path / "timeline.db")
+    executor = Executor(spotler, crm, retry, clock=clock)
+    waiting = threading.Semaphore(0)
+    executor.observer.subscribe(
+        lambda event: waiting.release() if isinstance(event, AttemptEnded) and event.attempt.outcome == "retrying"
+        else None)
+    runner = Runner(store, executor, workers=2, lease_seconds=30, clock=clock)
+    jobs = store.add([JobRequest.from_input(operation="increase_score", tags="Lead", score=5, target_kind="contact",
+                                            target_id=f"C-{n}") for n in (1, 2, 3)])
+    spotler_server.injector.script("503", "503")  # the first request of each of the two claimed jobs
+    drainer = threading.Thread(target=runner.drain)
+    try:
+        drainer.start()
+        assert waiting.acquire(timeout=30) and waiting.acquire(timeout=30)  # both wait out a 300 s backoff
+        runner.request_stop()
+        drainer.join(timeout=30)
+        assert not drainer.is_alive()
+    finally:
+        runner.close()
+
+    assert store.counts() == {"pending": 1, "retrying": 2}  # nothing left running, nothing failed
+    tried = [store.get(j.id) for j in jobs if store.attempts(j.id)]
+    assert len(tried) == 2
+    for job in tried:  # the refused attempt is the only one: the stop spent none
+        assert (job.status, job.attempts) == (JobStatus.PENDING, 1)
+        assert [(a.outcome, a.result_code) for a in store.attempts(job.id)] == [("retrying", "UNAVAILABLE")]
+        assert job.next_attempt_at == clock() + 300  # the stop does not shorten the backoff
+        assert job.lease_owner is None
+    assert {spotler_app.scores(f"C-{n}").get("Lead") for n in (1, 2, 3)} == {None}  # nothing applied yet
+
+    rig = make_rig(tmp_path, store, spotler, clock)
+    try:
+        assert rig.drain().succeeded == 1
+        clock.advance(300)
+        assert rig.drain().succeeded == 2
+    finally:
+        rig.close()
+        crm.close()
+    assert [spotler_app.scores(f"C-{n}")["Lead"] for n in (1, 2, 3)] == [5, 5, 5]  # applied once each

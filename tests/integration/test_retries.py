@@ -14,7 +14,7 @@ from connector.spotler import SpotlerPlatform
 from jobs.model import JobStatus
 from jobs.store import Actor
 from jobs.store.sqlite import SqliteJobStore
-from tests.conftest import FakeClock
+from tests.conftest import HANG, FakeClock
 from tests.integration.helpers import Rig, make_rig
 
 
@@ -54,7 +54,7 @@ def test_server_errors_and_resets_are_retried_with_backoff(
 def test_a_response_that_never_comes_is_retried(
     rig: Rig, spotler_server: SandboxServer, spotler_app: SpotlerSandbox
 ) -> None:
-    spotler_server.injector.faults = Faults(hang_seconds=1.0)  # the client gives up after 0.5 s
+    spotler_server.injector.faults = Faults(hang_seconds=HANG)  # the client gives up after READ_TIMEOUT
     spotler_server.injector.script("timeout")
     job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
     assert rig.drain().succeeded == 1

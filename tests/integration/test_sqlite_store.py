@@ -1,8 +1,8 @@
 """What only the SQLite store has: its transactions, its query plans, runners in separate processes on one file,
 a killed process, and a file locked by someone else. Every guarantee of the store contract is in `tests/contract`.
 
-Time is a FakeClock except where a real process has to die or race: those tests use the real clock and a real
-(short) lease, never a sleep for backoff.
+Time is a FakeClock. Runners in separate processes take their leases on the real clock; the test reads the file
+through a FakeClock set on either side of those leases, so no sleep races a lease.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from jobs.model import Attempt, Job, JobRequest, JobStatus
 from jobs.store import Actor, Outcome
 from jobs.store.sqlite import CLAIM, EXPIRED_LEASES, SqliteJobStore
+from tests.conftest import FakeClock
 
 LEASE = 30.0
 
@@ -240,33 +241,35 @@ def _claim_and_die(path: str, owner: str, lease: float) -> None:
 
 def test_the_jobs_of_a_killed_runner_come_back_when_its_lease_expires(open_store, tmp_path) -> None:
     path = tmp_path / "jobs.db"
-    store = open_store(path)  # the real clock, as the dying process has
+    now = time.time()
+    clock = FakeClock(now)  # the survivor's clock; the dying process takes its lease on the real one
+    store = open_store(path, clock=clock)
     first, other = store.add([req("set_score", "Lead", 1, target="C-1"), req("set_score", "Lead", 1, target="C-2")])
     (behind,) = store.add([req("increase_score", "Lead", 2, target="C-1")])
 
-    proc = multiprocessing.get_context("spawn").Process(target=_claim_and_die, args=(str(path), "doomed", 1.0))
+    proc = multiprocessing.get_context("spawn").Process(target=_claim_and_die, args=(str(path), "doomed", LEASE))
     proc.start()
-    proc.join(timeout=30)
+    proc.join(timeout=60)
     assert proc.exitcode == 17
     proc.close()
 
     held = [store.get(j.id) for j in (first, other)]
     assert [(j.status, j.lease_owner) for j in held] == [(JobStatus.RUNNING, "doomed")] * 2
-    assert store.claim("survivor", 10, 30) == []  # leases still held; `behind` waits for `first`
-
     expires = max(j.lease_expires_at or 0 for j in held)
-    pause = max(0.0, expires - time.time()) + 0.05
-    assert pause < 1.5
-    time.sleep(pause)
+    assert now < expires <= time.time() + LEASE  # the lease the process took, on the real clock
 
-    back = store.claim("survivor", 10, 30)
+    clock.now = expires - 0.001
+    assert store.claim("survivor", 10, LEASE) == []  # leases still held; `behind` waits for `first`
+
+    clock.now = expires + 0.001
+    back = store.claim("survivor", 10, LEASE)
     assert ids(back) == [first.id, other.id]
     for job in back:
         assert (job.lease_owner, job.attempts) == ("survivor", 1)
         assert [a.outcome for a in store.attempts(job.id)] == ["lease_expired"]
         assert "doomed" in store.attempts(job.id)[0].message
     succeed(store, "survivor", first.id)
-    assert ids(store.claim("survivor", 10, 30)) == [behind.id]
+    assert ids(store.claim("survivor", 10, LEASE)) == [behind.id]
 
 
 def test_a_file_locked_by_someone_else_is_a_transient_store_error(tmp_path, clock) -> None:
