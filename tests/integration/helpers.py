@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +42,14 @@ class Rig:
     def close(self) -> None:
         self.runner.close()
         self.crm.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; a machine too busy to get there in `timeout` fails the test, saying what."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.01)
 
 
 def make_rig(tmp_path: Path, store: SqliteJobStore, platform: Platform, clock: FakeClock,

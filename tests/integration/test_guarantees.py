@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from config.settings import RetrySettings
 from connector.dataverse.crm import DataverseCrm
 from connector.localcrm import LocalCrm
@@ -21,12 +23,12 @@ from connector.spotler import SpotlerPlatform
 from jobs.executor import Executor
 from jobs.kinds import registered, request_from_raw
 from jobs.model import JobRequest, JobStatus
-from jobs.observe import AttemptEnded, Claimed, Event, Finished, Released
+from jobs.observe import AttemptEnded, AttemptStarted, Claimed, Event, Finished, Released
 from jobs.runner import Runner
 from jobs.store import Actor
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
-from tests.integration.helpers import TestKind, make_rig
+from tests.integration.helpers import TestKind, make_rig, wait_until
 
 MISSING = "6f9a1c2e-0000-4000-8000-00000000abcd"
 
@@ -76,7 +78,7 @@ def test_a_defect_fails_only_its_own_job_with_internal_error(
 
 
 def test_a_runner_never_holds_more_claimed_jobs_than_free_workers(
-    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = threading.Event()
     rig = make_rig(tmp_path, store, spotler, clock, workers=3)
@@ -94,15 +96,24 @@ def test_a_runner_never_holds_more_claimed_jobs_than_free_workers(
                 held.discard(event.job.id)
 
     rig.executor.observer.subscribe(watch)
+    ticks = [0]
+    tick = rig.runner.tick
+
+    def counted() -> Any:
+        ticks[0] += 1
+        return tick()
+
+    monkeypatch.setattr(rig.runner, "tick", counted)
     try:
         with registered(TestKind("slow", gate)):
             store.add([request_from_raw({"operation": "slow"}) for _ in range(10)])
             drainer = threading.Thread(target=rig.drain)
             drainer.start()
-            for _ in range(200):  # let the drain loop try to claim while every worker is busy
-                if store.counts().get("running") == 3:
-                    break
-                threading.Event().wait(0.01)
+            wait_until(lambda: store.counts().get("running") == 3, "three jobs running")
+            # The drain loop goes on ticking while every worker is busy: two more ticks, one of them wholly after
+            # the third claim, had their chance to claim.
+            seen = ticks[0]
+            wait_until(lambda: ticks[0] >= seen + 2, "two more ticks")
             assert store.counts() == {"running": 3, "pending": 7}
             gate.set()
             drainer.join(timeout=30)
@@ -118,15 +129,14 @@ def test_a_stop_mid_drain_lets_running_attempts_finish_and_leaves_the_rest_pendi
 ) -> None:
     gate = threading.Event()
     rig = make_rig(tmp_path, store, spotler, clock, workers=3)
+    started: list[str] = []
+    rig.executor.observer.subscribe(lambda e: started.append(e.job.id) if isinstance(e, AttemptStarted) else None)
     try:
         with registered(TestKind("slow", gate)):
             jobs = store.add([request_from_raw({"operation": "slow"}) for _ in range(8)])
             drainer = threading.Thread(target=rig.drain)
             drainer.start()
-            for _ in range(200):
-                if store.counts().get("running") == 3:
-                    break
-                threading.Event().wait(0.01)
+            wait_until(lambda: len(started) == 3, "three attempts started")
             rig.runner.request_stop()  # SIGTERM's handler does this
             gate.set()
             drainer.join(timeout=30)
@@ -137,6 +147,31 @@ def test_a_stop_mid_drain_lets_running_attempts_finish_and_leaves_the_rest_pendi
     finally:
         gate.set()
         rig.close()
+
+
+def test_jobs_claimed_but_not_yet_started_when_a_stop_comes_are_given_back_untried(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+) -> None:
+    rig = make_rig(tmp_path, store, spotler, clock, workers=3)
+    released: list[str] = []
+
+    def stop_on_claim(event: Event) -> None:
+        if isinstance(event, Claimed):
+            rig.runner.request_stop()  # a SIGTERM between the claim and the workers' start
+        elif isinstance(event, Released):
+            released.append(event.job.id)
+
+    rig.executor.observer.subscribe(stop_on_claim)
+    try:
+        with registered(TestKind("quick", threading.Event())):
+            jobs = store.add([request_from_raw({"operation": "quick"}) for _ in range(5)])
+            assert rig.drain().succeeded == 0
+    finally:
+        rig.close()
+    assert store.counts() == {"pending": 5}  # nothing running, nothing run
+    assert sorted(released) == sorted(j.id for j in jobs[:3])  # the three claimed ones, given back
+    assert [(store.get(j.id).attempts, store.get(j.id).lease_owner, store.attempts(j.id)) for j in jobs] == \
+        [(0, None, [])] * 5
 
 
 def test_a_stop_during_an_inline_backoff_puts_the_job_back_to_pending_without_another_attempt(
