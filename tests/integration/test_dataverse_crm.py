@@ -14,7 +14,7 @@ from connector.platform import Contact
 from connector.sandbox.server import Faults
 from jobs.app import make_observer
 from jobs.executor import Executor
-from jobs.model import JobStatus, Target, TargetKind
+from jobs.model import JobRequest, JobStatus, Target, TargetKind
 from jobs.runner import Runner
 from jobs.scoring.history import history_of
 from jobs.scoring.rules import load_rules
@@ -296,3 +296,42 @@ def test_two_runners_keep_each_key_s_order_through_set_increase_set_sequences(
         log = [(what, value) for logged_tag, what, value in spotler_app.changes_of(contact)
                if logged_tag == tag and what in ("score_set", "score_changed")]
         assert log == changes, (contact, tag)
+
+
+def _drain_one_add_tag(client, sandbox, store, spotler_app, make_spotler, spotler_server, clock,
+                       faults: tuple[str | None, ...] = ()) -> tuple[str, str, int]:
+    """Queue one Add Tag on a new Dynamics 365 contact (SQLite jobs, Dataverse timeline) and drain it, the
+    Dataverse sandbox answering the drain's first requests with `faults`. Returns the job, the contact and the
+    number of requests the drain sent to Dataverse."""
+    contact = make_record(client)
+    spotler_app.seed_contact(contact)
+    [job] = store.add([JobRequest.from_input(operation="add_tag", tags="Webinar", target_kind="contact",
+                                             target_id=contact)])
+    platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
+    runner = Runner(store, Executor(platform, DataverseCrm(client), RetrySettings(), clock=clock, sleep=clock.sleep),
+                    workers=1, lease_seconds=30, clock=clock)
+    sandbox.server.injector.script(*faults)
+    sent = client.session.requests_sent
+    try:
+        assert runner.drain().succeeded == 1
+    finally:
+        runner.close()
+    return job.id, contact, client.session.requests_sent - sent
+
+
+def test_a_first_post_is_one_request_and_marks_the_job_posted(client, sandbox, store, spotler_app, make_spotler,
+                                                               spotler_server, clock):
+    job_id, contact, sent = _drain_one_add_tag(client, sandbox, store, spotler_app, make_spotler, spotler_server,
+                                               clock)
+    assert sent == 1  # the note's POST: a first try never looks for one
+    assert len(DataverseCrm(client).timeline("contact", contact)) == 1
+    assert store.get(job_id).posted_at == clock.now
+
+
+def test_a_post_whose_answer_was_lost_is_not_written_again_when_retried(client, sandbox, store, spotler_app,
+                                                                       make_spotler, spotler_server, clock):
+    # The note is written, then the connection drops before the answer.
+    job_id, contact, _ = _drain_one_add_tag(client, sandbox, store, spotler_app, make_spotler, spotler_server,
+                                            clock, faults=("drop",))
+    assert [post.job_id for post in DataverseCrm(client).timeline("contact", contact)] == [job_id]
+    assert [a.outcome for a in store.attempts(job_id)] == ["retrying", "succeeded"]

@@ -46,7 +46,10 @@ def test_an_increment_whose_post_was_refused_is_applied_once_when_retried_by_han
                                                   target_kind="contact", target_id=MISSING)])
         runner.drain()
         failed = store.get(job.id)
-        assert (failed.status, failed.result_code) == (JobStatus.FAILED, "TIMELINE_FAILED")
+        assert (failed.status, failed.result_code, failed.http_status) == (JobStatus.FAILED, "TIMELINE_FAILED", 404)
+        # The sentence says what was done, and why the post was not.
+        assert failed.message.startswith(
+            f"Increased score Lead by 5 for contact {MISSING}, but the timeline post failed: Dataverse 404: ")
         assert spotler_app.scores(MISSING) == {"Lead": 5}
         client.create("contacts", {"contactid": MISSING, "lastname": "Late"})  # someone fixes the CRM record
         store.retry(job.id, Actor("ann", "cli"))

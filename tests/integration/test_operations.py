@@ -6,6 +6,7 @@ adapter's `read_scores`, so one test states the semantics for both.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,10 +128,33 @@ def test_a_job_edited_into_invalid_input_fails_with_a_sentence_and_others_run(
     assert failed.message == (
         "Score is -5; Increase Score needs a number greater than 0. To lower a score, use Decrease Score with 5."
     )
+    # Support staff read the same sentence in the job's attempts, with no HTTP status: nothing was sent.
+    assert [(a.outcome, a.result_code, a.http_status, a.message) for a in rig.store.attempts(bad.id)] == [
+        ("failed", "INVALID_INPUT", None, failed.message)]
     assert rig.store.get(good.id).status is JobStatus.SUCCEEDED
     assert platform_case.scores() == {"Lead": 5}
+
+
+def test_a_job_whose_stored_payload_no_longer_reads_fails_with_a_sentence(rig: Rig) -> None:
+    job = rig.queue(operation="increase_score", tags="Lead", score=5, target_id="C-1")
+    with sqlite3.connect(rig.store.path) as db:  # as a row written by another version of the connector might be
+        db.execute("UPDATE jobs SET payload = ? WHERE id = ?", ('{"tags": 5}', job.id))
+    assert rig.drain().failed == 1
+    failed = rig.store.get(job.id)
+    assert (failed.status, failed.result_code, failed.message) == (
+        JobStatus.FAILED, "INVALID_INPUT", "The job's input could not be read.")
+    assert [(a.outcome, a.result_code) for a in rig.store.attempts(job.id)] == [("failed", "INVALID_INPUT")]
 
 
 def test_contacts_found_by_email_when_the_crm_gives_no_external_id(platform_case: PlatformCase) -> None:
     platform_case.platform.add_tags(Contact(email="C2@example.com"), ["VIP"], ref="job x")
     assert platform_case.scores("C-2") == {"VIP": 0}
+
+
+def test_the_timeline_template_fills_every_placeholder(rig: Rig) -> None:
+    rig.executor.timeline_template = "{operation}: {tags} {score} | {summary} | job {job_id}"
+    job = rig.queue(operation="increase_score", tags="Lead", score=5, target_id="C-1")
+    assert rig.drain().succeeded == 1
+    [post] = rig.crm.timeline("contact", "C-1")
+    # The summary leaves out the record: the post is on its own timeline.
+    assert post.text == f"Increase Score: Lead 5 | Increased score Lead by 5 | job {job.id}"

@@ -172,3 +172,54 @@ def test_an_increment_retried_by_hand_after_a_later_job_ran_is_applied(
     assert rig.drain().succeeded == 1
     # 15 = 5 + 10 must not be taken for "the first job's change was applied": it was the second job's.
     assert spotler_app.scores("C-1") == {"Lead": 25}
+
+
+def test_a_single_attempt_budget_says_attempt_in_the_singular(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    rig = make_rig(tmp_path, store, spotler, clock, retry=RetrySettings(max_attempts=1))
+    try:
+        spotler_server.injector.script("503")
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        assert rig.drain().failed == 1
+    finally:
+        rig.close()
+    assert rig.store.get(job.id).message.startswith("Gave up after 1 attempt: ")
+
+
+def test_a_wait_of_exactly_inline_wait_max_is_waited_inline(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    rig = make_rig(tmp_path, store, spotler, clock, retry=RetrySettings(backoff_initial=2, inline_wait_max=2, jitter=0))
+    try:
+        spotler_server.injector.script("503")
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        assert rig.drain().succeeded == 1  # in the same drain, not put back to pending
+    finally:
+        rig.close()
+    assert clock.slept == [2.0]
+    assert [a.outcome for a in rig.store.attempts(job.id)] == ["retrying", "succeeded"]
+
+
+@pytest.mark.parametrize(("waited", "left"), [(120.0, 180.0), (300.0, 0.0)])
+def test_a_stop_during_an_inline_wait_leaves_the_job_the_rest_of_it(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock,
+    waited: float, left: float,
+) -> None:
+    rig = make_rig(tmp_path, store, spotler, clock,
+                   retry=RetrySettings(backoff_initial=300, inline_wait_max=600, jitter=0))
+
+    def stopped_after(seconds: float) -> None:  # `waited` seconds into the wait, a SIGTERM
+        clock.advance(waited)
+        rig.runner.request_stop()
+
+    rig.executor._sleep = stopped_after
+    try:
+        spotler_server.injector.script("503")
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        assert rig.drain().succeeded == 0
+    finally:
+        rig.close()
+    back = rig.store.get(job.id)
+    assert (back.status, back.attempts, back.lease_owner) == (JobStatus.PENDING, 1, None)
+    assert back.next_attempt_at == clock() + left
