@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-brake clean
+MUTATE_STAMP := $(VENV)/.installed-mutate
+
+.PHONY: demo test lint soak mutate bench bench-brake clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +24,19 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q -n 2
 
+# The suite 10 times in a row (RUNS=N for another count), each in a random order, with every core kept busy.
+soak: $(STAMP)
+	BIN=$(BIN) tests/soak.sh
+
+$(MUTATE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,mutate]'
+	touch $(MUTATE_STAMP)
+
+# Mutation testing of the guarantees' core (tests/mutate.py says what and how); not part of `make test`: it takes
+# an hour or more. Results are kept in mutants/, so a second run retries only the functions that changed.
+mutate: $(MUTATE_STAMP)
+	$(BIN)/python tests/mutate.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/drain.py
 
@@ -30,4 +45,4 @@ bench-brake: $(STAMP)
 	$(BIN)/python bench/brake.py
 
 clean:
-	rm -rf $(VENV) .connector .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .connector .pytest_cache .mypy_cache .ruff_cache mutants

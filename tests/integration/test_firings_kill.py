@@ -77,6 +77,7 @@ def _expected(deltas: dict[str, list[int]]) -> Counter[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_runner_killed_mid_drain_loses_and_repeats_no_firing(
     tmp_path: Path, spotler_app: SpotlerSandbox, seed: int

@@ -129,8 +129,9 @@ def test_a_job_edited_into_invalid_input_fails_with_a_sentence_and_others_run(
         "Score is -5; Increase Score needs a number greater than 0. To lower a score, use Decrease Score with 5."
     )
     # Support staff read the same sentence in the job's attempts, with no HTTP status: nothing was sent.
-    assert [(a.outcome, a.result_code, a.http_status, a.message) for a in rig.store.attempts(bad.id)] == [
-        ("failed", "INVALID_INPUT", None, failed.message)]
+    assert [(a.outcome, a.result_code, a.http_status, a.message, a.started_at, a.ended_at)
+            for a in rig.store.attempts(bad.id)] == [
+        ("failed", "INVALID_INPUT", None, failed.message, rig.clock(), rig.clock())]
     assert rig.store.get(good.id).status is JobStatus.SUCCEEDED
     assert platform_case.scores() == {"Lead": 5}
 

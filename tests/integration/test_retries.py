@@ -133,8 +133,10 @@ def test_a_long_retry_after_puts_the_job_back_to_pending(
     assert rig.drain().succeeded == 1
 
 
+@pytest.mark.parametrize(("operation", "score"), [("increase_score", 5), ("add_tag", None)])
 def test_only_the_timeline_post_is_retried_when_only_it_fails(
-    rig: Rig, spotler_app: SpotlerSandbox, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, monkeypatch: pytest.MonkeyPatch,
+    operation: str, score: int | None,
 ) -> None:
     from connector import errors
 
@@ -148,12 +150,15 @@ def test_only_the_timeline_post_is_retried_when_only_it_fails(
         real_post(**kwargs)
 
     monkeypatch.setattr(rig.crm, "post", flaky_post)
-    job = rig.queue(operation="increase_score", tags="Lead", score=5, target_id="C-1")
+    job = rig.queue(operation=operation, tags="Lead", score=score, target_id="C-1")
+    sent = spotler.session.requests_sent
     assert rig.drain().succeeded == 1
     assert [a.outcome for a in rig.store.attempts(job.id)] == ["retrying", "succeeded"]
-    assert spotler_app.scores("C-1") == {"Lead": 5}  # applied once
+    assert spotler_app.scores("C-1") == {"Lead": score or 0}  # applied once
     assert spotler_app.change_count() == 1
     assert len(rig.crm.timeline("contact", "C-1")) == 1
+    # The retry sent nothing to the platform: one attempt's requests (an increment reads the score first).
+    assert spotler.session.requests_sent - sent == {"increase_score": 2, "add_tag": 1}[operation]
 
 
 def test_an_increment_retried_by_hand_after_a_later_job_ran_is_applied(

@@ -182,6 +182,7 @@ def _claim_until_drained(path: str, owner: str, out: str, start: Any) -> None:
         Path(out).write_text(json.dumps(claimed))
 
 
+@pytest.mark.processes
 def test_runners_in_separate_processes_never_share_a_job_nor_break_key_order(open_store, tmp_path) -> None:
     path = tmp_path / "shared.db"
     setup = open_store(path)
@@ -239,6 +240,7 @@ def _claim_and_die(path: str, owner: str, lease: float) -> None:
     os._exit(17 if jobs else 1)  # killed mid-job: no finish, no release, no close
 
 
+@pytest.mark.processes
 def test_the_jobs_of_a_killed_runner_come_back_when_its_lease_expires(open_store, tmp_path) -> None:
     path = tmp_path / "jobs.db"
     now = time.time()

@@ -1,0 +1,113 @@
+"""The drain loop as an operator sees it: what it reports, how it rides out a job store that does not answer a
+claim, and how it closes. The SQLite store is real; `FlakyClaims` makes chosen claims fail as a Dynamics 365
+store answering 503 would."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.defaults import CLAIM_RETRY_DELAYS
+from config.settings import RetrySettings
+from connector.localcrm import LocalCrm
+from connector.sandbox.spotler import SpotlerSandbox
+from connector.spotler import SpotlerPlatform
+from jobs.executor import Executor
+from jobs.model import Job, JobRequest
+from jobs.runner import DrainReport, Runner
+from jobs.store import StoreUnavailable
+from jobs.store.sqlite import SqliteJobStore
+from tests.conftest import FakeClock
+
+
+class FlakyClaims:
+    """A real store whose claims number `failing` (counted from 1) raise StoreUnavailable."""
+
+    def __init__(self, store: SqliteJobStore, failing: set[int]) -> None:
+        self._store = store
+        self.failing = failing
+        self.claims = 0
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+        self.claims += 1
+        if self.claims in self.failing:
+            raise StoreUnavailable("The job store answered 503.")
+        return self._store.claim(owner, limit, lease_seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.fixture
+def crm(tmp_path: Path) -> Iterator[LocalCrm]:
+    crm = LocalCrm(tmp_path / "timeline.db")
+    yield crm
+    crm.close()
+
+
+def runner_on(store: Any, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock, workers: int = 1) -> Runner:
+    executor = Executor(spotler, crm, RetrySettings(max_attempts=1), clock=clock, sleep=clock.sleep)
+    return Runner(store, executor, workers=workers, lease_seconds=30, clock=clock, sleep=clock.sleep)
+
+
+def queue(store: SqliteJobStore, *contacts: str) -> list[Job]:
+    return store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact", target_id=c)
+                      for c in contacts])
+
+
+def test_after_a_claim_that_worked_the_drain_rides_out_as_many_failed_claims_as_it_has_pauses(
+    store: SqliteJobStore, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, crm: LocalCrm, clock: FakeClock
+) -> None:
+    queue(store, "C-1", "C-2", "C-3")
+    flaky = FlakyClaims(store, failing={2, 3, 4, 5})  # every pause used, after the first claim worked
+    runner = runner_on(flaky, spotler, crm, clock)
+    try:
+        assert runner.drain().succeeded == 3
+    finally:
+        runner.close()
+    assert clock.slept == list(CLAIM_RETRY_DELAYS)
+    assert [spotler_app.scores(c) for c in ("C-1", "C-2", "C-3")] == [{"VIP": 0}] * 3
+
+
+def test_one_failed_claim_more_than_it_has_pauses_ends_the_drain_and_loses_no_job(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+) -> None:
+    queue(store, "C-1", "C-2")
+    flaky = FlakyClaims(store, failing=set(range(2, 3 + len(CLAIM_RETRY_DELAYS))))
+    runner = runner_on(flaky, spotler, crm, clock)
+    try:
+        with pytest.raises(StoreUnavailable):
+            runner.drain()
+    finally:
+        runner.close()
+    assert store.counts() == {"succeeded": 1, "pending": 1}  # the second job waits for the next drain
+
+
+def test_the_report_counts_every_outcome_and_progress_sees_each_one(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+) -> None:
+    queue(store, "C-1", "NOBODY-1", "C-2", "NOBODY-2")
+    seen: list[DrainReport] = []
+    runner = runner_on(store, spotler, crm, clock, workers=2)
+    try:
+        report = runner.drain(lambda r: seen.append(dataclasses.replace(r)))
+    finally:
+        runner.close()
+    assert (report.succeeded, report.failed, report.processed) == (2, 2, 4)
+    assert 0 <= report.seconds < 60  # wall time of the drain, shown to the operator
+    assert seen and seen[-1].processed == 4  # the last progress line is the whole drain
+    assert [r.processed for r in seen] == sorted(r.processed for r in seen)
+
+
+def test_a_runner_closed_twice_is_closed_once(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+) -> None:
+    queue(store, "C-1")
+    runner = runner_on(store, spotler, crm, clock)
+    assert runner.drain().succeeded == 1  # the lease renewer has started
+    runner.close()
+    runner.close()  # as `with` blocks and signal handlers may both do
