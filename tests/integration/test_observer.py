@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.sandbox.server import SandboxServer
 from connector.spotler import SpotlerPlatform
 from jobs.model import Job, JobStatus
 from jobs.observe import AttemptEnded, AttemptStarted, ChangeApplied, Claimed, Event, Finished, Released
@@ -48,6 +49,26 @@ def test_a_run_publishes_claimed_attempts_changes_and_finished_in_order(rig: Rig
     ended, finished = events[3], events[4]
     assert isinstance(ended, AttemptEnded) and ended.attempt.outcome == "succeeded" and ended.seconds >= 0
     assert isinstance(finished, Finished) and finished.outcome.status is JobStatus.SUCCEEDED
+
+
+def test_a_refused_attempt_is_published_and_kept_with_its_times_and_its_reason(
+    rig: Rig, spotler_server: SandboxServer
+) -> None:
+    events: list[Event] = []
+    rig.executor.observer.subscribe(events.append)
+    spotler_server.injector.script("503")
+    job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    assert rig.drain().succeeded == 1
+    kept = rig.store.attempts(job.id)
+    assert [e.at for e in events if isinstance(e, AttemptStarted)] == [a.started_at for a in kept]
+    ended = [e for e in events if isinstance(e, AttemptEnded)]
+    assert [e.job.id for e in ended] == [job.id, job.id]
+    assert [e.attempt.outcome for e in ended] == [a.outcome for a in kept] == ["retrying", "succeeded"]
+    refused = kept[0]
+    assert (refused.result_code, refused.http_status) == ("UNAVAILABLE", 503)
+    assert refused.message == "Spotler: Service Unavailable"  # what support staff read
+    assert refused.ended_at == refused.started_at  # the clock stands still within an attempt here
+    assert ended[0].attempt.message == refused.message
 
 
 def test_effects_of_a_durable_subscriber_are_written_with_the_applied_mark(rig: Rig) -> None:

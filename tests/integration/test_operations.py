@@ -42,8 +42,9 @@ def test_tag_only_job_creates_the_tag_without_tagging_anyone(rig: Rig, platform_
     rig.drain()
     assert "Spring campaign" in platform_case.tag_names()
     assert all(platform_case.scores(f"C-{i}") == {} for i in range(1, 6))
-    assert rig.store.get(job.id).status is JobStatus.SUCCEEDED
-    assert rig.store.get(job.id).posted_at is None  # no record, no timeline
+    done = rig.store.get(job.id)
+    assert (done.status, done.message) == (JobStatus.SUCCEEDED, "Added tag Spring campaign (tag only)")
+    assert done.posted_at is None  # no record, no timeline
 
 
 def test_remove_tag_removes_several_and_a_missing_tag_is_success(rig: Rig, platform_case: PlatformCase) -> None:

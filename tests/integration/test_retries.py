@@ -127,6 +127,7 @@ def test_a_long_retry_after_puts_the_job_back_to_pending(
     assert (first.succeeded, first.failed, first.retrying) == (0, 0, 1)
     waiting = rig.store.get(job.id)
     assert waiting.display_status == "retrying"
+    assert (waiting.result_code, waiting.http_status) == ("RATE_LIMITED", 429)  # why it waits
     assert waiting.next_attempt_at == pytest.approx(clock() + 120)
     assert clock.slept == []
     clock.advance(120)
