@@ -1,15 +1,20 @@
 """Leases are renewed for as long as a claimed job runs: nothing is taken over while it is still in hand.
 
-Real time, since the renewer is a thread on the real clock; the lease (2 s) is six times the renewal period
-(a third of it, 0.67 s) and the test waits for renewals to happen rather than for a fixed time, so a busy machine
-slows it down without making it fail.
+Real time, since the renewer is a thread on the real clock: the lease is 2 s, renewed every third of it. The tests
+wait for renewals to happen (with a 30 s deadline) rather than for a fixed time, so a busy machine slows them
+down without making them fail.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from config.settings import RetrySettings
 from connector.localcrm import LocalCrm
@@ -17,41 +22,90 @@ from connector.spotler import SpotlerPlatform
 from jobs.executor import Executor
 from jobs.kinds import registered, request_from_raw
 from jobs.runner import Runner
+from jobs.store import StoreUnavailable
 from jobs.store.sqlite import SqliteJobStore
-from tests.integration.helpers import TestKind
+from tests.integration.helpers import TestKind, wait_until
 
 LEASE = 2.0
 
 
-def test_leases_are_renewed_for_as_long_as_a_claimed_job_runs_even_outside_a_drain(
-    tmp_path: Path, spotler: SpotlerPlatform
-) -> None:
-    """A drain cut short (Ctrl-C under `run --once`) leaves running jobs: their leases must still be renewed."""
+class RenewFailsOnce:
+    """A real store whose first lease renewal fails, as a Dynamics 365 store answering 503 would."""
+
+    def __init__(self, store: SqliteJobStore) -> None:
+        self._store = store
+        self.failed = False
+
+    def renew(self, owner: str, job_ids: list[str], lease_seconds: float) -> list[str]:
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("The job store answered 503.")
+        return self._store.renew(owner, job_ids, lease_seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@dataclass
+class Held:
+    store: SqliteJobStore
+    other: SqliteJobStore  # a second runner's view of the same file
+    runner: Runner
+    gate: threading.Event
+
+    def run_one(self) -> str:
+        """Claim one job that runs until the test lets it go, outside any drain; its id."""
+        (job,) = self.store.add([request_from_raw({"operation": "held"})])
+        assert len(self.runner.tick()) == 1
+        return job.id
+
+    def assert_renewed_past_its_first_lease(self, job_id: str) -> None:
+        first = self.store.get(job_id).lease_expires_at
+        assert first is not None
+        renewals, deadline = 0, time.monotonic() + 30
+        seen = first
+        while renewals < 3 and time.monotonic() < deadline:  # three renewals: past the first lease
+            assert self.other.claim("runner-b", 10, LEASE) == []
+            expires = self.store.get(job_id).lease_expires_at or 0
+            if expires > seen:
+                renewals, seen = renewals + 1, expires
+            time.sleep(0.05)
+        assert renewals == 3 and time.time() > first  # held beyond its first lease, by renewals alone
+        assert self.store.get(job_id).lease_owner == self.runner.owner
+
+
+@pytest.fixture(params=[False, True], ids=["store-answers", "first-renewal-fails"])
+def held(request: pytest.FixtureRequest, tmp_path: Path, spotler: SpotlerPlatform) -> Iterator[Held]:
     gate = threading.Event()
     store = SqliteJobStore(tmp_path / "jobs.db")
     other = SqliteJobStore(tmp_path / "jobs.db")
     crm = LocalCrm(tmp_path / "timeline.db")
-    runner = Runner(store, Executor(spotler, crm, RetrySettings()), workers=1, lease_seconds=LEASE)
+    runs_on: Any = RenewFailsOnce(store) if request.param else store
+    runner = Runner(runs_on, Executor(spotler, crm, RetrySettings()), workers=1, lease_seconds=LEASE)
     try:
         with registered(TestKind("held", gate, key="held")):
-            (job,) = store.add([request_from_raw({"operation": "held"})])
-            assert len(runner.tick()) == 1  # claimed and running, no drain around it
-            first = store.get(job.id).lease_expires_at
-            assert first is not None
-            renewals, deadline = 0, time.monotonic() + 30
-            seen = first
-            while renewals < 3 and time.monotonic() < deadline:  # three renewals: past the first lease
-                assert other.claim("runner-b", 10, LEASE) == []
-                expires = store.get(job.id).lease_expires_at or 0
-                if expires > seen:
-                    renewals, seen = renewals + 1, expires
-                time.sleep(0.05)
-            assert renewals == 3 and time.time() > first  # held beyond its first lease, by renewals alone
-            assert store.get(job.id).lease_owner == runner.owner
-            gate.set()
+            yield Held(store, other, runner, gate)
     finally:
         gate.set()
         runner.close()
         other.close()
         store.close()
         crm.close()
+
+
+def test_leases_are_renewed_for_as_long_as_a_claimed_job_runs_even_outside_a_drain(held: Held) -> None:
+    """A drain cut short (Ctrl-C under `run --once`) leaves running jobs: their leases must still be renewed, also
+    when a renewal fails on the way."""
+    job_id = held.run_one()
+    held.assert_renewed_past_its_first_lease(job_id)
+    held.gate.set()
+
+
+def test_a_renewer_that_found_nothing_to_renew_renews_the_next_job(held: Held) -> None:
+    held.gate.set()
+    first = held.run_one()
+    wait_until(lambda: held.store.get(first).status.value == "succeeded", "the first job done")
+    time.sleep(LEASE)  # three renewal periods with nothing in hand
+    held.gate.clear()
+    held.assert_renewed_past_its_first_lease(held.run_one())
+    held.gate.set()

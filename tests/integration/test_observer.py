@@ -69,6 +69,9 @@ def test_a_refused_attempt_is_published_and_kept_with_its_times_and_its_reason(
     assert refused.message == "Spotler: Service Unavailable"  # what support staff read
     assert refused.ended_at == refused.started_at  # the clock stands still within an attempt here
     assert ended[0].attempt.message == refused.message
+    done = kept[1]
+    assert (done.message, done.ended_at) == ("Added tag VIP for contact C-1", done.started_at)
+    assert [e.seconds for e in ended] == [0.0, 0.0]
 
 
 def test_effects_of_a_durable_subscriber_are_written_with_the_applied_mark(rig: Rig) -> None:

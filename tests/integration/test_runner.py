@@ -5,6 +5,7 @@ store answering 503 would."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from connector.localcrm import LocalCrm
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
 from jobs.executor import Executor
+from jobs.kinds import registered, request_from_raw
 from jobs.model import Job, JobRequest
 from jobs.runner import DrainReport, Runner
 from jobs.store import StoreUnavailable
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
+from tests.integration.helpers import TestKind
 
 
 class FlakyClaims:
@@ -111,3 +114,21 @@ def test_a_runner_closed_twice_is_closed_once(
     assert runner.drain().succeeded == 1  # the lease renewer has started
     runner.close()
     runner.close()  # as `with` blocks and signal handlers may both do
+
+
+def test_a_runner_whose_workers_are_all_busy_asks_the_store_for_nothing(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+) -> None:
+    counted = FlakyClaims(store, failing=set())
+    runner = runner_on(counted, spotler, crm, clock)
+    gate = threading.Event()
+    try:
+        with registered(TestKind("held", gate)):
+            store.add([request_from_raw({"operation": "held"}) for _ in range(2)])
+            assert len(runner.tick()) == 1
+            assert (runner.tick(), runner.tick()) == ([], [])
+            assert counted.claims == 1  # a claim for no free worker would be a request for nothing (Dataverse)
+            gate.set()
+    finally:
+        gate.set()
+        runner.close()
