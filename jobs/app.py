@@ -244,7 +244,7 @@ def build(
         )
         runner = Runner(
             store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,
-            lease_seconds=settings.runner.lease_seconds, clock=clock,
+            lease_seconds=settings.runner.lease_seconds,
         )
     except BaseException:
         for close in reversed(closers):

@@ -185,7 +185,7 @@ class Executor:
         """
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(defaults.STORE_WRITE_TRIES),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            wait=tenacity.wait_exponential(multiplier=0.5),  # 0.5, 1, 2 s between the STORE_WRITE_TRIES
             retry=tenacity.retry_if_exception_type(errors.TransientError), sleep=self._pause, reraise=True,
         )
         retrying(store.finish, owner, job.id, outcome)

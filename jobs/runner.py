@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from config import defaults
 from config.defaults import CLAIM_RETRY_DELAYS
 from connector import errors
 from jobs.executor import Executor
@@ -48,11 +49,10 @@ class Runner:
         store: RunnerStore,
         executor: Executor,
         *,
-        workers: int = 8,
-        batch_size: int = 200,
-        lease_seconds: float = 60.0,
+        workers: int = defaults.WORKERS,
+        batch_size: int = defaults.BATCH_SIZE,
+        lease_seconds: float = defaults.LEASE_SECONDS,
         owner: str | None = None,
-        clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] | None = None,
     ) -> None:
         self.store = store
@@ -63,7 +63,6 @@ class Runner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop_event = executor.stop
         self.observer = executor.observer
-        self._clock = clock
         # Waiting on the stop event lets a shutdown cut a pause short; tests pass a sleep that does not wait.
         self._sleep = sleep or self.stop_event.wait
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker")

@@ -82,7 +82,7 @@ def test_a_kind_added_through_the_registry_alone_runs_end_to_end(
 
         executor = Executor(spotler, crm, RetrySettings(), clock=case.clock, sleep=case.clock.sleep,
                             services={"notes": notes})
-        runner = Runner(case.store, executor, workers=2, clock=case.clock)
+        runner = Runner(case.store, executor, workers=2)
         try:
             report = runner.drain()
         finally:

@@ -58,7 +58,7 @@ def make_rig(tmp_path: Path, store: SqliteJobStore, platform: Platform, clock: F
     crm = crm or LocalCrm(tmp_path / "timeline.db")
     executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=clock.sleep,
                         observer=make_observer(rules or RuleSet(), store, clock))
-    runner = Runner(store, executor, workers=workers, lease_seconds=lease_seconds, clock=clock)
+    runner = Runner(store, executor, workers=workers, lease_seconds=lease_seconds)
     return Rig(store, crm, executor, runner, clock)
 
 

@@ -33,7 +33,7 @@ def drain_with_two_runners(client, sandbox, make_spotler, spotler_server, clock)
             store = DataverseJobStore(dv, TABLE, clock=clock)
             platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
             executor = Executor(platform, DataverseCrm(dv), RetrySettings(), clock=clock, sleep=clock.sleep)
-            runners.append(Runner(store, executor, workers=4, lease_seconds=300, clock=clock))
+            runners.append(Runner(store, executor, workers=4, lease_seconds=300))
         threads = [threading.Thread(target=runner.drain) for runner in runners]
         for t in threads:
             t.start()
@@ -117,7 +117,7 @@ def test_a_job_row_created_through_the_web_api_is_applied_posted_and_closed(clie
     platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
     crm = DataverseCrm(client)
     runner = Runner(store, Executor(platform, crm, RetrySettings(), clock=clock, sleep=clock.sleep),
-                    workers=2, lease_seconds=30, clock=clock)
+                    workers=2, lease_seconds=30)
     try:
         report = runner.drain()
     finally:
@@ -189,7 +189,7 @@ def test_a_runner_that_died_after_posting_does_not_post_twice(client, spotler_ap
     clock.advance(11)
     platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
     runner = Runner(store, Executor(platform, crm, RetrySettings(), clock=clock, sleep=clock.sleep),
-                    workers=2, lease_seconds=30, clock=clock)
+                    workers=2, lease_seconds=30)
     try:
         assert runner.drain().succeeded == 1
     finally:
@@ -246,7 +246,7 @@ def test_a_crossing_on_dynamics_365_updates_the_record_and_creates_the_owner_s_t
     platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
     observer = make_observer(load_rules(tmp_path / "rules.toml"), store, clock)
     runner = Runner(store, Executor(platform, crm, RetrySettings(), clock=clock, sleep=clock.sleep, observer=observer),
-                    workers=2, lease_seconds=30, clock=clock)
+                    workers=2, lease_seconds=30)
     try:
         assert runner.drain().succeeded == 3  # the job, and the two actions it queued as rows of the job table
     finally:
@@ -309,7 +309,7 @@ def _drain_one_add_tag(client, sandbox, store, spotler_app, make_spotler, spotle
                                              target_id=contact)])
     platform = make_spotler(spotler_server.url + "/integrationservice-1.1.0", clock=clock)
     runner = Runner(store, Executor(platform, DataverseCrm(client), RetrySettings(), clock=clock, sleep=clock.sleep),
-                    workers=1, lease_seconds=30, clock=clock)
+                    workers=1, lease_seconds=30)
     sandbox.server.injector.script(*faults)
     sent = client.session.requests_sent
     try:

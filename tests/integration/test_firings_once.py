@@ -98,7 +98,7 @@ def test_every_crossing_fires_once_through_faults_and_two_runners(
                                 pool_size=8)
         executor = Executor(platform, crm, retry, clock=clock, sleep=clock.sleep,
                             observer=make_observer(rules, store, clock))
-        runners.append(Runner(store, executor, workers=8, lease_seconds=1e9, owner=name, clock=clock))
+        runners.append(Runner(store, executor, workers=8, lease_seconds=1e9, owner=name))
         closers += [store.close, crm.close]
 
     def drain_until_done(runner: Runner) -> None:

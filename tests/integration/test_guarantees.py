@@ -40,7 +40,7 @@ def test_an_increment_whose_post_was_refused_is_applied_once_when_retried_by_han
     # The contact exists on the platform, but not yet in the CRM: the change applies, the post is refused (404).
     spotler_app.seed_contact(MISSING, "late@example.com")
     executor = Executor(spotler, DataverseCrm(client), RetrySettings(), clock=clock, sleep=clock.sleep)
-    runner = Runner(store, executor, workers=2, clock=clock)
+    runner = Runner(store, executor, workers=2)
     try:
         (job,) = store.add([JobRequest.from_input(operation="increase_score", tags="Lead", score=5,
                                                   target_kind="contact", target_id=MISSING)])
@@ -66,6 +66,8 @@ def test_a_defect_fails_only_its_own_job_with_internal_error(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
 ) -> None:
     rig = make_rig(tmp_path, store, spotler, clock)
+    finished: list[Finished] = []
+    rig.executor.observer.subscribe(lambda e: finished.append(e) if isinstance(e, Finished) else None)
     try:
         with registered(TestKind("broken")):
             broken = store.add([request_from_raw({"operation": "broken"})])[0]
@@ -76,6 +78,9 @@ def test_a_defect_fails_only_its_own_job_with_internal_error(
         assert (failed.status, failed.result_code) == (JobStatus.FAILED, "INTERNAL_ERROR")
         assert "KeyError" in failed.message and "a defect" not in failed.message  # no internals for CRM users
         assert store.get(fine.id).status is JobStatus.SUCCEEDED
+        # Subscribers hear of it as of any other outcome.
+        assert {(e.job.id, e.outcome.result_code) for e in finished} == {(broken.id, "INTERNAL_ERROR"),
+                                                                          (fine.id, "OK")}
     finally:
         rig.close()
 
@@ -189,7 +194,7 @@ def test_a_stop_during_an_inline_backoff_puts_the_job_back_to_pending_without_an
     executor.observer.subscribe(
         lambda event: waiting.release() if isinstance(event, AttemptEnded) and event.attempt.outcome == "retrying"
         else None)
-    runner = Runner(store, executor, workers=2, lease_seconds=30, clock=clock)
+    runner = Runner(store, executor, workers=2, lease_seconds=30)
     jobs = store.add([JobRequest.from_input(operation="increase_score", tags="Lead", score=5, target_kind="contact",
                                             target_id=f"C-{n}") for n in (1, 2, 3)])
     spotler_server.injector.script("503", "503")  # the first request of each of the two claimed jobs

@@ -24,6 +24,7 @@ from jobs.kinds import registered, request_from_raw
 from jobs.runner import Runner
 from jobs.store import StoreUnavailable
 from jobs.store.sqlite import SqliteJobStore
+from tests.conftest import FakeClock
 from tests.integration.helpers import TestKind, wait_until
 
 LEASE = 2.0
@@ -108,4 +109,17 @@ def test_a_renewer_that_found_nothing_to_renew_renews_the_next_job(held: Held) -
     time.sleep(LEASE)  # three renewal periods with nothing in hand
     held.gate.clear()
     held.assert_renewed_past_its_first_lease(held.run_one())
+    held.gate.set()
+
+
+def test_a_lease_taken_over_by_another_runner_is_reported_once_renewing_finds_it_lost(
+    held: Held, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = held.run_one()
+    later = SqliteJobStore(tmp_path / "jobs.db", clock=FakeClock(time.time() + 60))  # a runner past the lease
+    try:
+        assert [j.id for j in later.claim("runner-b", 10, 600)] == [job_id]
+    finally:
+        later.close()
+    wait_until(lambda: f"job {job_id}: lease lost; another runner may take it" in caplog.text, "the loss logged")
     held.gate.set()

@@ -19,12 +19,13 @@ from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
 from jobs.executor import Executor
 from jobs.kinds import registered, request_from_raw
-from jobs.model import Job, JobRequest
+from jobs.model import Job, JobRequest, JobStatus
+from jobs.observe import AttemptStarted
 from jobs.runner import DrainReport, Runner
 from jobs.store import StoreUnavailable
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
-from tests.integration.helpers import TestKind
+from tests.integration.helpers import TestKind, wait_until
 
 
 class FlakyClaims:
@@ -54,7 +55,7 @@ def crm(tmp_path: Path) -> Iterator[LocalCrm]:
 
 def runner_on(store: Any, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock, workers: int = 1) -> Runner:
     executor = Executor(spotler, crm, RetrySettings(max_attempts=1), clock=clock, sleep=clock.sleep)
-    return Runner(store, executor, workers=workers, lease_seconds=30, clock=clock, sleep=clock.sleep)
+    return Runner(store, executor, workers=workers, lease_seconds=30, sleep=clock.sleep)
 
 
 def queue(store: SqliteJobStore, *contacts: str) -> list[Job]:
@@ -132,3 +133,68 @@ def test_a_runner_whose_workers_are_all_busy_asks_the_store_for_nothing(
     finally:
         gate.set()
         runner.close()
+
+
+def test_a_job_whose_attempts_ran_out_with_dead_runners_fails_without_another_try(
+    store: SqliteJobStore, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, crm: LocalCrm, clock: FakeClock
+) -> None:
+    (job,) = queue(store, "C-1")
+    for _ in range(2):  # two runners in turn die holding it (the second claim counts the first death)
+        assert len(store.claim("doomed", 1, 30)) == 1
+        clock.advance(31)
+    executor = Executor(spotler, crm, RetrySettings(max_attempts=2), clock=clock, sleep=clock.sleep)
+    runner = Runner(store, executor, workers=1, lease_seconds=30, sleep=clock.sleep)
+    sent = spotler.session.requests_sent
+    try:
+        assert runner.drain().failed == 1
+    finally:
+        runner.close()
+    failed = store.get(job.id)
+    # The deaths themselves are in the attempts ("Runner doomed stopped renewing its lease").
+    assert (failed.status, failed.result_code, failed.attempts) == (JobStatus.FAILED, "GAVE_UP", 2)
+    assert failed.message == "Gave up after 2 attempts."
+    assert [a.outcome for a in store.attempts(job.id)] == ["lease_expired", "lease_expired"]
+    assert spotler.session.requests_sent == sent  # no third try
+    assert spotler_app.scores("C-1") == {}
+
+
+def test_a_pool_runs_as_many_jobs_at_once_as_it_has_workers(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+) -> None:
+    workers = 40  # more than any default thread pool size, whatever the machine
+    runner = runner_on(store, spotler, crm, clock, workers=workers)
+    started: list[str] = []
+    runner.observer.subscribe(lambda e: started.append(e.job.id) if isinstance(e, AttemptStarted) else None)
+    gate = threading.Event()
+    try:
+        with registered(TestKind("held", gate)):
+            store.add([request_from_raw({"operation": "held"}) for _ in range(workers)])
+            assert len(runner.tick()) == workers
+            wait_until(lambda: len(started) == workers, f"{workers} attempts started at once")
+            gate.set()
+    finally:
+        gate.set()
+        runner.close()
+
+
+def test_an_outcome_refused_because_another_runner_took_the_job_is_not_offered_again(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+) -> None:
+    offers: list[str] = []
+
+    class TakenMeanwhile(FlakyClaims):
+        def finish(self, owner: str, job_id: str, outcome: Any) -> None:
+            offers.append(job_id)
+            if len(offers) == 1:  # the lease ran out just before, and another runner took the job
+                clock.advance(31)
+                assert [j.id for j in store.claim("runner-b", 1, 30)] == [job_id]
+            store.finish(owner, job_id, outcome)
+
+    (job,) = queue(store, "C-1")
+    runner = runner_on(TakenMeanwhile(store, failing=set()), spotler, crm, clock)
+    try:
+        assert runner.drain().processed == 0  # left to its new holder
+    finally:
+        runner.close()
+    assert offers == [job.id] and clock.slept == []  # LeaseLost is final: no second offer, no pause
+    assert store.get(job.id).lease_owner == "runner-b"

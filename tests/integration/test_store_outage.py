@@ -41,7 +41,7 @@ def rig(
     crm = LocalCrm(tmp_path / "timeline.db")
     executor = Executor(spotler, crm, RetrySettings(), clock=clock, sleep=clock.sleep)
     runner = Runner(DataverseJobStore(client, TABLE, clock=clock), executor, workers=2, lease_seconds=LEASE,
-                    clock=clock, sleep=clock.sleep)
+                    sleep=clock.sleep)
     yield contact, runner
     runner.close()
     crm.close()
@@ -71,6 +71,7 @@ def test_an_outcome_the_store_could_not_record_runs_again_after_the_lease(
     sandbox.server.injector.script(None, None, None, None, *["500"] * STORE_WRITE_TRIES)
     first = runner.drain()
     assert (first.succeeded, first.failed) == (0, 0)
+    assert clock.slept == [0.5, 1.0, 2.0]  # the outcome offered four times, with growing pauses
     assert runner.store.get(job.id).status is JobStatus.RUNNING  # leased, not lost, not failed
     clock.advance(LEASE + 1)
     second = runner.drain()
