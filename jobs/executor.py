@@ -153,10 +153,10 @@ class Executor:
                     self._attempt(run, last=attempt.retry_state.attempt_number >= remaining)
         except RetryLater as later:
             error = run.last_error
+            assert error is not None  # a wait only ever follows a failed attempt
             log.info("job %s: retrying in %.1f s", job.id, later.delay)
             return self._finish(run, Outcome(
-                JobStatus.PENDING, error.result_code if error else "RETRYING",
-                error.message if error else "Waiting to retry.", http_status=error.http_status if error else None,
+                JobStatus.PENDING, error.result_code, error.message, http_status=error.http_status,
                 next_attempt_at=self._clock() + later.delay,
             ))
         except LeaseLost:

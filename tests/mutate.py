@@ -89,21 +89,23 @@ def main() -> int:
     mutmut = [sys.executable, "-m", "mutmut"]
 
     started = time.monotonic()
-    # mutmut re-runs every mutant it is given by name; a second run gives it only those not yet caught (a function
-    # that changed has lost its results, so its mutants are among them).
-    known = results(mutmut)
-    todo = sorted(name for name, s in known.items() if in_scope(name, patterns) and s not in KILLED)
-    if known and not todo:
-        print("Every mutant in scope was caught in an earlier run; nothing has changed since.")
-    elif todo or not known:
-        run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children), *(todo or patterns)],
-                             cwd=ROOT)
+    # mutmut re-runs every mutant it is given by name, so a later run names only those not yet caught. A function
+    # that changed since gets new mutants when mutmut regenerates them, which the next round then runs.
+    known = {name: s for name, s in results(mutmut).items() if in_scope(name, patterns)}
+    todo = sorted(name for name, s in known.items() if s not in KILLED) if known else patterns
+    if not todo:  # every mutant was caught: one re-run regenerates what changed since, for the next round
+        todo = sorted(known)[:1]
+    for _ in range(3):
+        run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children), *todo], cwd=ROOT)
         if run.returncode != 0:
             print(f"mutmut run failed (exit {run.returncode})", file=sys.stderr)
             return run.returncode
+        todo = [name for name, s in results(mutmut).items() if in_scope(name, patterns) and s == "not checked"]
+        if not todo:
+            break
     seconds = time.monotonic() - started
 
-    ours = {name: s for name, s in results(mutmut).items() if in_scope(name, patterns) and s != "not checked"}
+    ours = {name: s for name, s in results(mutmut).items() if in_scope(name, patterns)}
     counts = Counter("killed" if s in KILLED else s for s in ours.values())
     reasons = explained()
     survivors = sorted(name for name, s in ours.items() if s not in KILLED)

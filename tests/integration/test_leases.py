@@ -31,16 +31,17 @@ LEASE = 2.0
 
 
 class RenewFailsOnce:
-    """A real store whose first lease renewal fails, as a Dynamics 365 store answering 503 would."""
+    """A real store whose first lease renewal fails with `error`: a Dynamics 365 store answering 503, or a
+    surprise (a defect, a driver's own exception)."""
 
-    def __init__(self, store: SqliteJobStore) -> None:
+    def __init__(self, store: SqliteJobStore, error: Exception) -> None:
         self._store = store
-        self.failed = False
+        self.error: Exception | None = error
 
     def renew(self, owner: str, job_ids: list[str], lease_seconds: float) -> list[str]:
-        if not self.failed:
-            self.failed = True
-            raise StoreUnavailable("The job store answered 503.")
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
         return self._store.renew(owner, job_ids, lease_seconds)
 
     def __getattr__(self, name: str) -> Any:
@@ -75,13 +76,14 @@ class Held:
         assert self.store.get(job_id).lease_owner == self.runner.owner
 
 
-@pytest.fixture(params=[False, True], ids=["store-answers", "first-renewal-fails"])
+@pytest.fixture(params=[None, StoreUnavailable("The job store answered 503."), RuntimeError("a surprise")],
+                ids=["store-answers", "first-renewal-unavailable", "first-renewal-surprise"])
 def held(request: pytest.FixtureRequest, tmp_path: Path, spotler: SpotlerPlatform) -> Iterator[Held]:
     gate = threading.Event()
     store = SqliteJobStore(tmp_path / "jobs.db")
     other = SqliteJobStore(tmp_path / "jobs.db")
     crm = LocalCrm(tmp_path / "timeline.db")
-    runs_on: Any = RenewFailsOnce(store) if request.param else store
+    runs_on: Any = RenewFailsOnce(store, request.param) if request.param else store
     runner = Runner(runs_on, Executor(spotler, crm, RetrySettings()), workers=1, lease_seconds=LEASE)
     try:
         with registered(TestKind("held", gate, key="held")):

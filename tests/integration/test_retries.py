@@ -229,3 +229,17 @@ def test_a_stop_during_an_inline_wait_leaves_the_job_the_rest_of_it(
     back = rig.store.get(job.id)
     assert (back.status, back.attempts, back.lease_owner) == (JobStatus.PENDING, 1, None)
     assert back.next_attempt_at == clock() + left
+
+
+def test_backoff_doubles_up_to_its_cap(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    retry = RetrySettings(max_attempts=5, backoff_initial=1, backoff_max=3, jitter=0, inline_wait_max=60)
+    rig = make_rig(tmp_path, store, spotler, clock, retry=retry)
+    try:
+        spotler_server.injector.script("503", "503", "503", "503")
+        rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        assert rig.drain().succeeded == 1
+    finally:
+        rig.close()
+    assert clock.slept == [1.0, 2.0, 3.0, 3.0]
