@@ -32,8 +32,8 @@ $(MUTATE_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,mutate]'
 	touch $(MUTATE_STAMP)
 
-# Mutation testing of the guarantees' core (tests/mutate.py says what and how); not part of `make test`: it takes
-# an hour or more. Results are kept in mutants/, so a second run retries only the functions that changed.
+# Mutation testing of the guarantees' core (tests/mutate.py says what and how); not part of `make test`: it is
+# slow. Results are kept in mutants/, so a later run re-runs only the survivors and the functions that changed.
 mutate: $(MUTATE_STAMP)
 	$(BIN)/python tests/mutate.py
 
