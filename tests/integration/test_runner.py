@@ -1,6 +1,7 @@
 """The drain loop as an operator sees it: what it reports, how it rides out a job store that does not answer a
-claim, and how it closes. The SQLite store is real; `FlakyClaims` makes chosen claims fail as a Dynamics 365
-store answering 503 would."""
+claim, how many jobs it asks for and runs at once, what it does with a job another runner took or whose attempts
+ran out, and how it closes. The SQLite store is real; `FlakyClaims` makes chosen claims fail as a Dynamics 365
+store answering 503 would, and counts them."""
 
 from __future__ import annotations
 
