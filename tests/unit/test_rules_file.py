@@ -116,3 +116,12 @@ def test_the_example_rules_file_is_valid() -> None:
     rules = load_rules(example)
     assert len(rules.rules) == 7 and [t.name for t in rules.triggers] == ["Nutrition prospect", "Hot lead"]
     assert rules.warnings == ()
+
+
+@pytest.mark.parametrize(("change", "operation", "score"), [
+    ("+3", "increase_score", 3), ("-3", "decrease_score", 3), ("=0", "set_score", 0), (" = 12 ", "set_score", 12)])
+def test_each_sign_of_a_change_is_its_own_kind_of_job(tmp_path: Path, change: str, operation: str, score: int) -> None:
+    rules = load_rules(write(tmp_path, f'[[rules]]\nevent = "e"\ntag = "Lead"\nchange = "{change}"\n'))
+    assert rules.rule_for("e").job_fields() == {"operation": operation, "tags": "Lead", "score": score}
+    assert rules.path == tmp_path / "rules.toml"  # named in every later message about the rules
+

@@ -48,3 +48,14 @@ def test_a_crossing_goes_from_below_to_at_or_above() -> None:
     assert not crossed(5, 2, 3)  # falling
     assert not crossed(1, 2, 3)
     assert crossed(-5, -2, -3)  # negative thresholds too
+
+
+def test_a_removal_leaves_zero_and_a_zero_change_changes_nothing() -> None:
+    assert fold([Change("Lead", Op.SET, after=40), Change("Lead", Op.UNTAG, after=0)]) == 0
+    assert fold([Change("Lead", Op.ADD, before=7, after=7, delta=0)]) == 7
+
+
+def test_a_missing_score_is_zero_on_either_side_of_a_crossing() -> None:
+    assert crossed(None, 1, 1)  # from nothing to the threshold of 1
+    assert not crossed(0, None, 1)  # a removed tag never reaches a positive threshold
+    assert crossed(-1, None, 0)  # but it does reach 0
