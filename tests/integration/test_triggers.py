@@ -101,6 +101,24 @@ def test_a_crossing_fires_once_and_its_actions_run_as_jobs_linked_to_it(rig: Rig
     assert [t for t, _, _ in fired(rig)] == ["Prospect", "Hand over"]
 
 
+def test_each_record_has_its_own_firings(rig: Rig, clock: FakeClock) -> None:
+    score(rig, "Nutrition", 3)
+    rig.queue(operation="increase_score", tags="Nutrition", score=4, target_id="C-2")
+    rig.drain()
+    rig.drain()
+    # A `once` trigger that fired for C-1 still fires for C-2: once per record, not once in all.
+    c2 = Target(kind=TargetKind.CONTACT, id="C-2")
+    assert [f.trigger for f in firings_of(rig.store, C1)] == ["Prospect", "Hand over"]
+    assert [f.trigger for f in firings_of(rig.store, c2)] == ["Prospect", "Hand over"]
+    assert len(firings_of(rig.store)) == 4  # every record's
+    prospect = firings_of(rig.store, c2)[0]
+    assert (prospect.tag, prospect.at_least, prospect.before, prospect.after, prospect.record, prospect.at) == (
+        "Nutrition", 3, 0, 4, "contact:C-2", clock.now)  # an increment reads the score before: 0
+    actions = [j for j in rig.store.list(JobFilter()).jobs if j.request and j.request.request_id in prospect.actions]
+    assert len(actions) == len(prospect.actions) == 2
+    assert {j.request.origin.firing for j in actions if j.request} == {"Prospect|contact:C-2"}
+
+
 def test_one_change_over_several_thresholds_fires_each_lowest_first(rig: Rig) -> None:
     score(rig, "Nutrition", 12)
     assert [t for t, _, _ in fired(rig)] == ["Prospect", "Fan", "Hand over"]
