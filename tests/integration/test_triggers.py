@@ -143,6 +143,20 @@ def test_a_set_score_crosses_from_the_connector_s_view_of_the_score(rig: Rig) ->
     assert [t for t, _, _ in fired(rig)].count("Prospect") == 1
 
 
+
+def test_a_set_score_is_judged_on_its_own_tag_s_history_and_never_crosses_from_above(
+    rig: Rig, clock: FakeClock
+) -> None:
+    score(rig, "Nutrition", 2, op="set_score")
+    score(rig, "Sales ready", 40, op="set_score")  # another tag of the same record, set since
+    score(rig, "Nutrition", 5, op="set_score")  # from Nutrition's own 2 to 5, whatever Sales ready says
+    assert fired(rig)[0] == ("Prospect", 2, 5)
+    score(rig, "Nutrition", 12, op="set_score")
+    clock.advance(2 * 86400)  # past Fan's cooldown: only a new crossing may fire it again
+    score(rig, "Nutrition", 13, op="set_score")  # 12 to 13 is no crossing
+    assert [t for t, _, _ in fired(rig)] == ["Prospect", "Hand over", "Fan"]
+
+
 CRM_RULES = """
 [[triggers]]
 name = "Prospect"
