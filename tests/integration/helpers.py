@@ -54,9 +54,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) 
 
 def make_rig(tmp_path: Path, store: SqliteJobStore, platform: Platform, clock: FakeClock,
              retry: RetrySettings | None = None, workers: int = 4, lease_seconds: float = 30,
-             crm: LocalCrm | None = None, rules: RuleSet | None = None) -> Rig:
+             crm: LocalCrm | None = None, rules: RuleSet | None = None,
+             sleep: Callable[[float], Any] | None = None, stop: threading.Event | None = None) -> Rig:
+    """`sleep` replaces the clock's (which moves the clock at once); `stop` is the event a SIGTERM sets."""
     crm = crm or LocalCrm(tmp_path / "timeline.db")
-    executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=clock.sleep,
+    executor = Executor(platform, crm, retry or RetrySettings(), clock=clock, sleep=sleep or clock.sleep, stop=stop,
                         observer=make_observer(rules or RuleSet(), store, clock))
     runner = Runner(store, executor, workers=workers, lease_seconds=lease_seconds)
     return Rig(store, crm, executor, runner, clock)

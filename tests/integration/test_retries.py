@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +13,8 @@ from config.settings import RetrySettings
 from connector.sandbox.server import Faults, SandboxServer
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
-from jobs.model import JobStatus
+from jobs.model import Job, JobStatus
+from jobs.runner import DrainReport
 from jobs.store import Actor
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import HANG, FakeClock
@@ -180,31 +183,37 @@ def test_an_increment_retried_by_hand_after_a_later_job_ran_is_applied(
     assert spotler_app.scores("C-1") == {"Lead": 25}
 
 
+def _add_tag_through(
+    faults: tuple[str, ...], retry: RetrySettings, tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform,
+    spotler_server: SandboxServer, clock: FakeClock, **rig_args: Any,
+) -> tuple[Job, DrainReport]:
+    """One Add Tag drained by a rig with `retry`, the platform answering its first requests with `faults`."""
+    rig = make_rig(tmp_path, store, spotler, clock, retry=retry, **rig_args)
+    try:
+        spotler_server.injector.script(*faults)
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        return job, rig.drain()
+    finally:
+        rig.close()
+
+
 def test_a_single_attempt_budget_says_attempt_in_the_singular(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
 ) -> None:
-    rig = make_rig(tmp_path, store, spotler, clock, retry=RetrySettings(max_attempts=1))
-    try:
-        spotler_server.injector.script("503")
-        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
-        assert rig.drain().failed == 1
-    finally:
-        rig.close()
-    assert rig.store.get(job.id).message.startswith("Gave up after 1 attempt: ")
+    job, report = _add_tag_through(("503",), RetrySettings(max_attempts=1), tmp_path, store, spotler, spotler_server,
+                                   clock)
+    assert report.failed == 1
+    assert store.get(job.id).message.startswith("Gave up after 1 attempt: ")
 
 
 def test_a_wait_of_exactly_inline_wait_max_is_waited_inline(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
 ) -> None:
-    rig = make_rig(tmp_path, store, spotler, clock, retry=RetrySettings(backoff_initial=2, inline_wait_max=2, jitter=0))
-    try:
-        spotler_server.injector.script("503")
-        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
-        assert rig.drain().succeeded == 1  # in the same drain, not put back to pending
-    finally:
-        rig.close()
+    job, report = _add_tag_through(("503",), RetrySettings(backoff_initial=2, inline_wait_max=2, jitter=0), tmp_path,
+                                   store, spotler, spotler_server, clock)
+    assert report.succeeded == 1  # in the same drain, not put back to pending
     assert clock.slept == [2.0]
-    assert [a.outcome for a in rig.store.attempts(job.id)] == ["retrying", "succeeded"]
+    assert [a.outcome for a in store.attempts(job.id)] == ["retrying", "succeeded"]
 
 
 @pytest.mark.parametrize(("waited", "left"), [(120.0, 180.0), (300.0, 0.0)])
@@ -212,21 +221,16 @@ def test_a_stop_during_an_inline_wait_leaves_the_job_the_rest_of_it(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock,
     waited: float, left: float,
 ) -> None:
-    rig = make_rig(tmp_path, store, spotler, clock,
-                   retry=RetrySettings(backoff_initial=300, inline_wait_max=600, jitter=0))
+    stop = threading.Event()
 
     def stopped_after(seconds: float) -> None:  # `waited` seconds into the wait, a SIGTERM
         clock.advance(waited)
-        rig.runner.request_stop()
+        stop.set()
 
-    rig.executor._sleep = stopped_after
-    try:
-        spotler_server.injector.script("503")
-        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
-        assert rig.drain().succeeded == 0
-    finally:
-        rig.close()
-    back = rig.store.get(job.id)
+    job, report = _add_tag_through(("503",), RetrySettings(backoff_initial=300, inline_wait_max=600, jitter=0),
+                                   tmp_path, store, spotler, spotler_server, clock, sleep=stopped_after, stop=stop)
+    assert report.succeeded == 0
+    back = store.get(job.id)
     assert (back.status, back.attempts, back.lease_owner) == (JobStatus.PENDING, 1, None)
     assert back.next_attempt_at == clock() + left
 
@@ -235,11 +239,6 @@ def test_backoff_doubles_up_to_its_cap(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
 ) -> None:
     retry = RetrySettings(max_attempts=5, backoff_initial=1, backoff_max=3, jitter=0, inline_wait_max=60)
-    rig = make_rig(tmp_path, store, spotler, clock, retry=retry)
-    try:
-        spotler_server.injector.script("503", "503", "503", "503")
-        rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
-        assert rig.drain().succeeded == 1
-    finally:
-        rig.close()
+    _, report = _add_tag_through(("503",) * 4, retry, tmp_path, store, spotler, spotler_server, clock)
+    assert report.succeeded == 1
     assert clock.slept == [1.0, 2.0, 3.0, 3.0]
