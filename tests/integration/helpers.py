@@ -20,6 +20,7 @@ from jobs.kinds import RunContext, RunsOn
 from jobs.model import Job, JobRequest, Target
 from jobs.runner import DrainReport, Runner
 from jobs.scoring.rules import RuleSet
+from jobs.store import StoreUnavailable
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 
@@ -42,6 +43,33 @@ class Rig:
     def close(self) -> None:
         self.runner.close()
         self.crm.close()
+
+
+class FaultyStore:
+    """A real store with faults on purpose, as a Dynamics 365 store answering 503 (or a driver's surprise) would
+    give them: the claims numbered in `failing_claims` (counted from 1) raise StoreUnavailable, and the next lease
+    renewals raise the errors in `renewal_errors`, one each. It counts the claims it is asked for."""
+
+    def __init__(self, store: SqliteJobStore, failing_claims: set[int] | None = None,
+                 renewal_errors: list[Exception] | None = None) -> None:
+        self._store = store
+        self.failing_claims = failing_claims or set()
+        self.renewal_errors = list(renewal_errors or [])
+        self.claims = 0
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+        self.claims += 1
+        if self.claims in self.failing_claims:
+            raise StoreUnavailable("The job store answered 503.")
+        return self._store.claim(owner, limit, lease_seconds)
+
+    def renew(self, owner: str, job_ids: list[str], lease_seconds: float) -> list[str]:
+        if self.renewal_errors:
+            raise self.renewal_errors.pop(0)
+        return self._store.renew(owner, job_ids, lease_seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

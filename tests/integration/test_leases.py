@@ -25,27 +25,9 @@ from jobs.runner import Runner
 from jobs.store import StoreUnavailable
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
-from tests.integration.helpers import TestKind, wait_until
+from tests.integration.helpers import FaultyStore, TestKind, wait_until
 
 LEASE = 2.0
-
-
-class RenewFailsOnce:
-    """A real store whose first lease renewal fails with `error`: a Dynamics 365 store answering 503, or a
-    surprise (a defect, a driver's own exception)."""
-
-    def __init__(self, store: SqliteJobStore, error: Exception) -> None:
-        self._store = store
-        self.error: Exception | None = error
-
-    def renew(self, owner: str, job_ids: list[str], lease_seconds: float) -> list[str]:
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-        return self._store.renew(owner, job_ids, lease_seconds)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
 
 @dataclass
@@ -83,7 +65,7 @@ def held(request: pytest.FixtureRequest, tmp_path: Path, spotler: SpotlerPlatfor
     store = SqliteJobStore(tmp_path / "jobs.db")
     other = SqliteJobStore(tmp_path / "jobs.db")
     crm = LocalCrm(tmp_path / "timeline.db")
-    runs_on: Any = RenewFailsOnce(store, request.param) if request.param else store
+    runs_on: Any = FaultyStore(store, renewal_errors=[request.param]) if request.param else store
     runner = Runner(runs_on, Executor(spotler, crm, RetrySettings()), workers=1, lease_seconds=LEASE)
     try:
         with registered(TestKind("held", gate, key="held")):

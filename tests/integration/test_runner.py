@@ -1,6 +1,6 @@
 """The drain loop as an operator sees it: what it reports, how it rides out a job store that does not answer a
 claim, how many jobs it asks for and runs at once, what it does with a job another runner took or whose attempts
-ran out, and how it closes. The SQLite store is real; `FlakyClaims` makes chosen claims fail as a Dynamics 365
+ran out, and how it closes. The SQLite store is real; `FaultyStore` makes chosen claims fail as a Dynamics 365
 store answering 503 would, and counts them."""
 
 from __future__ import annotations
@@ -26,25 +26,7 @@ from jobs.runner import DrainReport, Runner
 from jobs.store import StoreUnavailable
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
-from tests.integration.helpers import TestKind, wait_until
-
-
-class FlakyClaims:
-    """A real store whose claims number `failing` (counted from 1) raise StoreUnavailable."""
-
-    def __init__(self, store: SqliteJobStore, failing: set[int]) -> None:
-        self._store = store
-        self.failing = failing
-        self.claims = 0
-
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
-        self.claims += 1
-        if self.claims in self.failing:
-            raise StoreUnavailable("The job store answered 503.")
-        return self._store.claim(owner, limit, lease_seconds)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+from tests.integration.helpers import FaultyStore, TestKind, wait_until
 
 
 @pytest.fixture
@@ -68,7 +50,7 @@ def test_after_a_claim_that_worked_the_drain_rides_out_as_many_failed_claims_as_
     store: SqliteJobStore, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, crm: LocalCrm, clock: FakeClock
 ) -> None:
     queue(store, "C-1", "C-2", "C-3")
-    flaky = FlakyClaims(store, failing={2, 3, 4, 5})  # every pause used, after the first claim worked
+    flaky = FaultyStore(store, failing_claims={2, 3, 4, 5})  # every pause used, after the first claim worked
     runner = runner_on(flaky, spotler, crm, clock)
     try:
         assert runner.drain().succeeded == 3
@@ -82,7 +64,7 @@ def test_one_failed_claim_more_than_it_has_pauses_ends_the_drain_and_loses_no_jo
     store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
 ) -> None:
     queue(store, "C-1", "C-2")
-    flaky = FlakyClaims(store, failing=set(range(2, 3 + len(CLAIM_RETRY_DELAYS))))
+    flaky = FaultyStore(store, failing_claims=set(range(2, 3 + len(CLAIM_RETRY_DELAYS))))
     runner = runner_on(flaky, spotler, crm, clock)
     try:
         with pytest.raises(StoreUnavailable):
@@ -121,7 +103,7 @@ def test_a_runner_closed_twice_is_closed_once(
 def test_a_runner_whose_workers_are_all_busy_asks_the_store_for_nothing(
     store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
 ) -> None:
-    counted = FlakyClaims(store, failing=set())
+    counted = FaultyStore(store)
     runner = runner_on(counted, spotler, crm, clock)
     gate = threading.Event()
     try:
@@ -183,7 +165,7 @@ def test_an_outcome_refused_because_another_runner_took_the_job_is_not_offered_a
 ) -> None:
     offers: list[str] = []
 
-    class TakenMeanwhile(FlakyClaims):
+    class TakenMeanwhile(FaultyStore):
         def finish(self, owner: str, job_id: str, outcome: Any) -> None:
             offers.append(job_id)
             if len(offers) == 1:  # the lease ran out just before, and another runner took the job
@@ -192,7 +174,7 @@ def test_an_outcome_refused_because_another_runner_took_the_job_is_not_offered_a
             store.finish(owner, job_id, outcome)
 
     (job,) = queue(store, "C-1")
-    runner = runner_on(TakenMeanwhile(store, failing=set()), spotler, crm, clock)
+    runner = runner_on(TakenMeanwhile(store), spotler, crm, clock)
     try:
         assert runner.drain().processed == 0  # left to its new holder
     finally:
