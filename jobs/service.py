@@ -191,7 +191,7 @@ def last_changes(entries: list[HistoryEntry], per_tag: int = 3) -> dict[str, lis
     """The newest changes the connector applied to each tag, oldest first."""
     by_tag: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
-        by_tag.setdefault(entry.change.tag or "", []).append(entry.to_json())
+        by_tag.setdefault(entry.change.tag, []).append(entry.to_json())
     return {tag: changes[-per_tag:] for tag, changes in by_tag.items()}
 
 

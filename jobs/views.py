@@ -135,7 +135,7 @@ def history_table(entries: list[HistoryEntry]) -> Table:
         table.add_column(column, no_wrap=column != "tag")
     for entry in entries:
         c = entry.change
-        table.add_row(iso(entry.at) or "", c.tag or "", change_text(c), "" if c.before is None else str(c.before),
+        table.add_row(iso(entry.at) or "", c.tag, change_text(c), "" if c.before is None else str(c.before),
                       "" if c.after is None else str(c.after), entry.source, entry.job_id)
     return table
 

@@ -25,7 +25,7 @@ class Change:
     """One change a job applied to one tag of its record. `before` and `after` are the score around it where
     known: an increment reads the score first; a Set Score knows only `after`; a removal leaves 0."""
 
-    tag: str | None
+    tag: str
     op: Op
     before: int | None = None
     after: int | None = None

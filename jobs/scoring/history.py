@@ -49,7 +49,7 @@ def history_effects(job: Job, changes: Sequence[Change]) -> Effects:
     return Effects(tuple(
         Record(STREAM, key, {"tag": c.tag, "op": c.op.value, "before": c.before, "after": c.after,
                              "delta": c.delta, "kind": request.kind.name, "source": request.origin.source})
-        for c in changes if c.tag is not None
+        for c in changes
     ))
 
 
@@ -57,7 +57,7 @@ def history_of(store: ReaderStore, target: Target, tag: str | None = None) -> li
     """The record's history, oldest first; only the tag's when given (tags compare without case)."""
     entries = [_entry(entry) for entry in store.entries(STREAM, record_key(target))]
     if tag is not None:
-        entries = [e for e in entries if (e.change.tag or "").casefold() == tag.casefold()]
+        entries = [e for e in entries if e.change.tag.casefold() == tag.casefold()]
     return entries
 
 
@@ -66,7 +66,7 @@ def scores_of(entries: Sequence[HistoryEntry]) -> dict[str, int | None]:
     by_tag: dict[str, list[Change]] = {}
     names: dict[str, str] = {}
     for entry in entries:
-        tag = entry.change.tag or ""
+        tag = entry.change.tag
         names.setdefault(tag.casefold(), tag)
         by_tag.setdefault(tag.casefold(), []).append(entry.change)
     return {names[folded]: fold(changes) for folded, changes in by_tag.items()}
@@ -74,7 +74,7 @@ def scores_of(entries: Sequence[HistoryEntry]) -> dict[str, int | None]:
 
 def _entry(entry: Entry) -> HistoryEntry:
     data = entry.data
-    change = Change(tag=data.get("tag"), op=Op(data["op"]), before=data.get("before"), after=data.get("after"),
+    change = Change(tag=data["tag"], op=Op(data["op"]), before=data.get("before"), after=data.get("after"),
                     delta=data.get("delta"))
     return HistoryEntry(at=entry.at, job_id=entry.job_id, kind=str(data.get("kind", "")),
                         source=str(data.get("source", "crm")), change=change)

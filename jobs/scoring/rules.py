@@ -170,7 +170,8 @@ def load_rules(path: Path | None) -> RuleSet:
     if path is None:
         return RuleSet()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:  # TOML is UTF-8 by definition: tomllib decodes it, whatever the locale
+            data = tomllib.load(file)
     except FileNotFoundError:
         raise SettingsError(f"rules_file {path} does not exist; create it or unset rules_file.") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -57,7 +57,7 @@ class Firing:
         data = entry.data
         return cls(trigger=data["trigger"], tag=data["tag"], at_least=data["at_least"], before=data.get("before"),
                    after=data.get("after"), job_id=entry.job_id, at=entry.at, record=entry.key,
-                   actions=tuple(data.get("actions", ())))
+                   actions=tuple(data["actions"]))
 
 
 class TriggerFirings:
@@ -69,17 +69,18 @@ class TriggerFirings:
         self.clock = clock
 
     def __call__(self, job: Job, changes: Sequence[Change]) -> Effects:
-        request = job.request
-        if request is None or request.target is None or not self.rules.triggers:
+        target = job.request.target if job.request else None
+        if target is None:  # only a job on a record changes its tags
             return Effects()
         effects = Effects()
         for change in changes:
-            if change.tag is None or change.op is Op.TAG or not self.rules.triggers_on(change.tag):
+            # Adding a tag leaves its score as it was: it crosses nothing, not even a threshold at or below 0.
+            if change.op is Op.TAG or not self.rules.triggers_on(change.tag):
                 continue
-            before = change.before if change.before is not None else self._view(request.target, change.tag)
+            before = change.before if change.before is not None else self._view(target, change.tag)
             for trigger in self.rules.triggers_on(change.tag):
                 if crossed(before, change.after, trigger.at_least):
-                    effects += self._fire(trigger, job, request.target, change, before)
+                    effects += self._fire(trigger, job, target, change, before)
         return effects
 
     def _view(self, target: Target, tag: str) -> int | None:
@@ -93,7 +94,7 @@ class TriggerFirings:
             return Effects()
         unique = firing_key(trigger, target, job.id)
         origin = Origin(source="trigger", job_id=job.id, trigger=trigger.name, firing=unique, tag=change.tag,
-                        score=None if change.after is None else str(change.after))
+                        score=str(change.after))  # every change that can cross a threshold has a score after it
         actions = tuple(self._action(fields, target, f"firing:{unique}:{n}", origin)
                         for n, fields in enumerate(a.fields() for a in trigger.actions))
         record = Record(STREAM, key, {

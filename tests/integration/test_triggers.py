@@ -157,6 +157,38 @@ def test_a_set_score_is_judged_on_its_own_tag_s_history_and_never_crosses_from_a
     assert [t for t, _, _ in fired(rig)] == ["Prospect", "Hand over", "Fan"]
 
 
+NEUTRAL_RULES = """
+[[triggers]]
+name = "Forgiven"
+tag = "Complaints"
+at_least = 0
+[[triggers.actions]]
+do = "add_tag"
+tags = "Forgiven"
+"""
+
+
+def test_a_threshold_at_0_is_crossed_by_a_removal_from_below_on_any_of_the_job_s_tags_but_never_by_adding_a_tag(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
+) -> None:
+    path = tmp_path / "neutral.toml"
+    path.write_text(NEUTRAL_RULES, encoding="utf-8")
+    rig = make_rig(tmp_path, store, spotler, clock, rules=load_rules(path))
+    try:
+        score(rig, "Complaints", -4, op="set_score")  # from a missing score (0) down: no crossing
+        for operation in ("add_tag", "remove_tag"):
+            rig.queue(operation=operation, tags="Newsletter,Complaints", target_id="C-1")
+            rig.drain()
+            if operation == "add_tag":  # the score stays -4: adding a tag crosses nothing
+                rig.drain()
+                assert fired(rig) == []
+        # The removal takes Complaints from -4 to 0; that it is the job's second tag changes nothing.
+        assert [(f.trigger, f.tag, f.before, f.after) for f in firings_of(rig.store, C1)] == [
+            ("Forgiven", "Complaints", -4, 0)]
+    finally:
+        rig.close()
+
+
 CRM_RULES = """
 [[triggers]]
 name = "Prospect"

@@ -89,7 +89,12 @@ def test_no_rules_file_means_no_rules() -> None:
      "rules[0] 'visit' weight: is not a key of the rules file here"),
     ('[[triggers]]\nname = "T"\ntag = "A"\nat_least = 3\n', "triggers[0] 'T' actions: is missing"),
     ('[[rules]]\nevent = "v"\ntag = "A"\nchange = "+1"\n[[rules]]\nevent = "v"\ntag = "B"\nchange = "+2"\n',
-     "event 'v' has more than one rule; an event becomes at most one job"),
+     "rules.toml: the file: event 'v' has more than one rule; an event becomes at most one job"),
+    ('triggers = [{ name = "T", tag = "A", at_least = 3, actions = ["add_tag"] }]\n',
+     "rules.toml: triggers[0] 'T' actions[0]: Input should be a valid dictionary"),
+    ('triggers = [{ name = "T", tag = "A", at_least = [3], actions = [{ do = ["add_tag"] }] }]\n',
+     "rules.toml: triggers[0] 'T' at_least: at_least is [3]; it must be a whole number such as 3; "
+     "triggers[0] 'T' actions[0] do: Input should be a valid string."),
     ("[[rules]\n", "is not valid TOML"),
 ])
 def test_a_mistake_is_refused_with_the_file_the_entry_and_what_would_be_right(
@@ -103,6 +108,14 @@ def test_a_mistake_is_refused_with_the_file_the_entry_and_what_would_be_right(
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist; create it or unset rules_file"):
         load_rules(tmp_path / "nope.toml")
+
+
+def test_a_file_that_is_not_utf_8_is_named_with_why(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_bytes('[[rules]]\nevent = "café"\n'.encode("latin-1"))
+    with pytest.raises(SettingsError) as refused:
+        load_rules(path)
+    assert str(refused.value).startswith(f"rules_file {path} cannot be read ('utf-8' codec can't decode byte 0xe9")
 
 
 def test_a_trigger_no_rule_can_reach_is_a_warning(tmp_path: Path) -> None:
