@@ -48,7 +48,7 @@ SCOPE = [
     *_methods("jobs.store.dataverse", "DataverseJobStore", "claim", "_claim_part", "_unblocked", "_unfinished_jobs",
               "renew", "record_attempt", "_attempt_columns", "save_progress", "finish", "_new_job_parts",
               "_entry_parts", "_existing_entries", "release", "_write", "_patch", "_batch", "_refused"),
-    *_functions("jobs.store.dataverse", "format_attempt", "last_attempt_number", "_appended", "_entry_id"),
+    *_functions("jobs.store.dataverse", "format_attempt", "last_attempt_number", "append_to_log", "_entry_id"),
     "jobs.scoring.changes.*",
     "jobs.scoring.rules.*",
     "jobs.scoring.triggers.*",

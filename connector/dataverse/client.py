@@ -291,7 +291,13 @@ class DataverseClient:
         if continue_on_error:
             headers["Prefer"] = "odata.continue-on-error"
         response = self.send("POST", "$batch", data=body, headers=headers)
-        return parse_batch(response.content, response.headers.get("Content-Type", ""))
+        results = parse_batch(response.content, response.headers.get("Content-Type", ""))
+        # Dataverse answers a change set with every part, or with the one that failed. Anything else (an answer
+        # cut short on the way) leaves its outcome unknown: asking again is the only safe reading.
+        if changeset and len(results) != len(parts) and all(result.ok for result in results):
+            raise errors.Unavailable(f"Dataverse answered a change set of {len(parts)} requests with "
+                                     f"{len(results)} answers and no failure; its outcome is unknown.")
+        return results
 
     def batch_error(self, result: BatchResult) -> errors.ConnectorError:
         """Our error for one failed part of a batch."""

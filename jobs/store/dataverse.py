@@ -56,7 +56,7 @@ from typing import Any, NoReturn
 from config.defaults import DATAVERSE_WRITE_TRIES
 from config.settings import DataverseEntriesSettings, DataverseTableSettings
 from connector import errors
-from connector.dataverse.batch import BatchPart
+from connector.dataverse.batch import BatchPart, BatchResult
 from connector.dataverse.client import DataverseClient, encode_query, is_guid, odata_literal, row_url
 from jobs import kinds
 from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus
@@ -496,18 +496,18 @@ class DataverseJobStore:
         results = []
         for start in range(0, len(parts), 1000):
             chunk = self.client.batch(parts[start:start + 1000], **options)
-            if options.get("changeset") and (len(chunk) != len(parts[start:start + 1000]) or not chunk[0].ok):
-                self._refused(next((r for r in chunk if not r.ok), None), "Dataverse refused the jobs")
+            if options.get("changeset") and not all(r.ok for r in chunk):
+                self._refused(chunk, "Dataverse refused the jobs")
             results.extend(chunk)
         return results
 
-    def _refused(self, failed: Any, what: str) -> NoReturn:
-        """A failed part of a change set: a throttled or unavailable service is worth asking again later."""
-        error = self.client.batch_error(failed) if failed is not None else None
-        message = f"{what}: {error.message if error else 'no answer'}"
-        if error is None or isinstance(error, errors.TransientError):
-            raise StoreUnavailable(message, http_status=error.http_status if error else None,
-                                   retry_after=getattr(error, "retry_after", None)) from error
+    def _refused(self, results: Sequence[BatchResult], what: str) -> NoReturn:
+        """The answer to a change set that failed (the client makes sure it names the part that did): a
+        throttled or unavailable service is worth asking again later."""
+        error = self.client.batch_error(next(r for r in results if not r.ok))
+        message = f"{what}: {error.message}"
+        if isinstance(error, errors.TransientError):
+            raise StoreUnavailable(message, http_status=error.http_status, retry_after=error.retry_after) from error
         if isinstance(error, errors.Conflict):
             raise error
         raise StoreError(message, http_status=error.http_status) from error
@@ -566,8 +566,8 @@ class DataverseJobStore:
         path = f"{self.t.entity_set}({job_id})?{encode_query({'$select': ','.join(self.columns)})}"
         patch = BatchPart("PATCH", path, body=changes, headers={"If-Match": etag, "Prefer": "return=representation"})
         results = self.client.batch([patch, *also], changeset=True)
-        if len(results) != len(also) + 1 or not all(result.ok for result in results):
-            self._refused(next((r for r in results if not r.ok), None), f"Dataverse refused job {job_id}'s outcome")
+        if not all(result.ok for result in results):
+            self._refused(results, f"Dataverse refused job {job_id}'s outcome")
         return dict(results[0].json())
 
     def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> builtins.list[str]:
@@ -585,7 +585,7 @@ class DataverseJobStore:
         previous = row.get(t.attempt_log) or ""
         number = last_attempt_number(previous) + 1
         return {t.attempts: int(row.get(t.attempts) or 0) + 1,
-                t.attempt_log: _appended(previous, format_attempt(attempt, number)),
+                t.attempt_log: append_to_log(previous, format_attempt(attempt, number)),
                 t.last_attempt_at: _iso(attempt.ended_at or attempt.started_at)}
 
     def record_attempt(self, owner: str, attempt: Attempt) -> None:
@@ -609,9 +609,7 @@ class DataverseJobStore:
                 out[t.posted_at] = now
             return out or {t.lease_owner: owner}
 
-        also: builtins.list[BatchPart] = []
-        if effects:
-            also = self._entry_parts(job_id, effects.records, moment) + self._new_job_parts(effects.jobs)
+        also = self._entry_parts(job_id, effects.records, moment) + self._new_job_parts(effects.jobs) if effects else []
         self._write(owner, job_id, changes, also=also)
 
     def _new_job_parts(self, requests: Sequence[JobRequest]) -> builtins.list[BatchPart]:
@@ -651,10 +649,10 @@ class DataverseJobStore:
         """An upsert (PATCH without If-Match) per record. A record with a `unique` value has a row id made from
         it, so it can only ever be one row; one stored already is left as it is."""
         e = self.e
-        ids = [_entry_id(record) for record in records]
-        kept = self._existing_entries([row_id for row_id, record in zip(ids, records, strict=True) if record.unique])
+        rows = [(_entry_id(record), record) for record in records]
+        kept = self._existing_entries([row_id for row_id, record in rows if record.unique])
         parts = []
-        for row_id, record in zip(ids, records, strict=True):
+        for row_id, record in rows:
             if row_id in kept:
                 continue
             body = {e.stream: record.stream, e.key: record.key, e.job_id: job_id, e.data: json.dumps(record.data),
@@ -690,7 +688,7 @@ class DataverseJobStore:
             if job.status not in allowed:
                 raise NotAllowed(semantics.refusal(action, job))
             line = format_audit(AuditEntry(job_id=job_id, at=self._clock(), action=action, who=by.who, via=by.via))
-            audited = {**changes, self.t.attempt_log: _appended(row.get(self.t.attempt_log) or "", line)}
+            audited = {**changes, self.t.attempt_log: append_to_log(row.get(self.t.attempt_log) or "", line)}
             try:
                 self.client.update(self.t.entity_set, job_id, audited, etag=row["@odata.etag"])
                 return
@@ -739,7 +737,7 @@ def _clip(message: str) -> str:
     return message if len(message) <= MESSAGE_MAX else message[: MESSAGE_MAX - 1] + "…"
 
 
-def _appended(log_text: str, line: str) -> str:
+def append_to_log(log_text: str, line: str) -> str:
     """The log with one more line; past its size the oldest lines go, since the newest are what support reads."""
     text = (log_text + "\n" if log_text else "") + line
     if len(text) > ATTEMPT_LOG_MAX:
@@ -761,8 +759,9 @@ _LOG_LINE = re.compile(r"^#(\d+) \| (\S+) \| (\S+) \| (\w+) \| (\S+) \| (\S+) \|
 
 
 def format_attempt(attempt: Attempt, number: int) -> str:
-    """One line of the attempt log; the message last, on one line, so the line stays parseable."""
-    message = " ".join(attempt.message.split())
+    """One line of the attempt log; the message last, on one line and clipped, so the line stays parseable and
+    always fits the log whole."""
+    message = _clip(" ".join(attempt.message.split()))
     return " | ".join([
         f"#{number}", _iso_ms(attempt.started_at), _iso_ms(attempt.ended_at), attempt.outcome,
         attempt.result_code or "-", str(attempt.http_status) if attempt.http_status is not None else "-", message,

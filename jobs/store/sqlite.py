@@ -374,7 +374,7 @@ class SqliteJobStore:
             expired = db.execute(EXPIRED_LEASES, {"now": now}).fetchall()
             for row in expired:
                 attempt = semantics.expired_attempt(row["id"], row["lease_owner"], now)
-                db.execute(RECORD_ATTEMPT, attempt.model_dump(exclude={"number"}))
+                db.execute(RECORD_ATTEMPT, attempt.model_dump())  # the statement numbers it
                 db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (row["id"],))
             if expired:
                 db.execute(REQUEUE_EXPIRED, {"now": now})
@@ -402,7 +402,7 @@ class SqliteJobStore:
         ).rowcount
         if not changed:
             raise LeaseLost(f"Job {attempt.job_id} is no longer held by {owner}.")
-        db.execute(RECORD_ATTEMPT, attempt.model_dump(exclude={"number"}))
+        db.execute(RECORD_ATTEMPT, attempt.model_dump())  # the statement numbers it
 
     def save_progress(
         self, owner: str, job_id: str, *, score_before: int | None = None, applied: bool = False,

@@ -84,15 +84,26 @@ def test_where_a_job_comes_from_round_trips(case: StoreCase) -> None:
     assert plain.to_json()["origin"] is None
 
 
-def test_progress_timestamps_are_kept_from_the_first_time(case: StoreCase) -> None:
+def test_progress_marks_only_what_it_is_told_and_keeps_each_from_the_first_time(case: StoreCase) -> None:
     job = case.add("increase_score", "Lead", 3)
     case.store.claim("runner-a", 1, LEASE)
-    case.store.save_progress("runner-a", job.id, score_before=7, applied=True)
-    first = case.clock.now
+
+    def progress() -> tuple[object, ...]:
+        again = case.store.get(job.id)
+        return again.score_before, again.applied_at, again.posted_at
+
+    case.store.save_progress("runner-a", job.id, score_before=7)  # read, not yet applied: a retry sends it
+    assert progress() == (7, None, None)
+    case.clock.advance(1)
+    case.store.save_progress("runner-a", job.id, applied=True)  # applied, not yet posted: a retry posts it
+    applied = case.at(case.clock.now)
+    assert progress() == (7, applied, None)
+    case.clock.advance(5)
+    case.store.save_progress("runner-a", job.id, posted=True)
+    posted = case.at(case.clock.now)
     case.clock.advance(5)
     case.store.save_progress("runner-a", job.id, applied=True, posted=True)
-    again = case.store.get(job.id)
-    assert (again.applied_at, again.posted_at, again.score_before) == (case.at(first), case.at(case.clock.now), 7)
+    assert progress() == (7, applied, posted)
 
 
 def test_a_tag_only_job_with_several_tags_round_trips(case: StoreCase) -> None:
@@ -323,11 +334,12 @@ def test_the_first_owner_can_no_longer_write_once_its_lease_is_taken(case: Store
     case.store.claim("runner-a", 10, LEASE)
     case.clock.advance(LEASE + 2)
     case.store.claim("runner-b", 10, LEASE)
-    with pytest.raises(LeaseLost):
+    lost = f"Job {job.id} is no longer held by runner-a."  # what the runner's log says of it
+    with pytest.raises(LeaseLost, match=lost):
         case.succeed("runner-a", job.id)
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=lost):
         case.store.record_attempt("runner-a", Attempt(job_id=job.id, started_at=case.clock.now, outcome="succeeded"))
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=lost):
         case.store.save_progress("runner-a", job.id, score_before=1, applied=True)
     assert case.store.renew("runner-a", [job.id], LEASE) == [job.id]
     held = case.store.get(job.id)
@@ -400,6 +412,20 @@ def test_the_last_attempt_and_the_posted_mark_go_with_the_outcome(case: StoreCas
     assert [(a.number, a.outcome) for a in case.store.attempts(job.id)] == [(1, "succeeded")]
 
 
+def test_every_attempt_counts_on_the_job_and_in_its_log(case: StoreCase) -> None:
+    job = case.add()
+    case.store.claim("runner-a", 1, LEASE)
+    for code, status in (("RATE_LIMITED", 429), (None, None)):  # retried within one claim, after a short wait
+        case.store.record_attempt("runner-a", Attempt(job_id=job.id, started_at=case.clock.now, outcome="retrying",
+                                                      result_code=code, http_status=status))
+        case.clock.advance(2)
+    assert case.store.get(job.id).attempts == 2
+    case.fail(job.id)
+    assert case.store.get(job.id).attempts == 3
+    assert [(a.number, a.result_code, a.http_status) for a in case.store.attempts(job.id)] == [
+        (1, "RATE_LIMITED", 429), (2, None, None), (3, "NOT_FOUND", 404)]
+
+
 def test_effects_whose_lease_is_lost_are_not_written(case: StoreCase) -> None:
     job = case.add()
     case.store.claim("runner-a", 1, LEASE)
@@ -420,21 +446,32 @@ def test_effects_of_durable_subscribers_are_kept_with_the_applied_mark(case: Sto
                Record("history", "contact:c-1|lead", {"before": 4, "after": 6}),
                Record("firings", "t1|contact:c-1", {"trigger": "t1"}, unique="t1|contact:c-1|1"))
     action = case.req("add_tag", "Prospect", target="C-1", request_id="firing:t1|contact:c-1|1|0")
-    case.store.save_progress("runner-a", first.id, applied=True, effects=Effects(records, (action,)))
-    assert case.store.get(first.id).applied_at == case.at(case.clock.now)
+    # The same request id twice in one write is one job too.
+    case.store.save_progress("runner-a", first.id, applied=True, effects=Effects(records, (action, action)))
+    written = case.at(case.clock.now)
+    assert case.store.get(first.id).applied_at == written
     case.clock.advance(1)
+    # A write that offers a stored firing again, beside new records and a new action: only the new ones are kept.
     again = Record("firings", "t1|contact:c-1", {"trigger": "t1", "again": True}, unique="t1|contact:c-1|1")
-    case.store.save_progress("runner-a", second.id, applied=True, effects=Effects((again,), (action,)))
+    other = Record("firings", "t2|contact:c-1", {"trigger": "t2"}, unique="t2|contact:c-1")
+    later = Record("history", "contact:c-1|lead", {"before": 6, "after": 9})
+    follow_up = case.req("add_tag", "Hot", target="C-1", request_id="firing:t2|contact:c-1|0")
+    case.store.save_progress("runner-a", second.id, applied=True,
+                             effects=Effects((again, other, later), (action, follow_up)))
 
     history = case.another().entries("history", "contact:c-1|lead")
-    assert [(e.data, e.job_id) for e in history] == [({"before": 1, "after": 4}, first.id),
-                                                     ({"before": 4, "after": 6}, first.id)]
-    (firing,) = case.store.entries("firings")
-    assert (firing.data, firing.job_id) == ({"trigger": "t1"}, first.id)  # kept once: the first one stays
+    assert [(e.data, e.job_id, e.at) for e in history] == [({"before": 1, "after": 4}, first.id, written),
+                                                           ({"before": 4, "after": 6}, first.id, written),
+                                                           ({"before": 6, "after": 9}, second.id, written + 1)]
+    firings = case.store.entries("firings")
+    # Kept once: the first one stays.
+    assert [(f.data, f.job_id) for f in firings] == [({"trigger": "t1"}, first.id), ({"trigger": "t2"}, second.id)]
     assert case.store.entries("history", "elsewhere") == []
     queued = [j for j in case.store.list(JobFilter()).jobs if j.request_id == "firing:t1|contact:c-1|1|0"]
     assert len(queued) == 1 and queued[0].status is JobStatus.PENDING  # queued once, also when offered twice
     assert queued[0].request == action
+    assert [j.request for j in case.store.list(JobFilter()).jobs if j.request_id == follow_up.request_id] == [
+        follow_up]
 
 
 def test_records_of_no_job_are_kept_all_at_once_and_unique_ones_once(case: StoreCase) -> None:

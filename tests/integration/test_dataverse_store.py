@@ -5,7 +5,9 @@ throttled `$batch` is reported. Every guarantee of the store contract is in `tes
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,9 +16,9 @@ from config.settings import DataverseTableSettings, RetrySettings
 from connector.dataverse.client import DataverseClient
 from connector.platform import Contact
 from jobs.executor import Executor
-from jobs.model import InvalidJob, JobRequest, JobStatus
-from jobs.store import Actor, JobFilter, Outcome, StoreError
-from jobs.store.dataverse import DataverseJobStore
+from jobs.model import Attempt, InvalidJob, JobRequest, JobStatus
+from jobs.store import Actor, Effects, JobFilter, Outcome, Record, StoreError
+from jobs.store.dataverse import ATTEMPT_LOG_MAX, MESSAGE_MAX, DataverseJobStore, append_to_log
 from tests.conftest import FakeClock
 from tests.integration.dataverse_env import TABLE, client_for, make_record, running_sandbox
 
@@ -51,6 +53,61 @@ def test_runner_columns_are_readable_on_the_row(dv_store, queue, client):
     assert (row["statuscode"], row["statecode"]) == (2, 1)
     assert row["cr_resultcode"] == "OK"
     assert row["cr_message"] == "Added tag Webinar"
+
+
+def test_the_row_shows_when_the_last_attempt_ended(dv_store, queue, client, clock):
+    job = queue()
+    dv_store.claim("runner-a", 1, 30.0)
+    started = clock.now
+    clock.advance(4)  # a slow answer: the attempt ends four seconds after it started
+    dv_store.record_attempt("runner-a", Attempt(job_id=job.id, started_at=started, ended_at=clock.now,
+                                                outcome="retrying", result_code="UNAVAILABLE", http_status=503))
+    ended = datetime.fromtimestamp(math.ceil(clock.now), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert client.get(ENTITY, job.id)["cr_lastattemptat"] == ended
+
+
+def test_a_full_attempt_log_drops_its_oldest_whole_lines(dv_store, queue, client, clock):
+    job = queue()
+    dv_store.claim("runner-a", 1, 30.0)
+
+    def attempt(message: str) -> None:
+        dv_store.record_attempt("runner-a", Attempt(job_id=job.id, started_at=clock.now, outcome="retrying",
+                                                    result_code="UNAVAILABLE", message=message))
+
+    for n in range(1, 46):  # each line about 500 characters: 45 of them are more than the column holds
+        attempt(f"try {n} " + "x" * 420)
+    log = client.get(ENTITY, job.id)["cr_attemptlog"]
+    # As many of the newest whole lines as fit: what was dropped is at most one line and its line break.
+    assert ATTEMPT_LOG_MAX - max(map(len, log.splitlines())) - 1 <= len(log) <= ATTEMPT_LOG_MAX
+    kept = dv_store.attempts(job.id)
+    assert [a.number for a in kept] == list(range(46 - len(kept), 46)) and len(kept) < 45
+    assert len(log.splitlines()) == len(kept)  # every line kept is whole: none is cut at its start
+    assert all(a.message == f"try {a.number} " + "x" * 420 for a in kept)
+    attempt("y" * 30_000)  # longer than the whole log: its message is clipped, so its line fits
+    assert dv_store.attempts(job.id)[-1].message == "y" * (MESSAGE_MAX - 1) + "…"
+    assert dv_store.get(job.id).attempts == 46
+
+
+def test_an_attempt_log_exactly_at_its_size_keeps_every_line():
+    first = "#1 | " + "a" * 100
+    second = "#2 | " + "b" * (ATTEMPT_LOG_MAX - len(first) - 1 - 5)
+    assert append_to_log(first, second) == f"{first}\n{second}"
+    assert append_to_log(first, second + "b") == second + "b"
+
+
+def test_a_write_with_firings_looks_up_only_those_firings(client, clock, contact, sandbox):
+    store = DataverseJobStore(client, TABLE, clock=clock, page_size=2)
+    jobs = store.add([JobRequest.from_input(operation="add_tag", tags=t, target_kind="contact", target_id=contact)
+                      for t in ("A", "B")])
+    store.claim("runner-a", 2, 30.0)
+    history = tuple(Record("history", "contact:c-1|a", {"n": n}) for n in range(6))
+    store.save_progress("runner-a", jobs[0].id, applied=True, effects=Effects(history))
+    firings = tuple(Record("firings", "contact:c-1", {"trigger": t}, unique=f"{t}|contact:c-1") for t in "TU")
+    before = sandbox.app.api_requests
+    store.save_progress("runner-a", jobs[1].id, applied=True, effects=Effects(firings))
+    # One query for the two firings' rows (not a page through every entry), one change set.
+    assert sandbox.app.api_requests - before == 2
+    assert [e.data["trigger"] for e in store.entries("firings")] == ["T", "U"]
 
 
 def test_a_user_editing_a_running_job_does_not_lose_the_lease(dv_store, queue, client):

@@ -412,6 +412,18 @@ def test_batch_with_a_change_set_builds_the_multipart_body_and_parses_the_answer
     assert isinstance(client.batch_error(results[1]), errors.Conflict)
 
 
+@pytest.mark.parametrize("answers", [0, 1])
+def test_a_change_set_answered_short_with_no_failure_is_an_unknown_outcome(rsps, client, answers):
+    identity(rsps, "token-1")
+    part = "--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n\r\n"
+    rsps.post(f"{API}$batch", body=part * answers + "--b--\r\n", content_type="multipart/mixed; boundary=b")
+    with pytest.raises(errors.Unavailable) as unknown:
+        client.batch([BatchPart("POST", "contacts", body={"lastname": "A"}),
+                      BatchPart("POST", "contacts", body={"lastname": "B"})], changeset=True)
+    assert unknown.value.message == (f"Dataverse answered a change set of 2 requests with {answers} answers and no "
+                                     "failure; its outcome is unknown.")
+
+
 def test_batch_without_change_set_can_continue_on_error(rsps, client):
     identity(rsps, "token-1")
     answer = "--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200 OK\r\n\r\n{}\r\n--b--\r\n"
