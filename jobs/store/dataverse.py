@@ -457,7 +457,7 @@ class DataverseJobStore:
         offers: builtins.list[tuple[Job, Row]] = []
         for job, row in self._unblocked(now, self._unfinished_jobs()):
             due = job.status is JobStatus.PENDING and job.next_attempt_at <= now
-            expired = job.status is JobStatus.RUNNING and (job.lease_expires_at or 0) < now
+            expired = job.status is JobStatus.RUNNING and not semantics.holds_lease(job, now)
             if due or expired:
                 offers.append((job, row))
         offers.sort(key=lambda offer: (offer[0].next_attempt_at if offer[0].status is JobStatus.PENDING else now))

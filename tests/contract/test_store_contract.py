@@ -139,6 +139,25 @@ def test_claim_gives_oldest_first_at_most_limit_and_marks_them_running(case: Sto
     assert case.store.counts() == {"running": 5}
 
 
+def test_a_claim_takes_the_jobs_due_longest_ago_first_and_a_lost_lease_is_due_when_a_claim_finds_it(
+    case: StoreCase
+) -> None:
+    early = case.add(target="C-1")
+    case.store.claim("runner-a", 1, LEASE)
+    case.retry_later(early.id, LEASE + 10)  # created first, due after the next one
+    held = case.add(target="C-2")
+    case.store.claim("runner-x", 1, LEASE)  # runner-x stops renewing: its lease runs out
+    waiting = case.add(target="C-3")
+    case.clock.advance(LEASE + 20)
+    assert [case.claim_ids(owner, 1) for owner in ("runner-b", "runner-c", "runner-d")] == [
+        [waiting.id], [early.id], [held.id]]
+
+
+def test_more_jobs_than_one_request_holds_are_added_all(case: StoreCase) -> None:
+    case.store.add([case.req(target="C-1") for _ in range(1001)])  # Dataverse's $batch holds 1,000 requests
+    assert case.store.counts() == {"pending": 1001}
+
+
 def test_within_one_add_the_limit_takes_the_first_given(case: StoreCase) -> None:
     jobs = case.store.add([case.req(target=f"C-{i}") for i in range(6)])
     assert set(case.claim_ids(limit=2)) == set(ids(jobs[:2]))
@@ -324,6 +343,7 @@ def test_an_expired_lease_makes_the_job_claimable_by_another_runner(case: StoreC
     (taken,) = case.store.claim("runner-b", 10, LEASE)
     assert (taken.id, taken.lease_owner, taken.attempts) == (job.id, "runner-b", 1)
     assert taken.lease_expires_at == case.at(case.clock.now + LEASE)
+    assert case.store.get(job.id).next_attempt_at == case.at(case.clock.now)  # due again when the lease ran out
     (expired,) = case.store.attempts(job.id)
     assert (expired.number, expired.outcome, expired.result_code) == (1, "lease_expired", "LEASE_EXPIRED")
     assert "runner-a" in expired.message
@@ -399,6 +419,14 @@ def test_a_job_back_to_pending_waits_for_its_next_attempt_and_shows_as_retrying(
     assert case.store.waiting() == (0, None)
 
 
+def test_a_job_back_to_pending_without_a_time_is_due_at_once(case: StoreCase) -> None:
+    job = case.add()
+    case.store.claim("runner-a", 1, LEASE)
+    case.store.finish("runner-a", job.id, Outcome(JobStatus.PENDING, "UNAVAILABLE", "Retrying.", http_status=503))
+    assert case.store.get(job.id).next_attempt_at == case.at(case.clock.now)
+    assert case.claim_ids("runner-b") == [job.id]
+
+
 def test_the_last_attempt_and_the_posted_mark_go_with_the_outcome(case: StoreCase) -> None:
     job = case.add()
     case.store.claim("runner-a", 1, LEASE)
@@ -410,6 +438,18 @@ def test_the_last_attempt_and_the_posted_mark_go_with_the_outcome(case: StoreCas
     assert (done.status, done.result_code, done.attempts, done.posted_at) == \
         (JobStatus.SUCCEEDED, "OK", 1, case.at(case.clock.now))
     assert [(a.number, a.outcome) for a in case.store.attempts(job.id)] == [(1, "succeeded")]
+
+
+def test_an_outcome_marks_the_post_only_when_it_was_made_and_keeps_an_earlier_mark(case: StoreCase) -> None:
+    unposted, posted = case.add(), case.add(target="C-2")
+    case.store.claim("runner-a", 2, LEASE)
+    case.fail(unposted.id)  # failed before its post: the post is still to be made after a retry
+    assert case.store.get(unposted.id).posted_at is None
+    case.store.save_progress("runner-a", posted.id, applied=True, posted=True)
+    first = case.at(case.clock.now)
+    case.clock.advance(5)
+    case.store.finish("runner-a", posted.id, Outcome(JobStatus.SUCCEEDED, "OK", "Done.", posted=True))
+    assert case.store.get(posted.id).posted_at == first
 
 
 def test_every_attempt_counts_on_the_job_and_in_its_log(case: StoreCase) -> None:

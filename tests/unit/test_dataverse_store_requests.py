@@ -9,11 +9,12 @@ from collections.abc import Iterator
 import pytest
 import responses
 
+from config.defaults import DATAVERSE_WRITE_TRIES
 from config.settings import DataverseTableSettings
 from connector.dataverse import connect
 from connector.http import Brake
 from jobs.model import Attempt, JobRequest, JobStatus
-from jobs.store import LeaseLost, Outcome, StoreError, StoreUnavailable
+from jobs.store import Effects, LeaseLost, Outcome, Record, StoreError, StoreUnavailable
 from jobs.store.dataverse import DataverseJobStore, format_attempt, parse_attempt_log
 from tests.conftest import FakeClock
 from tests.unit.test_dataverse_client import API, CLIENT_ID, ENV, SECRET, TENANT, api_calls, identity
@@ -73,14 +74,15 @@ def test_claim_reads_once_then_patches_each_offer_with_its_etag_and_skips_a_412(
         row(JOB_D, 8, "trial", seq="0000000004"),
     ]
     rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"), json={"value": unfinished})
-    claimed_a = {**row(JOB_A, 9, "Webinar"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
-    rsps.post(f"{API}$batch", body=batch_answer((200, claimed_a), (412, {"error": {"code": "0x80060882",
-                                                                                    "message": "mismatch"}})),
+    claimed_b = {**row(JOB_B, 9, "Newsletter"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
+    # A was taken by another runner between the read and the PATCH; B is ours.
+    rsps.post(f"{API}$batch", body=batch_answer((412, {"error": {"code": "0x80060882", "message": "mismatch"}}),
+                                                (200, claimed_b)),
               content_type="multipart/mixed; boundary=batchresponse_x")
 
     jobs = store.claim("runner-a", 10, 60.0)
 
-    assert [job.id for job in jobs] == [JOB_A]
+    assert [job.id for job in jobs] == [JOB_B]
     assert jobs[0].status is JobStatus.RUNNING
     query, batch = (call.request for call in api_calls(rsps))
     assert "statuscode%20eq%201%20or%20statuscode%20eq%20100000001" in query.url
@@ -89,6 +91,7 @@ def test_claim_reads_once_then_patches_each_offer_with_its_etag_and_skips_a_412(
     patches = re.findall(r"PATCH (\S+) HTTP/1.1\r\n(.*?)\r\n\r\n(.*?)\r\n", body, re.S)
     assert [p[0].split("?")[0] for p in patches] == [f"{API}cr_connectorjobs({JOB_A})",
                                                      f"{API}cr_connectorjobs({JOB_B})"]
+    assert all(p[0].split("?")[1].startswith("$select=cr_connectorjobid,") for p in patches)  # the row comes back
     assert 'If-Match: W/"5"' in patches[0][1]
     assert 'If-Match: W/"6"' in patches[1][1]
     assert "Prefer: return=representation" in patches[0][1]
@@ -97,6 +100,17 @@ def test_claim_reads_once_then_patches_each_offer_with_its_etag_and_skips_a_412(
     assert change["statecode"] == 0
     assert change["cr_leaseowner"] == "runner-a"
     assert change["cr_leaseexpiresat"] == "2027-01-15T08:01:00Z"  # clock.now + 60 s
+
+
+def test_a_claim_answered_short_takes_the_jobs_it_was_told_of(rsps, store):
+    identity(rsps, "token-1")
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"),
+             json={"value": [row(JOB_A, 5, "Webinar"), row(JOB_B, 6, "Newsletter", seq="0000000002")]})
+    claimed_a = {**row(JOB_A, 9, "Webinar"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
+    rsps.post(f"{API}$batch", body=batch_answer((200, claimed_a)),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+    # B's answer was lost: if B was claimed, its lease runs out and another claim takes it.
+    assert [job.id for job in store.claim("runner-a", 10, 60.0)] == [JOB_A]
 
 
 def test_writes_under_a_lease_use_the_etag_from_the_claim(rsps, store, clock):
@@ -133,9 +147,42 @@ def test_a_412_on_a_write_rereads_and_gives_up_when_another_runner_holds_the_job
     rsps.get(re.compile(re.escape(f"{API}cr_connectorjobs({JOB_A})") + ".*"), json=taken)
 
     store.claim("runner-a", 10, 60.0)
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=f"^Job {JOB_A} is no longer held by runner-a.$"):
         store.finish("runner-a", JOB_A, Outcome(JobStatus.SUCCEEDED, "OK", "done"))
     assert [c.request.method for c in api_calls(rsps)] == ["GET", "POST", "PATCH", "GET"]
+
+
+def claimed_by_runner_a(rsps: responses.RequestsMock) -> dict:
+    identity(rsps, "token-1")
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"), json={"value": [row(JOB_A, 5, "Webinar")]})
+    claimed = {**row(JOB_A, 9, "Webinar"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
+    rsps.post(f"{API}$batch", body=batch_answer((200, claimed)),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+    return claimed
+
+
+def test_a_row_that_changes_under_every_write_is_given_up_after_a_few_tries(rsps, store):
+    claimed = claimed_by_runner_a(rsps)
+    job_url = re.compile(re.escape(f"{API}cr_connectorjobs({JOB_A})") + ".*")
+    rsps.patch(job_url, status=412, json={"error": {"code": "0x80060882", "message": "mismatch"}})
+    rsps.get(job_url, json={**claimed, "@odata.etag": 'W/"12"'})  # someone keeps editing it; it stays ours
+
+    store.claim("runner-a", 10, 60.0)
+    with pytest.raises(LeaseLost, match=f"^Job {JOB_A} kept changing under runner-a; giving it up.$"):
+        store.finish("runner-a", JOB_A, Outcome(JobStatus.SUCCEEDED, "OK", "done"))
+    writes = [c.request.method for c in api_calls(rsps)][2:]
+    assert writes == ["PATCH"] + ["GET", "PATCH"] * (DATAVERSE_WRITE_TRIES - 1)
+
+
+def test_a_row_deleted_while_held_is_a_lost_lease(rsps, store):
+    claimed_by_runner_a(rsps)
+    job_url = re.compile(re.escape(f"{API}cr_connectorjobs({JOB_A})") + ".*")
+    rsps.patch(job_url, status=412, json={"error": {"code": "0x80060882", "message": "mismatch"}})
+    rsps.get(job_url, status=404, json={"error": {"code": "0x80040217", "message": "Does Not Exist"}})
+
+    store.claim("runner-a", 10, 60.0)
+    with pytest.raises(LeaseLost, match=f"^Job {JOB_A} no longer exists.$"):
+        store.finish("runner-a", JOB_A, Outcome(JobStatus.SUCCEEDED, "OK", "done"))
 
 
 def test_attempt_log_lines_round_trip():
@@ -160,7 +207,31 @@ def test_a_change_set_refused_by_a_busy_service_is_worth_asking_again(rsps, stor
         store.add([JobRequest.from_input(operation="add_tag", tags="Webinar")])
     assert isinstance(caught.value, StoreError)
     assert caught.value.http_status == status
-    assert "Number of requests exceeded the limit" in caught.value.message
+    assert caught.value.message.startswith("Dataverse refused the jobs: Dataverse ")
+    assert caught.value.message.endswith(": Number of requests exceeded the limit")
     assert isinstance(caught.value, StoreUnavailable) == (status != 400)
     if status == 429:
         assert caught.value.retry_after == 7  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("status", "error"), [(429, StoreUnavailable), (400, StoreError)])
+def test_the_applied_mark_and_its_effects_are_one_conditional_change_set(rsps, store, status, error):
+    claimed_by_runner_a(rsps)
+    refusal = {"error": {"code": "0x80072322", "message": "Number of requests exceeded the limit"}}
+    rsps.post(f"{API}$batch", body=batch_answer((status, refusal)),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+    store.claim("runner-a", 10, 60.0)
+    effects = Effects((Record("history", "contact:c-1|webinar", {"after": 1}),))
+    with pytest.raises(error) as caught:
+        store.save_progress("runner-a", JOB_A, applied=True, effects=effects)
+
+    assert caught.value.message.startswith(f"Dataverse refused job {JOB_A}'s outcome: Dataverse ")
+    assert caught.value.message.endswith(": Number of requests exceeded the limit")
+    assert (caught.value.http_status, getattr(caught.value, "retry_after", None)) == (
+        status, 7 if status == 429 else None)
+    body = api_calls(rsps)[-1].request.body.decode()
+    assert "Content-Type: multipart/mixed; boundary=changeset_" in body  # all or nothing
+    mark = body[body.index(f"PATCH {API}cr_connectorjobs({JOB_A})?$select=cr_connectorjobid,"):]
+    assert mark.index('If-Match: W/"9"') < mark.index("PATCH", 1)  # only while the row is as the claim left it
+    assert "cr_connectorentries(" in mark  # the history record, after the mark
+
