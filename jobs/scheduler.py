@@ -6,12 +6,13 @@ missed during a long drain into one, so a busy runner does not queue up a backlo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -19,6 +20,33 @@ from connector.errors import ConnectorError
 from jobs.runner import DrainReport, Runner
 
 log = logging.getLogger(__name__)
+
+
+class StopOnSignals:
+    """While in effect, SIGINT and SIGTERM ask the runner to stop: it claims nothing more, lets running attempts
+    finish (a wait between retries is cut short) and gives the jobs it holds back without spending an attempt.
+    The handlers in place before are put back after. `signum` says which signal stopped it, if one did."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.signum: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._saved[signum] = signal.signal(signum, self._stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            # None: a handler not set from Python, which Python cannot put back
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("%s: stopping; running attempts finish, waiting jobs are given back",
+                    signal.Signals(signum).name)
+        self.signum = signum
+        self.runner.request_stop()
 
 
 def run_forever(
@@ -29,8 +57,11 @@ def run_forever(
     install_signals: bool = True,
 ) -> None:
     """Tick the runner until SIGINT / SIGTERM (or `runner.request_stop()`), then shut down cleanly."""
-    stopped = threading.Event()
+    with StopOnSignals(runner) if install_signals else contextlib.nullcontext():
+        _tick_until_stopped(runner, tick_seconds, on_tick)
 
+
+def _tick_until_stopped(runner: Runner, tick_seconds: float, on_tick: Callable[[DrainReport], None] | None) -> None:
     def tick() -> None:
         try:
             report = runner.drain(report_waiting=False)
@@ -41,14 +72,6 @@ def run_forever(
         if on_tick and report.processed:
             on_tick(report)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        log.warning("%s: stopping; running attempts finish, waiting jobs are released", signal.Signals(signum).name)
-        runner.request_stop()
-        stopped.set()
-
-    if install_signals:
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
     # A tick skipped because the previous drain still runs is the design (max_instances=1), not news for the
     # operator: APScheduler would warn about it at every tick of a long drain.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
@@ -60,7 +83,7 @@ def run_forever(
     )
     scheduler.start()
     try:
-        while not stopped.wait(0.5) and not runner.stop_event.is_set():
+        while not runner.stop_event.wait(0.5):  # a timeout, so that signal handlers run promptly
             pass
     finally:
         runner.request_stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,11 +23,11 @@ from jobs.cli.common import (
     out,
     print_jobs,
     settings,
-    signal_handlers_restored,
     with_fault_flags,
 )
 from jobs.demo import DemoResult, GymResult, demo_rules, run_demo
 from jobs.model import JobStatus, iso
+from jobs.scheduler import StopOnSignals, run_forever
 
 
 def run(
@@ -38,18 +39,23 @@ def run(
     config = settings(ctx, runner={"workers": workers} if workers else None)
     with connector(config) as built:
         if once:
-            report = built.runner.drain()
+            with StopOnSignals(built.runner) as signals:
+                report = built.runner.drain()
             out().print(views.report_line(report), markup=False)
+            if signals.signum is not None:
+                waiting = sum(n for status, n in built.store.counts().items() if status in ("pending", "retrying"))
+                err().print(f"Stopped by {signal.Signals(signals.signum).name} before the drain finished: the "
+                            f"attempts under way were let finish and none is left running. "
+                            f"{count(waiting, 'job')} still waiting; the next drain runs them.", markup=False)
+                # 128 + the signal's number, as a shell reports a command a signal ended: the drain did not finish.
+                raise typer.Exit(128 + signals.signum)
             if report.failed:
                 raise Failure(f"{count(report.failed, 'job')} failed; see `connector jobs list --status failed`.")
             return
-        from jobs.scheduler import run_forever
-
         err().print(f"Running: ticking every {config.runner.tick_seconds:g} s with {config.runner.workers} workers. "
                   "Ctrl-C stops.", markup=False)
-        with signal_handlers_restored():
-            run_forever(built.runner, tick_seconds=config.runner.tick_seconds,
-                        on_tick=lambda r: out().print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False))
+        run_forever(built.runner, tick_seconds=config.runner.tick_seconds,
+                    on_tick=lambda r: out().print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False))
         err().print("Stopped.", markup=False)
 
 
