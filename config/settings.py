@@ -399,9 +399,21 @@ def load_settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
 
     clean = {k: v for k, v in overrides.items() if v is not None}
+    # The environment source reads the variables it knows and skips the rest: a misspelled top-level name
+    # (CONNECTOR_PLATFROM) would be dropped without a word, where the same key in connector.toml is refused.
+    unknown = [f"{name}: no such setting (config/example.toml lists every key)" for name in sorted(os.environ)
+               if name.upper().startswith("CONNECTOR_") and name.upper() not in OWN_VARIABLES
+               and name[len("CONNECTOR_"):].split("__")[0].lower() not in Settings.model_fields]
     try:
-        return Settings(**clean)
+        settings = Settings(**clean)
     except ValidationError as exc:
         secret = _secret_paths(Settings)
-        problems = "; ".join(_problem(err, secret) for err in exc.errors())
+        problems = "; ".join([*unknown, *(_problem(err, secret) for err in exc.errors())])
         raise SettingsError(f"The configuration is not valid: {problems}.") from exc
+    if unknown:
+        raise SettingsError(f"The configuration is not valid: {'; '.join(unknown)}.")
+    return settings
+
+
+# Variables that name where the settings are, rather than a setting.
+OWN_VARIABLES = frozenset({"CONNECTOR_CONFIG", "CONNECTOR_SECRETS_FILE"})

@@ -229,7 +229,8 @@ def build_auth(settings: MauticSettings, session: requests.Session, base_url: st
             client_id=settings.client_id,
             client_secret=settings.client_secret.get_secret_value(),
         )
-    return HTTPBasicAuth(settings.username, settings.password.get_secret_value())
+    # As UTF-8 (RFC 7617): given str, requests encodes Latin-1, which no server reads back right beyond ASCII.
+    return HTTPBasicAuth(settings.username.encode(), settings.password.get_secret_value().encode())
 
 
 def _root(base_url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -98,6 +99,10 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
     with path.open(encoding="utf-8-sig", newline="") as handle:
         first = handle.readline()
         handle.seek(0)
+        if first.lstrip().startswith("["):
+            # Read whole, an array would hold a large file in memory; one object per line streams.
+            raise UsageProblem(f"{path} is a JSON array; give one JSON object per line (JSON Lines) instead, "
+                               f"such as the output of: jq -c '.[]' {shlex.quote(str(path))}")
         if first.lstrip().startswith("{"):
             for number, line in enumerate(handle, start=1):
                 if not line.strip():

@@ -124,11 +124,13 @@ class MauticSandbox(App):
         return _error(401, "API authorization denied.", type_="access_denied").response
 
     def _basic_ok(self, value: str) -> bool:
+        # Bytes, compared as UTF-8 (RFC 7617): `compare_digest` refuses str with non-ASCII characters.
         try:
-            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
+            user, _, password = base64.b64decode(value, validate=True).partition(b":")
+        except ValueError:
             return False
-        return hmac.compare_digest(user, self._username) and hmac.compare_digest(password, self._password)
+        return (hmac.compare_digest(user, self._username.encode())
+                and hmac.compare_digest(password, self._password.encode()))
 
     def _token_ok(self, token: str) -> bool:
         row = self.store.read().execute("SELECT expires_at FROM tokens WHERE token = ?", (token,)).fetchone()
@@ -143,8 +145,8 @@ class MauticSandbox(App):
         ok = (
             self._client_id is not None
             and self._client_secret is not None
-            and hmac.compare_digest(str(form.get("client_id", "")), self._client_id)
-            and hmac.compare_digest(str(form.get("client_secret", "")), self._client_secret)
+            and hmac.compare_digest(str(form.get("client_id", "")).encode(), self._client_id.encode())
+            and hmac.compare_digest(str(form.get("client_secret", "")).encode(), self._client_secret.encode())
         )
         if not ok:
             raise HttpError(

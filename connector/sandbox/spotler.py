@@ -114,12 +114,18 @@ class SpotlerSandbox(App):
         with self.store.atomic() as db:
             db.execute("INSERT OR IGNORE INTO contacts (external_id, email) VALUES (?, ?)", (external_id, email))
 
-    def _require_contact(self, external_id: str) -> None:
+    def contact_exists(self, external_id: str) -> bool:
+        return self.store.read().execute(
+            "SELECT 1 FROM contacts WHERE external_id = ?", (external_id,)).fetchone() is not None
+
+    def _require_contact(self, external_id: str, *, create: bool = True) -> None:
+        """A contact the route needs. With `auto_create_contacts` every contact is taken to exist, as if the CRM
+        had synced it: a write creates it, a read of tags creates nothing (a mistyped id stays unknown)."""
         if self.auto_create_contacts:
-            self.seed_contact(external_id)
+            if create:
+                self.seed_contact(external_id)
             return
-        row = self.store.read().execute("SELECT 1 FROM contacts WHERE external_id = ?", (external_id,)).fetchone()
-        if row is None:
+        if not self.contact_exists(external_id):
             raise _error(404, "CONTACT_NOT_FOUND", "Given contact not found")
 
     def get_contact(self, request: Request) -> Response:
@@ -178,7 +184,7 @@ class SpotlerSandbox(App):
 
     def read_tags(self, request: Request) -> Response:
         contact = request.params["contact"]
-        self._require_contact(contact)
+        self._require_contact(contact, create=False)
         rows = self.store.read().execute(
             "SELECT tag, score FROM contact_tags WHERE external_id = ? ORDER BY tag", (contact,)
         ).fetchall()

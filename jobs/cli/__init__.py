@@ -7,6 +7,8 @@ and `demo`; `common` what they share. What a job looks like on screen and in JSO
 from __future__ import annotations
 
 import importlib.metadata
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +17,7 @@ from typer.core import TyperOption
 
 from config import defaults
 from jobs.cli import config, contact, events, jobs, mail, run, sandbox, scores, serve, triggers
-from jobs.cli.common import RootOptions, out
+from jobs.cli.common import RootOptions, err, out
 
 app = typer.Typer(
     help="Apply tag and score jobs from the CRM on the marketing platform, and show what happened.",
@@ -74,8 +76,35 @@ def _flags_without_a_value_type(command: Any) -> Any:
     return command
 
 
+# The root command's options that take a value; given after the sub-command, they would be "no such option".
+ROOT_OPTIONS = ("--home", "--log-level")
+
+
+def _misplaced_root_option(argv: list[str]) -> tuple[str, list[str]] | None:
+    """A root option given after the sub-command's name (`connector jobs list --home X`), and the command line
+    with it moved before the sub-command."""
+    position = 0
+    while position < len(argv) and argv[position].startswith("-"):
+        position += 2 if argv[position] in ROOT_OPTIONS else 1
+    for index in range(position + 1, len(argv)):
+        word = argv[index]
+        if word == "--":
+            break
+        name = word.split("=", 1)[0]
+        if name in ROOT_OPTIONS:
+            moved = argv[index:index + (1 if "=" in word else 2)]
+            return name, [*moved, *argv[:index], *argv[index + len(moved):]]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if misplaced := _misplaced_root_option(args):
+        name, fixed = misplaced
+        err().print(f"Error: {name} is an option of `connector` itself, so it goes before the sub-command: "
+                    f"connector {shlex.join(fixed)}", markup=False)
+        return 2
     command = _flags_without_a_value_type(typer.main.get_command(app))
     try:
         command.main(args=argv, prog_name="connector", standalone_mode=True)

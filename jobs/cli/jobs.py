@@ -97,6 +97,7 @@ def list_(
     """Jobs, newest first, with their status and result."""
     config = settings(ctx)
     with reported():
+        status = status.strip().lower() if status is not None else None
         if status is not None and status not in {*(s.value for s in JobStatus), "retrying"}:
             raise UsageProblem(
                 f"--status is {status!r}; use pending, retrying, running, succeeded, failed or cancelled."
@@ -181,8 +182,8 @@ def actor() -> Actor:
 
 @app.command("cancel")
 def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The pending job to cancel.")]) -> None:
-    """Cancel a job that has not run yet."""
+    """Cancel a pending job (one waiting for a retry too)."""
     config = settings(ctx)
     with job_store(config) as store:
         job = store.cancel(job_id, by=actor())
-    out().print(f"Cancelled job {job.id}.", markup=False)
+    out().print(f"Job {job.id}: {job.message}", markup=False)

@@ -677,18 +677,18 @@ class DataverseJobStore:
 
     # -- a person's actions --------------------------------------------------------------------------------
 
-    def _act(self, job_id: str, action: str, allowed: frozenset[JobStatus], fields: dict[str, Any],
-             by: Actor) -> None:
-        """PATCH a row only while it is in an allowed status, with If-Match so a concurrent claim wins cleanly;
-        the attempt log gets a line saying who asked."""
-        changes = self._columns(fields)
+    def _act(self, job_id: str, action: str, allowed: frozenset[JobStatus],
+             fields: Callable[[Row], dict[str, Any]], by: Actor) -> None:
+        """PATCH a row (with the job fields `fields` gives for it) only while it is in an allowed status, with
+        If-Match so a concurrent claim wins cleanly; the attempt log gets a line saying who asked."""
         for _ in range(DATAVERSE_WRITE_TRIES):
             row = self._row(job_id)
             job = self._job(row)
             if job.status not in allowed:
                 raise NotAllowed(semantics.refusal(action, job))
             line = format_audit(AuditEntry(job_id=job_id, at=self._clock(), action=action, who=by.who, via=by.via))
-            audited = {**changes, self.t.attempt_log: append_to_log(row.get(self.t.attempt_log) or "", line)}
+            log_text = row.get(self.t.attempt_log) or ""
+            audited = {**self._columns(fields(row)), self.t.attempt_log: append_to_log(log_text, line)}
             try:
                 self.client.update(self.t.entity_set, job_id, audited, etag=row["@odata.etag"])
                 return
@@ -701,7 +701,11 @@ class DataverseJobStore:
         self._batch(parts, changeset=True)
 
     def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
-        fields = semantics.retried(self._clock())
+        now = self._clock()
+
+        def fields(row: Row) -> dict[str, Any]:
+            return semantics.retried(now)
+
         if job_id is not None:
             self._act(job_id, "retry", semantics.RETRYABLE, fields, by)
             return [job_id]
@@ -719,7 +723,8 @@ class DataverseJobStore:
         return retried
 
     def cancel(self, job_id: str, by: Actor) -> Job:
-        self._act(job_id, "cancel", semantics.CANCELLABLE, semantics.cancelled(), by)
+        self._act(job_id, "cancel", semantics.CANCELLABLE,
+                  lambda row: semantics.cancelled(last_attempt_number(row.get(self.t.attempt_log) or "")), by)
         return self.get(job_id)
 
 

@@ -57,8 +57,11 @@ def retried(now: float) -> dict[str, Any]:
             "http_status": None, "score_before": None, "next_attempt_at": now}
 
 
-def cancelled() -> dict[str, Any]:
-    return {"status": JobStatus.CANCELLED, "result_code": "CANCELLED", "message": CANCEL_MESSAGE}
+def cancelled(tried: int) -> dict[str, Any]:
+    """A cancel, given how many attempts the job has had in all (its log, across retries by hand)."""
+    message = CANCEL_MESSAGE if not tried else \
+        f"Cancelled after {tried} attempt{'s' if tried > 1 else ''}; it is not tried again."
+    return {"status": JobStatus.CANCELLED, "result_code": "CANCELLED", "message": message}
 
 
 def released() -> dict[str, Any]:

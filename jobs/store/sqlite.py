@@ -288,7 +288,8 @@ class SqliteJobStore:
         now = self._clock()
         with self.atomic() as db:
             self._check(db, job_id, "cancel", semantics.CANCELLABLE)
-            row = db.execute(CANCEL, {**_bound(semantics.cancelled()), "now": now, "id": job_id}).fetchone()
+            tried = db.execute("SELECT count(*) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()[0]
+            row = db.execute(CANCEL, {**_bound(semantics.cancelled(tried)), "now": now, "id": job_id}).fetchone()
             db.execute(CLOSE_KEYS, (row["seq"],))
             db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return self.get(job_id)

@@ -605,6 +605,20 @@ def test_cancel_a_pending_job_and_say_who(case: StoreCase) -> None:
     assert case.claim_ids() == []
 
 
+def test_cancelling_a_job_that_was_tried_says_how_often(case: StoreCase) -> None:
+    job = case.add()
+    case.store.claim("runner-a", 1, LEASE)
+    case.retry_later(job.id, 60)
+    assert case.store.cancel(job.id, PERSON).message == "Cancelled after 1 attempt; it is not tried again."
+    again = case.add(target="C-2")
+    case.store.claim("runner-a", 1, LEASE)
+    case.fail(again.id)
+    case.store.retry(again.id, PERSON)  # a fresh budget; its log keeps the try before
+    case.store.claim("runner-a", 1, LEASE)
+    case.retry_later(again.id, 60)
+    assert case.store.cancel(again.id, PERSON).message == "Cancelled after 2 attempts; it is not tried again."
+
+
 @pytest.mark.parametrize("status", ["running", "succeeded", "failed", "cancelled"])
 def test_only_pending_jobs_can_be_cancelled(case: StoreCase, status: str) -> None:
     job = case.add()

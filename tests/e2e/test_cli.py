@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.sandbox.spotler import SpotlerSandbox
 from tests.e2e.helpers import connector, connector_process, demo_hints, in_background
 
 SECRET = "s3cr3t-consumer-value-91c"
@@ -166,7 +167,7 @@ def test_cancel_and_retry_refuse_jobs_in_the_wrong_status(tmp_path: Path) -> Non
     pending = json.loads(connector("jobs", "add", "-o", "add_tag", "--contact", "C-2", "-t", "y", "--json",
                                    cwd=tmp_path).stdout)
     cancelled = connector("jobs", "cancel", pending["id"], cwd=tmp_path)
-    assert f"Cancelled job {pending['id']}." in cancelled.stdout
+    assert f"Job {pending['id']}: Cancelled before it ran." in cancelled.stdout
     shown = json.loads(connector("jobs", "show", pending["id"], "--json", cwd=tmp_path).stdout)
     assert [(a["action"], a["via"]) for a in shown["actions"]] == [("cancel", "cli")]
     again = connector("jobs", "cancel", pending["id"], cwd=tmp_path, check=2)
@@ -185,8 +186,8 @@ def test_a_job_failing_under_run_once_exits_1(tmp_path: Path) -> None:
     result = connector("run", "--once", cwd=tmp_path, env=env, check=1)
     assert "0 succeeded, 1 failed" in result.stdout
     assert "Error: 1 job failed;" in result.stderr
-    failed = json.loads(connector("jobs", "list", "--status", "failed", "--json", cwd=tmp_path).stdout)
-    assert failed[0]["result_code"] == "NETWORK_ERROR"
+    failed = json.loads(connector("jobs", "list", "--status", "Failed", "--json", cwd=tmp_path).stdout)
+    assert failed[0]["result_code"] == "NETWORK_ERROR"  # a status as the CRM spells it is found too
     retried = connector("jobs", "retry", "--failed", cwd=tmp_path)
     assert f"Queued again: 1 job: {failed[0]['id']}." in retried.stdout
     assert "1 succeeded, 0 failed" in connector("run", "--once", cwd=tmp_path).stdout
@@ -344,3 +345,28 @@ def test_sandbox_serve_port_puts_the_three_sandboxes_on_consecutive_ports(tmp_pa
     assert urls["mautic"] == f"http://127.0.0.1:{port + 1}"
     assert urls["dataverse"].startswith(f"https://127.0.0.1:{port + 2}/")
     assert serving.process.returncode == 0
+
+
+@pytest.mark.parametrize(("args", "fixed"), [
+    (["jobs", "list", "--home", "other place"], "connector --home 'other place' jobs list"),
+    (["jobs", "list", "--limit", "3", "--log-level=DEBUG"], "connector --log-level=DEBUG jobs list --limit 3"),
+])
+def test_a_root_option_after_the_sub_command_is_explained_with_the_command_that_works(
+    tmp_path: Path, args: list[str], fixed: str
+) -> None:
+    refused = connector(*args, cwd=tmp_path, check=2)
+    name = "--home" if "--home" in args else "--log-level"
+    assert refused.stderr == f"Error: {name} is an option of `connector` itself, so it goes before the " \
+                             f"sub-command: {fixed}\n"
+    assert not (tmp_path / "other place").exists()
+
+
+def test_contact_show_of_a_mistyped_id_creates_nothing_on_the_platform(tmp_path: Path) -> None:
+    shown = connector("contact", "show", "C-TYPO", cwd=tmp_path)
+    assert "no tags" in shown.stdout
+    sandbox = SpotlerSandbox(tmp_path / ".connector" / "sandbox" / "spotler.db", consumer_key="k", consumer_secret="s")
+    assert sandbox.scores("C-TYPO") == {}
+    assert not sandbox.contact_exists("C-TYPO")  # a later job still creates it, as a CRM sync would have
+    connector("jobs", "add", "-o", "add_tag", "-t", "VIP", "--contact", "C-TYPO", cwd=tmp_path)
+    connector("run", "--once", cwd=tmp_path)
+    assert sandbox.contact_exists("C-TYPO")

@@ -11,11 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from requests.auth import HTTPBasicAuth
 
+from config.settings import MauticSettings
 from connector import errors
 from connector.http import ApiSession, Brake
-from connector.mautic import MauticOAuth2, MauticPlatform
+from connector.mautic import MauticOAuth2, MauticPlatform, build_auth
 from connector.platform import Contact
 from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import Faults, SandboxServer
@@ -189,6 +191,24 @@ def test_wrong_basic_password_is_an_auth_error(
         mautic.add_tags(ANN, ["X"], ref="job-1")
     assert caught.value.http_status == 401
     assert "wrong" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("given", "works"), [("wächter-€-密码", True), ("wächter-€-密", False), ("wachter", False)])
+def test_basic_credentials_beyond_ascii_are_sent_and_checked_as_utf_8(
+    tmp_path: Path, session: ApiSession, given: str, works: bool
+) -> None:
+    sandbox = MauticSandbox(tmp_path / "utf8.sqlite3", username="zoë", password="wächter-€-密码")
+    sandbox.seed_contact("ann@example.com", external_id="crm-ann")
+    with SandboxServer(sandbox) as running:
+        settings = MauticSettings(base_url=running.url, username="zoë", password=SecretStr(given))
+        mautic = MauticPlatform(session, base_url=running.url, auth=build_auth(settings, session, running.url))
+        if works:
+            mautic.add_tags(ANN, ["Café"], ref="job-1")
+            assert mautic.read_scores(ANN) == {"Café": 0}
+            return
+        with pytest.raises(errors.AuthError) as caught:  # a 401 as for any wrong password, not a 500
+            mautic.add_tags(ANN, ["Café"], ref="job-1")
+        assert caught.value.http_status == 401 and given not in str(caught.value)
 
 
 def oauth(

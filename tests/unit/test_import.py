@@ -36,6 +36,15 @@ def test_a_file_that_is_not_utf8_gets_a_sentence(tmp_path: Path) -> None:
         _rows(path)
 
 
+def test_a_json_array_is_refused_with_how_to_make_json_lines_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text('[\n  {"operation": "add_tag", "contact": "C-1", "tags": "VIP"}\n]\n', encoding="utf-8")
+    with pytest.raises(UsageProblem) as refused:
+        _rows(path)
+    assert str(refused.value) == (f"{path} is a JSON array; give one JSON object per line (JSON Lines) instead, "
+                                  f"such as the output of: jq -c '.[]' {path}")
+
+
 def test_a_header_without_operation_is_one_error(tmp_path: Path) -> None:
     path = tmp_path / "jobs.csv"
     path.write_text("contact,tags\nC-1,X\nC-2,Y\n", encoding="utf-8")

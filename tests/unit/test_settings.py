@@ -23,6 +23,18 @@ def test_a_misspelled_nested_environment_variable_is_refused(monkeypatch: pytest
         load_settings()
 
 
+def test_a_misspelled_top_level_environment_variable_is_refused_like_a_key_of_connector_toml(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONNECTOR_PLATFROM", "mautic")
+    monkeypatch.setenv("CONNECTOR_MAUTC__PASSWORD", "value-of-a-secret-42")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "The configuration is not valid: CONNECTOR_MAUTC__PASSWORD: no such setting (config/example.toml lists "
+        "every key); CONNECTOR_PLATFROM: no such setting (config/example.toml lists every key).")
+
+
 def test_a_misspelled_secret_key_is_refused_without_showing_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECTOR_SPOTLER__CONSUMER_SECRT", "value-of-a-secret-42")
     with pytest.raises(SettingsError) as raised:
