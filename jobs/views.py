@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from jobs.model import Attempt, Job, iso
 from jobs.runner import DrainReport
@@ -62,27 +65,58 @@ def import_json(result: ImportResult) -> dict[str, Any]:
     }
 
 
+# Below this many columns the table would squeeze tags and results to nothing: each job takes two lines instead.
+TABLE_WIDTH = 110
+
+
+def jobs_view(jobs: list[Job], width: int) -> RenderableType:
+    """`jobs list` for a screen `width` columns wide: a table, or two lines per job on a narrow one."""
+    return jobs_table(jobs) if width >= TABLE_WIDTH else jobs_lines(jobs)
+
+
 def jobs_table(jobs: list[Job]) -> Table:
     """One line per job: when, what, for which record, its status and its result."""
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("id", no_wrap=True)
-    table.add_column("created", no_wrap=True)
+    table.add_column("created (UTC)", no_wrap=True)
     table.add_column("job")
     table.add_column("record", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("tries", justify="right")
     table.add_column("result")
     for job in jobs:
-        data = job.to_json()
-        target = data["target"]
-        result = job.result_code or ""
-        if job.message and job.result_code != "OK":
-            result = f"{result}: {job.message}" if result else job.message
-        table.add_row(
-            job.id, (data["created_at"] or "")[5:16].replace("T", " "), what(job),
-            f"{target['kind']} {target['id']}" if target else "-", job.display_status, str(job.attempts), result,
-        )
+        table.add_row(job.id, created(job), what(job), record(job), job.display_status, str(job.attempts),
+                      result(job))
     return table
+
+
+def jobs_lines(jobs: list[Job]) -> Group:
+    """Two lines per job: its id, status and creation time; then what, for which record, and its result, wrapped
+    and indented under it. Nothing is cut."""
+    lines: list[RenderableType] = []
+    for job in jobs:
+        tries = f", {job.attempts} {'try' if job.attempts == 1 else 'tries'}" if job.attempts else ""
+        lines.append(Text(f"{job.id}  {job.display_status}{tries}  {created(job)}"))
+        detail = f"{what(job)} for {record(job)}" + (f": {result(job)}" if result(job) else "")
+        lines.append(Padding(Text(detail), (0, 0, 0, 4)))
+    return Group(*lines)
+
+
+def created(job: Job) -> str:
+    """When a job was created, to the minute, in UTC like the logs: `2026-12-02 16:47Z`."""
+    return (iso(job.created_at) or "")[:16].replace("T", " ") + "Z"
+
+
+def record(job: Job) -> str:
+    target = job.to_json()["target"]  # as given when the input is not valid
+    return f"{target['kind']} {target['id']}" if target else "-"
+
+
+def result(job: Job) -> str:
+    code = job.result_code or ""
+    if job.message and job.result_code != "OK":
+        return f"{code}: {job.message}" if code else job.message
+    return code
 
 
 def what(job: Job) -> str:

@@ -13,6 +13,7 @@ import logging
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,18 @@ from jobs.model import InvalidJob, Job, Target
 from jobs.service import UsageProblem
 from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"
+
+
+class UtcFormatter(logging.Formatter):
+    """Log times in UTC, ISO 8601 (`2026-12-02T16:47:05.123Z`): the zone of `jobs list` and of the JSON output, so
+    a log line and a job's times compare at a glance, wherever the runner's host is."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S")
+
+    def converter(self, seconds: float | None) -> time.struct_time:
+        return time.gmtime(seconds)
 
 
 def out() -> Console:
@@ -105,7 +117,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def print_jobs(found: list[Job]) -> None:
-    out().print(views.jobs_table(found))
+    console = out()
+    console.print(views.jobs_view(found, console.width))
     if not found:
         out().print("No jobs.")
 
@@ -169,7 +182,7 @@ def logging_to_stderr(config: Settings) -> Iterator[None]:
     """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(UtcFormatter())
     level = root.level
     root.addHandler(handler)
     root.setLevel(getattr(logging, config.log_level))

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -370,3 +371,17 @@ def test_contact_show_of_a_mistyped_id_creates_nothing_on_the_platform(tmp_path:
     connector("jobs", "add", "-o", "add_tag", "-t", "VIP", "--contact", "C-TYPO", cwd=tmp_path)
     connector("run", "--once", cwd=tmp_path)
     assert sandbox.contact_exists("C-TYPO")
+
+
+def test_log_lines_and_job_times_are_both_in_utc(tmp_path: Path) -> None:
+    queued = json.loads(connector("jobs", "add", "-o", "add_tag", "-t", "VIP", "--contact", "C-1", "--json",
+                                  cwd=tmp_path).stdout)
+    ran = connector("--log-level", "INFO", "run", "--once", cwd=tmp_path)
+    logged = re.search(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z INFO jobs\.executor: job (\w+) succeeded$",
+                       ran.stderr, re.M)
+    assert logged and logged.group(2) == queued["id"], ran.stderr
+    # The job's times (JSON, and `jobs list`) are in the same zone: the log line comes a moment after creation.
+    created = queued["created_at"]
+    assert created.endswith("Z") and 0 <= (datetime.fromisoformat(logged.group(1) + "+00:00")
+                                           - datetime.fromisoformat(created)).total_seconds() < 60
+    assert f"{created[:16].replace('T', ' ')}Z" in connector("jobs", "list", cwd=tmp_path).stdout
