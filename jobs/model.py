@@ -43,6 +43,13 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """A value as a refusal quotes it: its repr, so control characters show escaped (`\\x1b`, `\\x00`), cut to
+    `limit` characters with `…` so that a pasted document does not flood the screen."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Target(BaseModel):
     """The CRM record a job is about."""
 
@@ -64,8 +71,12 @@ class Target(BaseModel):
             )
         if CONTROL_CHARACTERS.search(value):
             raise ValueError(
-                f"The record id {value!r} contains a control character (a line break or tab); it is not a valid CRM id."
+                f"The record id {shown(value)} contains a control character (a line break or tab); it is not a valid "
+                "CRM id."
             )
+        if separator := next((c for c in ",;" if c in value), None):
+            raise ValueError(f"The record id {shown(value)} contains {separator!r}, as a list of records would: a job "
+                             "is about one record, so create one job per record.")
         return value
 
     def __str__(self) -> str:

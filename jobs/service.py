@@ -18,7 +18,7 @@ from config import defaults
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
-from jobs.model import InvalidJob, Job, JobRequest, Target, TargetKind
+from jobs.model import InvalidJob, Job, JobRequest, Target, TargetKind, shown
 from jobs.scoring.history import HistoryEntry, history_of
 from jobs.store import JobStore, ReaderStore
 
@@ -40,8 +40,37 @@ def parse_duration(text: str) -> float:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+# Fields given as text; a record id may also be a whole number (a JSON file of numeric CRM ids).
+TEXT_FIELDS = ("operation", "target_kind", "request_id")
+ID_FIELDS = ("contact", "lead", "account", "target_id")
+
+
+def _types_problems(fields: dict[str, Any]) -> list[str]:
+    """What JSON can give that no column means: a table for a record id, a number in a list of tags, and so on."""
+    problems = []
+    for name in (*TEXT_FIELDS, *ID_FIELDS):
+        value = fields.get(name)
+        whole = isinstance(value, int) and not isinstance(value, bool) and name in ID_FIELDS
+        if value is not None and not isinstance(value, str) and not whole:
+            what = "text or a whole number" if name in ID_FIELDS else "text"
+            problems.append(f"{name} is {shown(value)}; it must be {what}.")
+    tags = fields.get("tags", fields.get("tag"))
+    if isinstance(tags, list):
+        problems += [f"tags has {shown(tag)}; every tag is a name (text)." for tag in tags if not isinstance(tag, str)]
+    elif tags is not None and not isinstance(tags, str):
+        problems.append(f"tags is {shown(tags)}; give a tag name, or a list of names.")
+    score = fields.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float | str | None):
+        problems.append(f"score is {shown(score)}; give a whole number.")
+    if "tag" in fields and "tags" in fields:
+        problems.append("Both tag and tags are given; they are the same field, so give one of them.")
+    return problems
+
+
 def request_from_fields(fields: dict[str, Any]) -> JobRequest:
     """A JobRequest from a form, a CSV row or a JSON object: `contact`/`lead`/`account` or `target_kind`+`target_id`."""
+    if problems := _types_problems(fields):
+        raise InvalidJob(problems)
     for kind in [k.value for k in TargetKind] + ["target_id"]:
         value = fields.get(kind)
         if value is not None and not str(value).strip():
@@ -125,10 +154,19 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
             raise UsageProblem(f"{path}: {found}; use {', '.join(sorted(columns))}.")
         if required[0] not in header:
             raise UsageProblem(f"{path}: the header has no {required[0]!r} column; {required[1]}.")
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice or {"tag", "tags"} <= set(header):
+            named = f"names {', '.join(repr(h) for h in twice)} more than once" if twice else \
+                "has both 'tag' and 'tags', which are the same column"
+            raise UsageProblem(f"{path}: the header {named}; keep one column for each.")
         reader.fieldnames = header
         for row in reader:
             if row.get(None):
                 yield reader.line_num, {"__error__": f"longer than the header ({len(header)} columns)"}
+                continue
+            if None in row.values():  # the row ended before the header did: its cells may be in the wrong columns
+                cells = sum(v is not None for v in row.values())
+                yield reader.line_num, {"__error__": f"shorter than the header ({cells} of {len(header)} columns)"}
                 continue
             # A blank cell is an empty field of the sheet: the same as leaving the column out for this row.
             yield reader.line_num, {k: v for k, v in row.items() if k is not None and (v or "").strip()}

@@ -69,7 +69,8 @@ class TriggerFirings:
         self.clock = clock
 
     def __call__(self, job: Job, changes: Sequence[Change]) -> Effects:
-        target = job.request.target if job.request else None
+        assert job.request is not None  # a job whose input is not valid changes nothing
+        target = job.request.target
         if target is None:  # only a job on a record changes its tags
             return Effects()
         effects = Effects()

@@ -63,7 +63,9 @@ def test_the_row_shows_when_the_last_attempt_ended(dv_store, queue, client, cloc
     dv_store.record_attempt("runner-a", Attempt(job_id=job.id, started_at=started, ended_at=clock.now,
                                                 outcome="retrying", result_code="UNAVAILABLE", http_status=503))
     ended = datetime.fromtimestamp(math.ceil(clock.now), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert client.get(ENTITY, job.id)["cr_lastattemptat"] == ended
+    row = client.get(ENTITY, job.id)
+    assert row["cr_lastattemptat"] == ended
+    assert row["cr_attemptlog"].splitlines()[0].startswith("#1 | ")  # the log's first line, not a blank one
 
 
 def test_a_full_attempt_log_drops_its_oldest_whole_lines(dv_store, queue, client, clock):

@@ -102,6 +102,18 @@ def test_claim_reads_once_then_patches_each_offer_with_its_etag_and_skips_a_412(
     assert change["cr_leaseexpiresat"] == "2027-01-15T08:01:00Z"  # clock.now + 60 s
 
 
+def test_a_claim_refused_for_one_job_takes_the_others(rsps, store, caplog):
+    identity(rsps, "token-1")
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"),
+             json={"value": [row(JOB_A, 5, "Webinar"), row(JOB_B, 6, "Newsletter", seq="0000000002")]})
+    claimed_b = {**row(JOB_B, 9, "Newsletter"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
+    refusal = {"error": {"code": "0x80040265", "message": "A plug-in refused the update"}}
+    rsps.post(f"{API}$batch", body=batch_answer((400, refusal), (200, claimed_b)),
+              content_type="multipart/mixed; boundary=batchresponse_x")
+    assert [job.id for job in store.claim("runner-a", 10, 60.0)] == [JOB_B]
+    assert f"job {JOB_A}: claim refused: " in caplog.text and "A plug-in refused the update" in caplog.text
+
+
 def test_a_claim_answered_short_takes_the_jobs_it_was_told_of(rsps, store):
     identity(rsps, "token-1")
     rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"),

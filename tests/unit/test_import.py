@@ -68,3 +68,54 @@ def test_a_blank_record_id_given_on_purpose_is_refused(blank: str) -> None:
 def test_two_records_are_named_in_a_sentence() -> None:
     with pytest.raises(InvalidJob, match=r"names more than one record \(contact, account\)"):
         request_from_fields({"operation": "Add Tag", "tags": "X", "contact": "C-1", "account": "A-1"})
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"operation": "add_tag", "contact": {"id": "C-1"}, "tags": "VIP"},
+     "contact is {'id': 'C-1'}; it must be text or a whole number."),
+    ({"operation": "add_tag", "contact": "C-1", "tags": ["A", 5, None]}, "tags has 5; every tag is a name (text)."),
+    ({"operation": "add_tag", "contact": "C-1", "tags": {"name": "A"}},
+     "tags is {'name': 'A'}; give a tag name, or a list of names."),
+    ({"operation": ["add_tag"], "contact": "C-1", "tags": "A"}, "operation is ['add_tag']; it must be text."),
+    ({"operation": "set_score", "contact": "C-1", "tags": "A", "score": True}, "score is True; give a whole number."),
+    ({"operation": "add_tag", "contact": "C-1", "tag": "A", "tags": "B"},
+     "Both tag and tags are given; they are the same field, so give one of them."),
+    ({"operation": "add_tag", "contact": ["\x1b[31m" + "x" * 200], "tags": "A"},  # escaped, and cut to 80
+     "contact is ['\\x1b[31m" + "x" * 69 + "…; it must be text or a whole number."),
+])
+def test_a_value_of_the_wrong_type_is_refused_by_name_not_queued_as_garbage(
+    fields: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        request_from_fields(fields)
+    assert problem in refused.value.problems[0]
+
+
+@pytest.mark.parametrize("record", ["C-1; C-2", "C-1,C-2"])
+def test_a_record_id_that_lists_records_asks_for_one_job_per_record(record: str) -> None:
+    with pytest.raises(InvalidJob, match="a job is about one record, so create one job per record"):
+        request_from_fields({"operation": "add_tag", "contact": record, "tags": "A"})
+
+
+def test_a_numeric_record_id_from_json_is_taken_as_text() -> None:
+    request = request_from_fields({"operation": "add_tag", "contact": 1001, "tags": "A"})
+    assert request.target is not None and request.target.id == "1001"
+
+
+def test_a_row_shorter_than_the_header_is_reported_not_shifted(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("operation,tags,contact\nAdd Tag,VIP\nAdd Tag,VIP,C-2\n", encoding="utf-8")
+    assert _rows(path) == [(2, {"__error__": "shorter than the header (2 of 3 columns)"}),
+                           (3, {"operation": "Add Tag", "tags": "VIP", "contact": "C-2"})]
+
+
+@pytest.mark.parametrize(("header", "named"), [
+    ("operation,tags,contact,tags", "names 'tags' more than once"),
+    ("operation,tag,contact,tags", "has both 'tag' and 'tags', which are the same column"),
+])
+def test_a_header_with_a_column_twice_is_refused(tmp_path: Path, header: str, named: str) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text(f"{header}\nAdd Tag,A,C-1,B\n", encoding="utf-8")
+    with pytest.raises(UsageProblem) as refused:
+        _rows(path)
+    assert str(refused.value) == f"{path}: the header {named}; keep one column for each."
