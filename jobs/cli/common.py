@@ -24,12 +24,13 @@ import typer
 from rich.console import Console
 
 from config import Settings, SettingsError, load_settings
+from connector.dataverse.client import is_guid
 from connector.errors import ConnectorError, InvalidInput
 from connector.sandbox.server import SandboxServer
 from jobs import app as composition
 from jobs import views
 from jobs.kinds import target_of
-from jobs.model import InvalidJob, Job, Target
+from jobs.model import InvalidJob, Job, Target, shown
 from jobs.service import UsageProblem
 from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
 
@@ -238,8 +239,17 @@ def job_store(config: Settings) -> Iterator[JobStore]:
         yield store
 
 
-def record_of(contact: str | None, lead: str | None, account: str | None, *, required: bool = True) -> Target | None:
-    """The record named by --contact, --lead or --account: exactly one (or, when not `required`, at most one)."""
+def check_record_id(config: Settings, option: str, record_id: str) -> None:
+    """On Dynamics 365 a record is known by its GUID: any other id would find nothing, and say nothing about why."""
+    if "dataverse" in (config.job_store, config.crm) and not is_guid(record_id.strip()):
+        fail(f"{option} is {shown(record_id)}; on Dynamics 365 a record is known by its GUID (such as "
+             "00000000-0000-0000-0000-000000000000), which the record's address in the CRM ends with.", 2)
+
+
+def record_of(contact: str | None, lead: str | None, account: str | None, *, required: bool = True,
+              config: Settings | None = None) -> Target | None:
+    """The record named by --contact, --lead or --account: exactly one (or, when not `required`, at most one);
+    with `config`, one Dynamics 365 can know."""
     given = [(kind, value) for kind, value in (("contact", contact), ("lead", lead), ("account", account))
              if value is not None]
     if len(given) > 1 or (required and not given):
@@ -250,4 +260,6 @@ def record_of(contact: str | None, lead: str | None, account: str | None, *, req
         target = target_of(*given[0])
     if target is None:
         fail(f"--{given[0][0]} is empty; give the CRM id of the record.", 2)
+    if config is not None:
+        check_record_id(config, f"--{given[0][0]}", target.id)
     return target

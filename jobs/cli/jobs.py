@@ -11,7 +11,18 @@ import typer
 from rich.progress import Progress
 
 from jobs import views
-from jobs.cli.common import JsonFlag, count, err, fail, job_store, out, print_jobs, reported, settings
+from jobs.cli.common import (
+    JsonFlag,
+    check_record_id,
+    count,
+    err,
+    fail,
+    job_store,
+    out,
+    print_jobs,
+    reported,
+    settings,
+)
 from jobs.model import Job, JobStatus
 from jobs.scoring.triggers import Firing, firings_of
 from jobs.service import UsageProblem, count_rows, import_jobs, parse_duration, request_from_fields
@@ -103,6 +114,8 @@ def list_(
                 f"--status is {status!r}; use pending, retrying, running, succeeded, failed or cancelled."
             )
         since_ts = time.time() - parse_duration(since) if since else None
+    if contact is not None:
+        check_record_id(config, "--contact", contact)
     with job_store(config) as store:
         found = store.list(JobFilter(status=status, target_id=contact, since=since_ts, limit=limit)).jobs
     if as_json:

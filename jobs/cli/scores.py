@@ -24,9 +24,9 @@ def history(
 ) -> None:
     """Every change the connector applied to a record's tags and scores, oldest first, with the job behind it;
     the sum of a tag's changes is the connector's view of its score."""
-    target = record_of(contact, lead, account)
-    assert target is not None
     config = settings(ctx)
+    target = record_of(contact, lead, account, config=config)
+    assert target is not None
     with job_store(config) as store:
         entries = history_of(store, target, tag)
     scores = scores_of(entries)

@@ -39,8 +39,8 @@ def log(
     as_json: JsonFlag = False,
 ) -> None:
     """What fired, oldest first: when, which trigger, for which record, the score's change and the job behind it."""
-    target = record_of(contact, lead, account, required=False)
     config = settings(ctx)
+    target = record_of(contact, lead, account, required=False, config=config)
     with job_store(config) as store:
         firings = firings_of(store, target)
     if as_json:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.helpers import connector, demo_hints
 
 DATAVERSE = {"CONNECTOR_JOB_STORE": "dataverse", "CONNECTOR_CRM": "dataverse"}
@@ -59,3 +61,13 @@ def test_a_crm_id_that_is_not_a_guid_is_bad_input(tmp_path: Path) -> None:
     assert added.stderr.strip().endswith("is not a Dataverse row id; jobs in Dataverse point at records by their GUID.")
     shown = connector("contact", "show", "C-1001", cwd=tmp_path, env=DATAVERSE, check=2)
     assert "give the record's GUID" in shown.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["jobs", "list", "--contact", "C-1001"],
+    ["scores", "history", "--contact", "C-1001"],
+    ["triggers", "log", "--contact", "C-1001"],
+])
+def test_every_command_that_takes_a_record_id_says_dynamics_needs_a_guid(tmp_path: Path, args: list[str]) -> None:
+    refused = connector(*args, cwd=tmp_path, env=DATAVERSE, check=2)
+    assert refused.stderr.startswith("Error: --contact is 'C-1001'; on Dynamics 365 a record is known by its GUID")
