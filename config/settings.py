@@ -9,6 +9,7 @@ the defaults below. Secrets are `SecretStr`: they print as `**********` and are 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +21,10 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from config import defaults
+from config.text import shown
 
 
 class SettingsError(ValueError):
@@ -391,7 +394,9 @@ def _problem(error: Any, secret: set[str]) -> str:
     if error["type"] == "extra_forbidden":
         # A misspelled key (its value may be a secret under a misspelled name: not shown).
         return f"{where}: no such setting (config/example.toml lists every key)"
-    return f"{where}: {message}" + ("" if where in secret else f" (got {error.get('input')!r})")
+    # A whole section of the wrong shape may hold secrets; a value is shown only for a key that is not a secret.
+    hidden = where in secret or any(path.startswith(where + ".") for path in secret)
+    return f"{where}: {message}" + ("" if hidden else f" (got {shown(error.get('input'))})")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -406,6 +411,13 @@ def load_settings(**overrides: Any) -> Settings:
                and name[len("CONNECTOR_"):].split("__")[0].lower() not in Settings.model_fields]
     try:
         settings = Settings(**clean)
+    except PydanticSettingsError as exc:
+        # A section given as one variable must be JSON (CONNECTOR_MAUTIC='{"base_url": ...}'); its value may hold
+        # secrets, so only the variable is named.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"CONNECTOR_{field.group(1).upper()}" if field else "A CONNECTOR_* variable"
+        raise SettingsError(f"The configuration is not valid: {name} is not JSON; set a section as a JSON object, "
+                            f"or key by key ({name}__KEY).") from None
     except ValidationError as exc:
         secret = _secret_paths(Settings)
         problems = "; ".join([*unknown, *(_problem(err, secret) for err in exc.errors())])

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from config.text import shown
+
 if TYPE_CHECKING:
     from jobs.kinds import Kind
 
@@ -41,13 +43,6 @@ class JobStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-def shown(value: object, limit: int = 80) -> str:
-    """A value as a refusal quotes it: its repr, so control characters show escaped (`\\x1b`, `\\x00`), cut to
-    `limit` characters with `…` so that a pasted document does not flood the screen."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Target(BaseModel):

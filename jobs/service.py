@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 import tenacity
 
 from config import defaults
+from config.text import shown
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
-from jobs.model import InvalidJob, Job, JobRequest, Target, TargetKind, shown
+from jobs.model import InvalidJob, Job, JobRequest, Target, TargetKind
 from jobs.scoring.history import HistoryEntry, history_of
 from jobs.store import JobStore, ReaderStore
 
@@ -47,7 +48,10 @@ ID_FIELDS = ("contact", "lead", "account", "target_id")
 
 def _types_problems(fields: dict[str, Any]) -> list[str]:
     """What JSON can give that no column means: a table for a record id, a number in a list of tags, and so on."""
-    problems = []
+    problems = [f"{name} is {shown(value)}, which is not text: it holds a lone surrogate (such as \\ud800)."
+                for name, value in fields.items() if not _is_text(value)]
+    if problems:
+        return problems
     for name in (*TEXT_FIELDS, *ID_FIELDS):
         value = fields.get(name)
         whole = isinstance(value, int) and not isinstance(value, bool) and name in ID_FIELDS
@@ -65,6 +69,19 @@ def _types_problems(fields: dict[str, Any]) -> list[str]:
     if "tag" in fields and "tags" in fields:
         problems.append("Both tag and tags are given; they are the same field, so give one of them.")
     return problems
+
+
+def _is_text(value: object) -> bool:
+    """False for a string that no store or screen can take: JSON's "\\ud800" gives one, a lone surrogate."""
+    if isinstance(value, list):
+        return all(map(_is_text, value))
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def request_from_fields(fields: dict[str, Any]) -> JobRequest:
@@ -141,6 +158,12 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
                 except json.JSONDecodeError as exc:
                     yield number, {"__error__": f"not valid JSON ({exc.msg})"}
                     continue
+                except ValueError:  # Python refuses to read an integer of more than 4,300 digits
+                    yield number, {"__error__": "not usable JSON (a number of thousands of digits)"}
+                    continue
+                except RecursionError:
+                    yield number, {"__error__": "not usable JSON (nested thousands of levels deep)"}
+                    continue
                 yield number, value if isinstance(value, dict) else {"__error__": "not a JSON object"}
             return
         # Excel in many European locales saves CSV with `;` between fields.
@@ -149,7 +172,7 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
         header = [h.strip().lower() for h in reader.fieldnames or []]
         unknown = [h for h in header if h not in columns]
         if not header or unknown:
-            found = (f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)}"
+            found = (f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(shown(u) for u in unknown)}"
                      if unknown else "no header row")
             raise UsageProblem(f"{path}: {found}; use {', '.join(sorted(columns))}.")
         if required[0] not in header:
@@ -160,7 +183,10 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
                 "has both 'tag' and 'tags', which are the same column"
             raise UsageProblem(f"{path}: the header {named}; keep one column for each.")
         reader.fieldnames = header
-        for row in reader:
+        for row in _csv_rows(reader):
+            if isinstance(row, csv.Error):
+                yield reader.line_num, {"__error__": f"not readable as CSV ({row})"}
+                continue
             if row.get(None):
                 yield reader.line_num, {"__error__": f"longer than the header ({len(header)} columns)"}
                 continue
@@ -170,6 +196,18 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
                 continue
             # A blank cell is an empty field of the sheet: the same as leaving the column out for this row.
             yield reader.line_num, {k: v for k, v in row.items() if k is not None and (v or "").strip()}
+
+
+def _csv_rows(reader: csv.DictReader[str]) -> Iterator[dict[str | Any, Any] | csv.Error]:
+    """The rows, and in place of a row the reader cannot read (a cell of more than 131,072 characters) its error:
+    the reader goes on with the next row."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
 
 
 def count_rows(path: Path) -> int:

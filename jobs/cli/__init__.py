@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperOption
 
 from config import defaults
+from config.text import shown
 from jobs.cli import config, contact, events, jobs, mail, run, sandbox, scores, serve, triggers
 from jobs.cli.common import RootOptions, err, out
 
@@ -97,9 +98,26 @@ def _misplaced_root_option(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _not_utf8(args: list[str]) -> str | None:
+    """What is wrong with an argument that is not UTF-8: Python keeps such bytes as lone surrogates (U+DC80 to
+    U+DCFF), which nothing downstream can store or print."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            escaped = [ord(c) - 0xDC00 for c in arg if 0xDC80 <= ord(c) <= 0xDCFF]
+            what = f"the byte 0x{escaped[0]:02x}" if escaped else "a character that is not text"
+            return (f"the argument {shown(arg)} has {what}, which is not UTF-8; set the terminal (or the script's "
+                    "locale) to UTF-8 and type it again.")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
+    if problem := _not_utf8(args):
+        err().print(f"Error: {problem}", markup=False)
+        return 2
     if misplaced := _misplaced_root_option(args):
         name, fixed = misplaced
         err().print(f"Error: {name} is an option of `connector` itself, so it goes before the sub-command: "

@@ -24,13 +24,14 @@ import typer
 from rich.console import Console
 
 from config import Settings, SettingsError, load_settings
+from config.text import shown
 from connector.dataverse.client import is_guid
 from connector.errors import ConnectorError, InvalidInput
 from connector.sandbox.server import SandboxServer
 from jobs import app as composition
 from jobs import views
 from jobs.kinds import target_of
-from jobs.model import InvalidJob, Job, Target, shown
+from jobs.model import InvalidJob, Job, Target
 from jobs.service import UsageProblem
 from jobs.store import JobNotFound, JobStore, NotAllowed, StoreError
 

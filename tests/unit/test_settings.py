@@ -60,3 +60,28 @@ def test_a_bad_log_level_is_named_once_as_given() -> None:
 def test_the_example_toml_is_accepted_as_it_stands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECTOR_CONFIG", str(Path(__file__).resolve().parents[2] / "config" / "example.toml"))
     load_settings()
+
+
+def test_a_section_given_as_a_variable_that_is_not_json_is_named_without_its_value(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONNECTOR_MAUTIC", "password=value-of-a-secret-42")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == ("The configuration is not valid: CONNECTOR_MAUTIC is not JSON; set a section as a "
+                                 "JSON object, or key by key (CONNECTOR_MAUTIC__KEY).")
+
+
+@pytest.mark.parametrize("source", ["environment", "connector.toml"])
+def test_a_section_holding_secrets_of_the_wrong_shape_is_named_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if source == "environment":
+        monkeypatch.setenv("CONNECTOR_SPOTLER", '["value-of-a-secret-42"]')
+    else:
+        (tmp_path / "connector.toml").write_text('mautic = "value-of-a-secret-42"\n', encoding="utf-8")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "Input should be a valid dictionary" in str(raised.value)
+    assert "value-of-a-secret-42" not in str(raised.value)
