@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from config.settings import EndpointSettings
+from config.text import shown
 from connector import errors
 from connector.webhook import DEFAULT_TOLERANCE, SIGNATURE_HEADER, verify
 from jobs.model import InvalidJob, Job, JobRequest, Origin
@@ -147,7 +148,7 @@ class Endpoint:
         try:
             length = int(declared)
         except ValueError:
-            raise Refused(400, f"Content-Length is {declared[:40]!r}; it must be a number of bytes.") from None
+            raise Refused(400, f"Content-Length is {shown(declared)}; it must be a number of bytes.") from None
         if length < 0:
             raise Refused(400, "Content-Length is negative.")
         if length > self.config.max_body:

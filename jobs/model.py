@@ -61,7 +61,7 @@ class Target(BaseModel):
             raise ValueError("The record id is empty; give the id of the contact, lead or account.")
         if len(value) > MAX_RECORD_ID_LENGTH:
             raise ValueError(
-                f"The record id {value[:40]!r}… is {len(value)} characters long; a CRM id has at most "
+                f"The record id {shown(value, 40)} is {len(value)} characters long; a CRM id has at most "
                 f"{MAX_RECORD_ID_LENGTH} characters."
             )
         if CONTROL_CHARACTERS.search(value):

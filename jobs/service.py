@@ -37,7 +37,7 @@ def parse_duration(text: str) -> float:
     """`30m`, `2h`, `7d` -> seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise UsageProblem(f"--since is {text!r}; give a number and a unit, such as 30m, 2h or 7d.")
+        raise UsageProblem(f"--since is {shown(text)}; give a number and a unit, such as 30m, 2h or 7d.")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
@@ -101,7 +101,7 @@ def request_from_fields(fields: dict[str, Any]) -> JobRequest:
         raise InvalidJob([f"The job names more than one record ({', '.join(kinds)}); a job is about one contact, "
                           f"lead or account."])
     if target_kind not in (None, "") and target_id is None:
-        raise InvalidJob([f"Record type is {target_kind!r} but no record id is given; give target_id too."])
+        raise InvalidJob([f"Record type is {shown(target_kind)} but no record id is given; give target_id too."])
     if kinds:
         if target_id:
             raise InvalidJob(["Give either target_kind and target_id, or contact / lead / account, not both."])

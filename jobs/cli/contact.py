@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from config.text import shown
 from jobs import views
 from jobs.cli.common import JsonFlag, connector, fail, out, settings
 from jobs.service import contact_view
@@ -22,7 +23,7 @@ def show(
 ) -> None:
     """The tags and scores the platform reports for a record, and its timeline posts."""
     if kind not in ("contact", "lead", "account"):
-        fail(f"--kind is {kind!r}; use contact, lead or account.", 2)
+        fail(f"--kind is {shown(kind)}; use contact, lead or account.", 2)
     config = settings(ctx)
     with connector(config, quiet=as_json) as built:
         view = contact_view(built.platform, built.crm, kind, record_id, store=built.store)

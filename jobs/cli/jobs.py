@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
+from config.text import shown
 from jobs import views
 from jobs.cli.common import (
     JsonFlag,
@@ -111,7 +112,7 @@ def list_(
         status = status.strip().lower() if status is not None else None
         if status is not None and status not in {*(s.value for s in JobStatus), "retrying"}:
             raise UsageProblem(
-                f"--status is {status!r}; use pending, retrying, running, succeeded, failed or cancelled."
+                f"--status is {shown(status)}; use pending, retrying, running, succeeded, failed or cancelled."
             )
         since_ts = time.time() - parse_duration(since) if since else None
     if contact is not None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from config import Settings, defaults
+from config.text import shown
 from connector.sandbox.webhook import WebhookReceiver
 from jobs import views
 from jobs.cli.common import (
@@ -72,7 +73,7 @@ def demo(
     so that it ends with every job in a final state.
     """
     if crm not in (None, "local", "dataverse"):
-        fail(f"--crm is {crm!r}; use local or dataverse.", 2)
+        fail(f"--crm is {shown(crm)}; use local or dataverse.", 2)
     # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
     where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
     config = settings(ctx, **where, faults=faults)
@@ -92,8 +93,8 @@ def demo(
     out().print(views.report_line(result.report), markup=False)
     for name, counts in injected.items():
         if counts:
-            shown = ", ".join(f"{fault} x{n}" for fault, n in sorted(counts.items()))
-            out().print(f"Faults injected by the {name} sandbox: {shown}.", markup=False)
+            injected_faults = ", ".join(f"{fault} x{n}" for fault, n in sorted(counts.items()))
+            out().print(f"Faults injected by the {name} sandbox: {injected_faults}.", markup=False)
     if result.gym is not None:
         out().rule(f"Scoring rules and triggers: the gym ({config.rules_file})")
         for line in _gym_lines(result.gym):
@@ -174,7 +175,8 @@ def _demo_hints(config: Settings, result: DemoResult) -> list[str]:
     home = [] if config.home == Path(defaults.HOME) else ["--home", shlex.quote(str(config.home))]
     command = " ".join([*env, "connector", *home])
     failed = [job.id for job in result.jobs if job.status is JobStatus.FAILED]
-    shown = failed[0] if failed else result.jobs[0].id if result.jobs else "<job id>"
+    example = failed[0] if failed else result.jobs[0].id if result.jobs else "<job id>"
     # On Dynamics 365 a record is known by its GUID: C-1001 is the demo's name for it.
     contact = next((view["id"] for view in result.records if view["kind"] == "contact"), "C-1001")
-    return [f"{command} jobs list --status failed", f"{command} jobs show {shown}", f"{command} contact show {contact}"]
+    return [f"{command} jobs list --status failed", f"{command} jobs show {example}",
+            f"{command} contact show {contact}"]

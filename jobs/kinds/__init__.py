@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from config.text import shown
 from connector.crm import Crm
 from connector.platform import Contact, Platform
 from jobs.model import InvalidJob, JobRequest, Origin, Target, TargetKind, messages_of
@@ -151,8 +152,8 @@ def kind_named(value: object) -> Kind:
     kind = _REGISTRY.get(key)
     if kind is None:
         names = ", ".join(f"{k.label} ({k.name})" for k in _REGISTRY.values())
-        shown = repr(text) if text else "empty"
-        raise ValueError(f"Operation is {shown}; it must be one of {names}.")
+        given = shown(text) if text else "empty"
+        raise ValueError(f"Operation is {given}; it must be one of {names}.")
     return kind
 
 
@@ -162,7 +163,7 @@ def target_of(target_kind: object, target_id: object) -> Target | None:
         return None
     kind = str(target_kind or "").strip().lower()
     if kind not in {k.value for k in TargetKind}:
-        raise InvalidJob([f"Record type is {target_kind!r}; it must be contact, lead or account."])
+        raise InvalidJob([f"Record type is {shown(target_kind)}; it must be contact, lead or account."])
     try:
         return Target(kind=TargetKind(kind), id=str(target_id))
     except ValidationError as exc:

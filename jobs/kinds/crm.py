@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from config.text import shown
 from jobs.kinds import RunContext, RunsOn, register
 from jobs.kinds.action import ActionKind
 from jobs.model import Target
@@ -56,7 +57,7 @@ class UpdateRecord(_CrmKind):
         self._needs_target(target)
         values = fields.get("fields")
         if not isinstance(values, dict) or not values:
-            raise ValueError(f"Fields is {values!r}; Update Record needs the fields to set, such as "
+            raise ValueError(f"Fields is {shown(values)}; Update Record needs the fields to set, such as "
                              f"fields = {{ statuscode = 3 }}.")
         return UpdatePayload(fields=values)
 

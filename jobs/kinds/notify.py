@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from config.text import shown
 from jobs.kinds import RunContext, RunsOn, register
 from jobs.kinds.action import ActionKind
 from jobs.model import Target, iso
@@ -60,10 +61,10 @@ class Webhook(_Notify):
         url = str(fields.get("url") or "").strip()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Url is {url[:80]!r}; a webhook needs an http:// or https:// address.")
+            raise ValueError(f"Url is {shown(url)}; a webhook needs an http:// or https:// address.")
         data = fields.get("data") or {}
         if not isinstance(data, dict):
-            raise ValueError(f"Data is {data!r}; give a table of values to send along, or leave it out.")
+            raise ValueError(f"Data is {shown(data)}; give a table of values to send along, or leave it out.")
         return WebhookPayload(url=url, data=data)
 
     def describe(self, payload: WebhookPayload) -> str:
@@ -94,7 +95,7 @@ class Email(_Notify):
         raw_to = fields.get("to")
         to = [a.strip() for a in (raw_to if isinstance(raw_to, list) else str(raw_to or "").split(",")) if a.strip()]
         if not to or any("@" not in address for address in to):
-            raise ValueError(f"To is {raw_to!r}; give one or more e-mail addresses, such as sales@example.com.")
+            raise ValueError(f"To is {shown(raw_to)}; give one or more e-mail addresses, such as sales@example.com.")
         subject, body = str(fields.get("subject") or "").strip(), str(fields.get("body") or "")
         if not subject:
             raise ValueError("Subject is empty; an e-mail needs a subject.")
@@ -102,7 +103,7 @@ class Email(_Notify):
             try:
                 text.format(**_PLACEHOLDERS)
             except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"{name} {text[:60]!r} has an unknown or broken placeholder ({exc}); use {{record}}, "
+                raise ValueError(f"{name} {shown(text)} has an unknown or broken placeholder ({exc}); use {{record}}, "
                                  f"{{tag}}, {{score}} and {{trigger}}.") from None
         return EmailPayload(to=to, subject=subject, body=body)
 

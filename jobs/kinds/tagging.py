@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from config.text import shown
 from jobs.kinds import RunContext, RunsOn
 from jobs.model import CONTROL_CHARACTERS, MAX_SCORE, MAX_TAG_LENGTH, Target
 
@@ -109,23 +110,23 @@ def split_tags(raw: object, kind: TagKind) -> list[str]:
         if not tag:
             if len(parts) > 1:
                 raise ValueError(
-                    f"Tag {str(raw)!r} has an empty tag between separators; remove the extra ',' or ';'."
+                    f"Tag {shown(str(raw))} has an empty tag between separators; remove the extra ',' or ';'."
                 )
             raise ValueError(f"Tag is empty; {kind.label} needs {kind.tag_hint}.")
         if len(tag) > MAX_TAG_LENGTH:
             raise ValueError(
-                f"Tag {tag[:30]!r}... is {len(tag)} characters long; a tag has at most {MAX_TAG_LENGTH} characters."
+                f"Tag {shown(tag, 40)} is {len(tag)} characters long; a tag has at most {MAX_TAG_LENGTH} characters."
             )
         if CONTROL_CHARACTERS.search(tag):
             raise ValueError(
-                f"Tag {tag!r} contains a control character (a line break or tab); use letters, digits and spaces."
+                f"Tag {shown(tag)} contains a control character (a line break or tab); use letters, digits and spaces."
             )
         # Tags match without regard to case on the platforms, as in the ordering keys: keep the first spelling.
         if tag.casefold() not in {t.casefold() for t in tags}:
             tags.append(tag)
     if len(tags) > 1 and not kind.takes_several_tags:
         raise ValueError(
-            f"Tag {str(raw)!r} names {len(tags)} tags; {kind.label} takes exactly one tag (no ',' or ';')."
+            f"Tag {shown(str(raw))} names {len(tags)} tags; {kind.label} takes exactly one tag (no ',' or ';')."
         )
     return tags
 
@@ -137,17 +138,17 @@ def parse_score(raw: object, kind: TagKind) -> int | None:
         return None
     if not kind.takes_score:
         raise ValueError(
-            f"Score is {raw!r}, but {kind.label} does not take a score; leave Score empty "
+            f"Score is {shown(raw)}, but {kind.label} does not take a score; leave Score empty "
             f"or use Set Score, Increase Score or Decrease Score."
         )
     if isinstance(raw, bool):
-        raise ValueError(f"Score is {raw!r}; it must be a whole number such as 10.")
+        raise ValueError(f"Score is {shown(raw)}; it must be a whole number such as 10.")
     if isinstance(raw, int):
         score = raw
     else:
         text = repr(raw) if isinstance(raw, float) else str(raw).strip()
         if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise ValueError(f"Score is {text!r}; it must be a whole number such as 10, without decimals.")
+            raise ValueError(f"Score is {shown(text)}; it must be a whole number such as 10, without decimals.")
         if len(text.lstrip("+-")) > 10:
             raise ValueError(f"Score is {text[:20]}...; it must be between -{MAX_SCORE} and {MAX_SCORE}.")
         score = int(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,19 @@ def test_a_csv_cell_too_large_to_read_is_one_reported_row(tmp_path: Path) -> Non
     queued = connector("jobs", "import", "jobs.csv", "--skip-invalid", cwd=tmp_path)
     assert "not readable as CSV (field larger than field limit (131072))" in queued.stderr
     assert "Queued 2 jobs from jobs.csv, 1 invalid row skipped." in queued.stdout
+
+
+HOSTILE = "\x1b[2J\x00" + "x" * 5000  # clears a terminal, then a NUL, then a pasted document
+
+
+@pytest.mark.parametrize("args", [
+    ["-o", "add_tag", "-t", HOSTILE, "--contact", "C-1"],
+    ["-o", "add_tag", "-t", "VIP", "--contact", HOSTILE],
+    ["-o", "set_score", "-t", "VIP", "--contact", "C-1", "--score", HOSTILE],
+    ["-o", HOSTILE, "-t", "VIP", "--contact", "C-1"],
+])
+def test_a_refused_value_is_quoted_escaped_and_cut_short(tmp_path: Path, args: list[str]) -> None:
+    refused = connector("jobs", "add", *args, cwd=tmp_path, check=2)
+    assert "\x1b" not in refused.stderr and "\x00" not in refused.stderr
+    quoted = re.search(r"'\\x1b\[2J\\x00x+…", refused.stderr)
+    assert quoted and len(quoted.group(0)) <= 80, refused.stderr  # escaped, and cut to at most 80 characters
