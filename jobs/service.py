@@ -23,6 +23,7 @@ from jobs.model import InvalidJob, Job, JobRequest, Target, TargetKind
 from jobs.scoring.history import HistoryEntry, history_of
 from jobs.store import JobStore, ReaderStore
 
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 IMPORT_COLUMNS = {"operation", "tag", "tags", "score", "contact", "lead", "account", "target_kind", "target_id"}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -133,23 +134,39 @@ def read_rows(path: Path, columns: set[str] = IMPORT_COLUMNS,
     `required` one, with the reason), or of a JSON Lines file."""
     if not path.is_file():
         raise UsageProblem(f"{path} is not a file.")
-    try:
-        yield from _rows(path, columns, required)
-    except UnicodeDecodeError as exc:
-        raise UsageProblem(
-            f"{path} is not UTF-8 text (byte {exc.start} cannot be read); save it as 'CSV UTF-8' or JSON Lines."
-        ) from None
+    for line, fields in _rows(path, columns, required):
+        # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape): that row is bad, not the file.
+        if byte := _undecoded_byte(fields):
+            fields = {"__error__": f"not UTF-8 text (the byte 0x{byte:02x}); save the file as 'CSV UTF-8' or "
+                                   "JSON Lines"}
+        yield line, fields
+
+
+def _undecoded_byte(value: object) -> int | None:
+    """The first byte that was not UTF-8 in a value read with surrogateescape, if any."""
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next((b for b in map(_undecoded_byte, value) if b is not None), None)
+    if isinstance(value, str):
+        return next((ord(c) - 0xDC00 for c in value if 0xDC80 <= ord(c) <= 0xDCFF), None)
+    return None
 
 
 def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         first = handle.readline()
         handle.seek(0)
-        if first.lstrip().startswith("["):
+        if byte := _undecoded_byte(first):
+            raise UsageProblem(f"{path} is not UTF-8 text (the byte 0x{byte:02x} on its first line); save it as "
+                               "'CSV UTF-8' or JSON Lines.")
+        suffix = path.suffix.lower()
+        if first.lstrip().startswith("[") and suffix not in JSON_LINES_SUFFIXES:
             # Read whole, an array would hold a large file in memory; one object per line streams.
             raise UsageProblem(f"{path} is a JSON array; give one JSON object per line (JSON Lines) instead, "
                                f"such as the output of: jq -c '.[]' {shlex.quote(str(path))}")
-        if first.lstrip().startswith("{"):
+        # The name says which format, where it can: a JSON Lines file whose first line is bad is still JSON Lines.
+        if suffix in (*JSON_LINES_SUFFIXES, ".json") or (suffix != ".csv" and first.lstrip().startswith("{")):
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -168,7 +185,8 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
             return
         # Excel in many European locales saves CSV with `;` between fields.
         delimiter = ";" if ";" in first and "," not in first else ","
-        reader = csv.DictReader(handle, delimiter=delimiter)
+        # Strict: a quote that is never closed is an error to report, not the rest of the file read as one cell.
+        reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
         header = [h.strip().lower() for h in reader.fieldnames or []]
         unknown = [h for h in header if h not in columns]
         if not header or unknown:
@@ -183,37 +201,42 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
                 "has both 'tag' and 'tags', which are the same column"
             raise UsageProblem(f"{path}: the header {named}; keep one column for each.")
         reader.fieldnames = header
-        for row in _csv_rows(reader):
+        for at, row in _csv_rows(reader):
             if isinstance(row, csv.Error):
-                yield reader.line_num, {"__error__": f"not readable as CSV ({row})"}
+                why = "a quote opened in it is never closed, so the rest of the file is inside it" \
+                    if "unexpected end of data" in str(row) else f"not readable as CSV ({row})"
+                yield at, {"__error__": why}
                 continue
             if row.get(None):
-                yield reader.line_num, {"__error__": f"longer than the header ({len(header)} columns)"}
+                yield at, {"__error__": f"longer than the header ({len(header)} columns)"}
                 continue
             if None in row.values():  # the row ended before the header did: its cells may be in the wrong columns
                 cells = sum(v is not None for v in row.values())
-                yield reader.line_num, {"__error__": f"shorter than the header ({cells} of {len(header)} columns)"}
+                yield at, {"__error__": f"shorter than the header ({cells} of {len(header)} columns)"}
                 continue
             # A blank cell is an empty field of the sheet: the same as leaving the column out for this row.
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None and (v or "").strip()}
+            yield at, {k: v for k, v in row.items() if k is not None and (v or "").strip()}
 
 
-def _csv_rows(reader: csv.DictReader[str]) -> Iterator[dict[str | Any, Any] | csv.Error]:
-    """The rows, and in place of a row the reader cannot read (a cell of more than 131,072 characters) its error:
-    the reader goes on with the next row."""
+def _csv_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str | Any, Any] | csv.Error]]:
+    """(line, row) for each row, and in place of a row the reader cannot read (a cell of more than 131,072
+    characters, a quote never closed) its error, with the line the row starts on: the reader goes on after it."""
     while True:
+        start = reader.line_num + 1
         try:
-            yield next(reader)
+            row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield exc
+            yield start, exc
+            continue
+        yield reader.line_num, row
 
 
 def count_rows(path: Path) -> int:
     """Lines with content, for the progress bar (0 when the file cannot be read: the import itself says why)."""
     try:
-        with path.open(encoding="utf-8-sig") as handle:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
             return sum(1 for line in handle if line.strip())
     except (OSError, UnicodeDecodeError):
         return 0

@@ -29,10 +29,15 @@ def test_a_row_longer_than_the_header_is_reported_not_cut(tmp_path: Path) -> Non
     assert _rows(path) == [(2, {"__error__": "longer than the header (3 columns)"})]
 
 
-def test_a_file_that_is_not_utf8_gets_a_sentence(tmp_path: Path) -> None:
+def test_a_row_that_is_not_utf8_is_a_bad_row_and_a_header_that_is_not_makes_the_file_bad(tmp_path: Path) -> None:
     path = tmp_path / "jobs.csv"
-    path.write_bytes("operation,contact,tags\nAdd Tag,C-1,Café\n".encode("cp1252"))
-    with pytest.raises(UsageProblem, match=r"is not UTF-8 text .*save it as 'CSV UTF-8'"):
+    path.write_bytes("operation,contact,tags\nAdd Tag,C-1,Café\nAdd Tag,C-2,VIP\n".encode("cp1252"))
+    assert _rows(path) == [
+        (2, {"__error__": "not UTF-8 text (the byte 0xe9); save the file as 'CSV UTF-8' or JSON Lines"}),
+        (3, {"operation": "Add Tag", "contact": "C-2", "tags": "VIP"})]
+    path.write_bytes("operation,contact,tags,ménage\n".encode("cp1252"))
+    with pytest.raises(UsageProblem, match=r"is not UTF-8 text \(the byte 0xe9 on its first line\); save it as "
+                                           r"'CSV UTF-8'"):
         _rows(path)
 
 
@@ -119,3 +124,11 @@ def test_a_header_with_a_column_twice_is_refused(tmp_path: Path, header: str, na
     with pytest.raises(UsageProblem) as refused:
         _rows(path)
     assert str(refused.value) == f"{path}: the header {named}; keep one column for each."
+
+
+def test_a_quote_never_closed_is_reported_on_the_line_it_opens(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text('operation,contact,tags\nAdd Tag,C-1,VIP\nAdd Tag,C-2,"VIP\nAdd Tag,C-3,VIP\n', encoding="utf-8")
+    assert _rows(path) == [
+        (2, {"operation": "Add Tag", "contact": "C-1", "tags": "VIP"}),
+        (3, {"__error__": "a quote opened in it is never closed, so the rest of the file is inside it"})]
