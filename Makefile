@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: demo test lint soak mutate bench bench-brake clean
+.PHONY: demo test lint soak mutate fuzz bench bench-brake clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ $(MUTATE_STAMP): $(STAMP)
 # slow. Results are kept in mutants/, so a later run re-runs only the survivors and the functions that changed.
 mutate: $(MUTATE_STAMP)
 	$(BIN)/python tests/mutate.py
+
+# The fuzz tier with thousands of cases per test instead of the few dozen of `make test`: before a release.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=release $(BIN)/pytest -q -p no:randomly tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python bench/drain.py
