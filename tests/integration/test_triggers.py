@@ -4,6 +4,7 @@ cooldown, several thresholds and cascades behave as the rules file says."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,19 @@ def rig(tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: 
     r = make_rig(tmp_path, store, spotler, clock, rules=rules)
     yield r
     r.close()
+
+
+@contextmanager
+def rig_with(rules: str, tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform,
+             clock: FakeClock) -> Iterator[Rig]:
+    """A rig whose rules file is `rules`, closed after the block."""
+    path = tmp_path / "own-rules.toml"
+    path.write_text(rules, encoding="utf-8")
+    rig = make_rig(tmp_path, store, spotler, clock, rules=load_rules(path))
+    try:
+        yield rig
+    finally:
+        rig.close()
 
 
 def score(rig: Rig, tag: str, n: int, op: str = "increase_score") -> None:
@@ -171,10 +185,7 @@ tags = "Forgiven"
 def test_a_threshold_at_0_is_crossed_by_a_removal_from_below_on_any_of_the_job_s_tags_but_never_by_adding_a_tag(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
 ) -> None:
-    path = tmp_path / "neutral.toml"
-    path.write_text(NEUTRAL_RULES, encoding="utf-8")
-    rig = make_rig(tmp_path, store, spotler, clock, rules=load_rules(path))
-    try:
+    with rig_with(NEUTRAL_RULES, tmp_path, store, spotler, clock) as rig:
         score(rig, "Complaints", -4, op="set_score")  # from a missing score (0) down: no crossing
         for operation in ("add_tag", "remove_tag"):
             rig.queue(operation=operation, tags="Newsletter,Complaints", target_id="C-1")
@@ -185,8 +196,6 @@ def test_a_threshold_at_0_is_crossed_by_a_removal_from_below_on_any_of_the_job_s
         # The removal takes Complaints from -4 to 0; that it is the job's second tag changes nothing.
         assert [(f.trigger, f.tag, f.before, f.after) for f in firings_of(rig.store, C1)] == [
             ("Forgiven", "Complaints", -4, 0)]
-    finally:
-        rig.close()
 
 
 CRM_RULES = """
@@ -211,9 +220,7 @@ text = "Became a nutrition prospect"
 def test_crm_actions_set_fields_create_a_task_and_post_once_each(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock
 ) -> None:
-    (tmp_path / "crm-rules.toml").write_text(CRM_RULES, encoding="utf-8")
-    rig = make_rig(tmp_path, store, spotler, clock, rules=load_rules(tmp_path / "crm-rules.toml"))
-    try:
+    with rig_with(CRM_RULES, tmp_path, store, spotler, clock) as rig:
         score(rig, "Nutrition", 3)
         assert rig.crm.fields("contact", "C-1", ["statuscode", "leadsourcecode"]) == {
             "statuscode": "Prospect", "leadsourcecode": 8}
@@ -229,8 +236,6 @@ def test_crm_actions_set_fields_create_a_task_and_post_once_each(
         assert sorted(j.request.kind.name for j in jobs if j.request) == [
             "create_task", "increase_score", "post", "update_record"]
         assert all(j.status is JobStatus.SUCCEEDED for j in jobs)
-    finally:
-        rig.close()
 
 
 NOTIFY_RULES = """
@@ -259,28 +264,24 @@ def test_a_firing_sends_a_signed_webhook_and_an_email_as_jobs(
     from connector.sandbox.webhook import WebhookReceiver
     from connector.webhook import WebhookClient
 
-    with WebhookReceiver("s3cret-hook", clock=clock) as receiver, SmtpSink(tmp_path / "mail") as sink:
-        (tmp_path / "notify.toml").write_text(NOTIFY_RULES.format(url=receiver.url), encoding="utf-8")
-        rig = make_rig(tmp_path, store, spotler, clock, rules=load_rules(tmp_path / "notify.toml"))
-        session = ApiSession("Webhook", pool_size=2, timeout=(2.0, 5.0), brake=Brake("Webhook"))
+    with (WebhookReceiver("s3cret-hook", clock=clock) as receiver, SmtpSink(tmp_path / "mail") as sink,
+          rig_with(NOTIFY_RULES.format(url=receiver.url), tmp_path, store, spotler, clock) as rig,
+          ApiSession("Webhook", pool_size=2, timeout=(2.0, 5.0), brake=Brake("Webhook")) as session):
         rig.executor.services.update({
             "webhook": WebhookClient(session, "s3cret-hook", clock=clock),
             "mail": MailClient(sink.host, sink.port, security="none", username=None, password=None,
                                sender="connector@gym.example"),
         })
-        try:
-            score(rig, "Hot lead", 116)
-            (delivery,) = receiver.received
-            assert delivery.verified
-            body = delivery.body
-            assert (body["record"], body["tag"], body["score"], body["trigger"], body["data"]) == (
-                {"kind": "contact", "id": "C-1"}, "Hot lead", 116, "Hot lead", {"campaign": "spring"})
-            assert delivery.headers["Connector-Delivery"] == body["job_id"]
-            (mail,) = sink.received
-            assert sorted(mail.rcpt_tos) == ["owner@gym.example", "sales@gym.example"]
-            assert mail.subject == "contact C-1 is a hot lead"
-            assert "contact C-1 reached 116 on Hot lead (Hot lead)." in mail.body
-            assert all(j.status is JobStatus.SUCCEEDED for j in rig.store.list(JobFilter()).jobs)
-        finally:
-            rig.close()
-            session.close()
+        score(rig, "Hot lead", 116)
+        (delivery,) = receiver.received
+        assert delivery.verified
+        body = delivery.body
+        assert (body["record"], body["tag"], body["score"], body["trigger"], body["data"]) == (
+            {"kind": "contact", "id": "C-1"}, "Hot lead", 116, "Hot lead", {"campaign": "spring"})
+        assert delivery.headers["Connector-Delivery"] == body["job_id"]
+        (mail,) = sink.received
+        assert sorted(mail.rcpt_tos) == ["owner@gym.example", "sales@gym.example"]
+        assert mail.subject == "contact C-1 is a hot lead"
+        assert "contact C-1 reached 116 on Hot lead (Hot lead)." in mail.body
+        assert all(j.status is JobStatus.SUCCEEDED for j in rig.store.list(JobFilter()).jobs)
+
