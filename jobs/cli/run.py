@@ -28,7 +28,6 @@ from jobs.cli.common import (
 )
 from jobs.demo import DemoResult, GymResult, demo_rules, run_demo
 from jobs.model import JobStatus, iso
-from jobs.scheduler import StopOnSignals, run_forever
 
 
 def run(
@@ -37,6 +36,9 @@ def run(
     workers: Annotated[int | None, typer.Option(help="Worker threads.", min=1)] = None,
 ) -> None:
     """Run the job queue on a schedule until stopped (Ctrl-C), or once."""
+    # Here, not at the top: APScheduler is only worth importing for the command that runs the queue.
+    from jobs.scheduler import StopOnSignals, run_forever
+
     config = settings(ctx, runner={"workers": workers} if workers else None)
     with connector(config) as built:
         if once:

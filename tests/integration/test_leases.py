@@ -48,13 +48,14 @@ class Held:
         assert first is not None
         renewals, deadline = 0, time.monotonic() + 30
         seen = first
-        while renewals < 3 and time.monotonic() < deadline:  # three renewals: past the first lease
+        # Until well past the first lease (and at least three renewals, however slow the machine): never free.
+        while (renewals < 3 or time.time() < first + LEASE / 2) and time.monotonic() < deadline:
             assert self.other.claim("runner-b", 10, LEASE) == []
             expires = self.store.get(job_id).lease_expires_at or 0
             if expires > seen:
                 renewals, seen = renewals + 1, expires
             time.sleep(0.05)
-        assert renewals == 3 and time.time() > first  # held beyond its first lease, by renewals alone
+        assert renewals >= 3 and time.time() >= first + LEASE / 2  # held beyond its first lease, by renewals alone
         assert self.store.get(job_id).lease_owner == self.runner.owner
 
 
