@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS points_log (
     event_name TEXT NOT NULL, action_name TEXT NOT NULL, delta INTEGER NOT NULL, date_added TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+-- Contacts made up for a search (auto_create_contacts) that nothing has written to yet: a look-up alone, such as
+-- `contact show` of a mistyped id, leaves nothing behind that a person would see.
+CREATE TABLE IF NOT EXISTS provisional (contact_id INTEGER PRIMARY KEY);
 """
 
 # Mautic's default page size for lists.
@@ -204,11 +207,15 @@ class MauticSandbox(App):
                 "INSERT INTO contacts (fields, date_added) VALUES (?, ?)",
                 (json.dumps({"email": None, self.contact_field: value}), _now()),
             ).lastrowid
+            db.execute("INSERT INTO provisional (contact_id) VALUES (?)", (cid,))
             return db.execute("SELECT * FROM contacts WHERE id = ?", (cid,)).fetchone()
 
     def contact_id(self, external_id: str) -> int | None:
-        """The Mautic id of the contact whose `contact_field` holds `external_id` (for tests and people)."""
-        for row in self.store.read().execute("SELECT id, fields FROM contacts ORDER BY id").fetchall():
+        """The Mautic id of the contact whose `contact_field` holds `external_id` (for tests and people); None also
+        for one only looked up so far."""
+        rows = self.store.read().execute(
+            "SELECT id, fields FROM contacts WHERE id NOT IN (SELECT contact_id FROM provisional) ORDER BY id")
+        for row in rows.fetchall():
             if str(json.loads(row["fields"]).get(self.contact_field)) == external_id:
                 return int(row["id"])
         return None
@@ -293,6 +300,7 @@ class MauticSandbox(App):
         data = _params(request)
         with self.store.atomic() as db:
             row = self._contact_row(db, request.params["id"])
+            db.execute("DELETE FROM provisional WHERE contact_id = ?", (row["id"],))  # written to: it exists
             tags = data.pop("tags", None)
             if tags is not None:
                 for tag in tags.split(",") if isinstance(tags, str) else tags:
@@ -414,6 +422,7 @@ class MauticSandbox(App):
         data = _params(request)
         with self.store.atomic() as db:
             contact = self._contact_row(db, request.params["id"])
+            db.execute("DELETE FROM provisional WHERE contact_id = ?", (contact["id"],))
             group = self._group_row(db, request.params["group"])
             if operator not in OPERATORS:
                 raise _error(400, "This operation is not allowed.")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.spotler import SpotlerSandbox
+from jobs.app import SANDBOX_MAUTIC_CONTACT_FIELD, sandbox_path
 from tests.e2e.helpers import connector, connector_process, demo_hints, in_background
 
 SECRET = "s3cr3t-consumer-value-91c"
@@ -385,3 +387,14 @@ def test_log_lines_and_job_times_are_both_in_utc(tmp_path: Path) -> None:
     assert created.endswith("Z") and 0 <= (datetime.fromisoformat(logged.group(1) + "+00:00")
                                            - datetime.fromisoformat(created)).total_seconds() < 60
     assert f"{created[:16].replace('T', ' ')}Z" in connector("jobs", "list", cwd=tmp_path).stdout
+
+
+def test_contact_show_on_mautic_of_a_mistyped_id_creates_nothing_a_person_would_see(tmp_path: Path) -> None:
+    mautic = {"CONNECTOR_PLATFORM": "mautic"}
+    assert "no tags" in connector("contact", "show", "C-TYPO", cwd=tmp_path, env=mautic).stdout
+    sandbox = MauticSandbox(sandbox_path(tmp_path / ".connector", "mautic"), username="u", password="p",
+                            contact_field=SANDBOX_MAUTIC_CONTACT_FIELD)
+    assert sandbox.contact_id("C-TYPO") is None
+    connector("jobs", "add", "-o", "add_tag", "-t", "VIP", "--contact", "C-TYPO", cwd=tmp_path)
+    connector("run", "--once", cwd=tmp_path, env=mautic)
+    assert sandbox.contact_id("C-TYPO") is not None  # a job still creates it, as a CRM sync would have
