@@ -10,3 +10,29 @@ def shown(value: object, limit: int = QUOTE_LIMIT) -> str:
     `limit` characters with `…` so that a pasted document does not flood the screen."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def escaped_byte(value: object) -> int | None:
+    """The first byte that was not UTF-8 in text read with `surrogateescape` (Python's way with such bytes in a
+    command line or a file: a lone surrogate U+DC80 to U+DCFF), in a string, a list or a table; None if none."""
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next((b for b in map(escaped_byte, value) if b is not None), None)
+    if isinstance(value, str):
+        return next((ord(c) - 0xDC00 for c in value if 0xDC80 <= ord(c) <= 0xDCFF), None)
+    return None
+
+
+def is_text(value: object) -> bool:
+    """False for a string (or a list holding one) that no store or screen can take: one with a lone surrogate,
+    from bytes that were not UTF-8 or from JSON's "\\ud800"."""
+    if isinstance(value, list):
+        return all(map(is_text, value))
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import tenacity
 
 from config import defaults
-from config.text import shown
+from config.text import escaped_byte, is_text, shown
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
@@ -50,7 +50,7 @@ ID_FIELDS = ("contact", "lead", "account", "target_id")
 def _types_problems(fields: dict[str, Any]) -> list[str]:
     """What JSON can give that no column means: a table for a record id, a number in a list of tags, and so on."""
     problems = [f"{name} is {shown(value)}, which is not text: it holds a lone surrogate (such as \\ud800)."
-                for name, value in fields.items() if not _is_text(value)]
+                for name, value in fields.items() if not is_text(value)]
     if problems:
         return problems
     for name in (*TEXT_FIELDS, *ID_FIELDS):
@@ -70,19 +70,6 @@ def _types_problems(fields: dict[str, Any]) -> list[str]:
     if "tag" in fields and "tags" in fields:
         problems.append("Both tag and tags are given; they are the same field, so give one of them.")
     return problems
-
-
-def _is_text(value: object) -> bool:
-    """False for a string that no store or screen can take: JSON's "\\ud800" gives one, a lone surrogate."""
-    if isinstance(value, list):
-        return all(map(_is_text, value))
-    if not isinstance(value, str):
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def request_from_fields(fields: dict[str, Any]) -> JobRequest:
@@ -136,28 +123,17 @@ def read_rows(path: Path, columns: set[str] = IMPORT_COLUMNS,
         raise UsageProblem(f"{path} is not a file.")
     for line, fields in _rows(path, columns, required):
         # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape): that row is bad, not the file.
-        if byte := _undecoded_byte(fields):
+        if byte := escaped_byte(fields):
             fields = {"__error__": f"not UTF-8 text (the byte 0x{byte:02x}); save the file as 'CSV UTF-8' or "
                                    "JSON Lines"}
         yield line, fields
-
-
-def _undecoded_byte(value: object) -> int | None:
-    """The first byte that was not UTF-8 in a value read with surrogateescape, if any."""
-    if isinstance(value, dict):
-        value = [*value.keys(), *value.values()]
-    if isinstance(value, list):
-        return next((b for b in map(_undecoded_byte, value) if b is not None), None)
-    if isinstance(value, str):
-        return next((ord(c) - 0xDC00 for c in value if 0xDC80 <= ord(c) <= 0xDCFF), None)
-    return None
 
 
 def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         first = handle.readline()
         handle.seek(0)
-        if byte := _undecoded_byte(first):
+        if byte := escaped_byte(first):
             raise UsageProblem(f"{path} is not UTF-8 text (the byte 0x{byte:02x} on its first line); save it as "
                                "'CSV UTF-8' or JSON Lines.")
         suffix = path.suffix.lower()

@@ -97,7 +97,8 @@ def jobs_lines(jobs: list[Job]) -> Group:
     for job in jobs:
         tries = f", {job.attempts} {'try' if job.attempts == 1 else 'tries'}" if job.attempts else ""
         lines.append(Text(f"{job.id}  {job.display_status}{tries}  {created(job)}"))
-        detail = f"{what(job)} for {record(job)}" + (f": {result(job)}" if result(job) else "")
+        outcome = result(job)
+        detail = f"{what(job)} for {record(job)}" + (f": {outcome}" if outcome else "")
         lines.append(Padding(Text(detail), (0, 0, 0, 4)))
     return Group(*lines)
 

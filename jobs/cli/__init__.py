@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperOption
 
 from config import defaults
-from config.text import shown
+from config.text import escaped_byte, is_text, shown
 from jobs.cli import config, contact, events, jobs, mail, run, sandbox, scores, serve, triggers
 from jobs.cli.common import RootOptions, err, out
 
@@ -102,11 +102,9 @@ def _not_utf8(args: list[str]) -> str | None:
     """What is wrong with an argument that is not UTF-8: Python keeps such bytes as lone surrogates (U+DC80 to
     U+DCFF), which nothing downstream can store or print."""
     for arg in args:
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            escaped = [ord(c) - 0xDC00 for c in arg if 0xDC80 <= ord(c) <= 0xDCFF]
-            what = f"the byte 0x{escaped[0]:02x}" if escaped else "a character that is not text"
+        if not is_text(arg):
+            byte = escaped_byte(arg)
+            what = f"the byte 0x{byte:02x}" if byte is not None else "a character that is not text"
             return (f"the argument {shown(arg)} has {what}, which is not UTF-8; set the terminal (or the script's "
                     "locale) to UTF-8 and type it again.")
     return None

@@ -122,7 +122,7 @@ def print_jobs(found: list[Job]) -> None:
     console = out()
     console.print(views.jobs_view(found, console.width))
     if not found:
-        out().print("No jobs.")
+        console.print("No jobs.")
 
 
 def count(n: int, word: str, words: str | None = None) -> str:

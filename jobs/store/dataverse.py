@@ -701,26 +701,22 @@ class DataverseJobStore:
         self._batch(parts, changeset=True)
 
     def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
-        now = self._clock()
-
-        def fields(row: Row) -> dict[str, Any]:
-            return semantics.retried(now)
-
+        retried = semantics.retried(self._clock())
         if job_id is not None:
-            self._act(job_id, "retry", semantics.RETRYABLE, fields, by)
+            self._act(job_id, "retry", semantics.RETRYABLE, lambda _: retried, by)
             return [job_id]
         t = self.t
         failed = self.client.query(t.entity_set, select=[t.primary_key],
                                    filter=f"statuscode eq {self._reason[JobStatus.FAILED][0]}",
                                    page_size=self.page_size)
-        retried = []
+        queued = []
         for row in builtins.list(failed):
             try:
-                self._act(str(row[t.primary_key]), "retry", semantics.RETRYABLE, fields, by)
+                self._act(str(row[t.primary_key]), "retry", semantics.RETRYABLE, lambda _: retried, by)
             except NotAllowed:
                 continue
-            retried.append(str(row[t.primary_key]))
-        return retried
+            queued.append(str(row[t.primary_key]))
+        return queued
 
     def cancel(self, job_id: str, by: Actor) -> Job:
         self._act(job_id, "cancel", semantics.CANCELLABLE,
