@@ -55,6 +55,7 @@ from typing import Any, NoReturn
 
 from config.defaults import DATAVERSE_WRITE_TRIES
 from config.settings import DataverseEntriesSettings, DataverseTableSettings
+from config.text import shown
 from connector import errors
 from connector.dataverse.batch import BatchPart, BatchResult
 from connector.dataverse.client import DataverseClient, encode_query, is_guid, odata_literal, row_url
@@ -354,7 +355,9 @@ class DataverseJobStore:
             clauses.append(f"statuscode eq {self._reason[JobStatus(query.status)][0]}")
         if query.target_id is not None:
             if not is_guid(query.target_id):
-                return Page()
+                # It could match no row: say why, rather than answer "no jobs".
+                raise errors.InvalidInput(f"The record id {shown(query.target_id)} is not a Dataverse row id; jobs "
+                                          "in Dataverse point at records by their GUID.")
             clauses.append("(" + " or ".join(f"{column} eq {query.target_id.lower()}"
                                              for _, column in self._lookups.values()) + ")")
         if query.since is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from config.settings import DataverseTableSettings, RetrySettings
+from connector import errors
 from connector.dataverse.client import DataverseClient
 from connector.platform import Contact
 from jobs.executor import Executor
@@ -230,3 +231,9 @@ def test_counts_are_one_aggregate_query_and_page_through_past_the_aggregate_limi
     assert sandbox.app.api_requests - before == 1
     monkeypatch.setattr("connector.sandbox.dataverse.AGGREGATE_LIMIT", 2)
     assert dv_store.counts() == {"running": 1, "pending": 2}  # refused by the server, counted page by page
+
+
+def test_a_list_by_a_record_id_that_is_no_guid_says_so_instead_of_finding_nothing(dv_store, queue):
+    queue()
+    with pytest.raises(errors.InvalidInput, match="'C-1001' is not a Dataverse row id"):
+        dv_store.list(JobFilter(target_id="C-1001"))
