@@ -1,4 +1,4 @@
-"""How a refusal quotes what a user gave, the same in every sentence of the connector."""
+"""How the connector's sentences quote what a user gave and count things, the same in every one of them."""
 
 from __future__ import annotations
 
@@ -36,3 +36,8 @@ def is_text(value: object) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def count(n: int, word: str, words: str | None = None) -> str:
+    """`1 job`, `2 jobs`."""
+    return f"{n} {word if n == 1 else words or word + 's'}"

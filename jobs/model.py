@@ -80,9 +80,9 @@ class Target(BaseModel):
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a job comes from: a CRM user's job (`crm`), an `import`, a scoring `rule`, a `trigger`, or the `api`.
-    A trigger's action job also names the job whose change fired it, the trigger, the firing, and the tag and the
-    score that crossed the threshold (for a webhook's or a mail's text)."""
+    """Where a job comes from: a CRM user's job (`crm`), an `import` (with its `batch`), a scoring `rule`, a
+    `trigger`, or the `api`. A trigger's action job also names the job whose change fired it, the trigger, the
+    firing, and the tag and the score that crossed the threshold (for a webhook's or a mail's text)."""
 
     source: str = "crm"
     job_id: str | None = None
@@ -90,6 +90,7 @@ class Origin:
     firing: str | None = None
     tag: str | None = None
     score: str | None = None
+    batch: str | None = None
 
     def to_json(self) -> dict[str, str] | None:
         """None for a CRM user's job, the most common kind; the fields set otherwise."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import hashlib
 import json
 import re
 import shlex
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +19,19 @@ from typing import Any, TypeVar
 import tenacity
 
 from config import defaults
-from config.text import escaped_byte, is_text, shown
+from config.text import count, escaped_byte, is_text, shown
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
-from jobs.model import InvalidJob, Job, JobRequest, Target, TargetKind
+from jobs.model import InvalidJob, JobRequest, Origin, Target, TargetKind, iso
 from jobs.scoring.history import HistoryEntry, history_of
-from jobs.store import JobStore, ReaderStore
+from jobs.store import Batch, JobStore, ReaderStore, batches
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
-IMPORT_COLUMNS = {"operation", "tag", "tags", "score", "contact", "lead", "account", "target_kind", "target_id"}
+IMPORT_COLUMNS = {"operation", "tag", "tags", "score", "contact", "lead", "account", "target_kind", "target_id",
+                  "request_id"}
+# A request id is a caller's key, kept in a Dataverse text column of this size.
+REQUEST_ID_MAX = 100
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -69,6 +76,10 @@ def _types_problems(fields: dict[str, Any]) -> list[str]:
         problems.append(f"score is {shown(score)}; give a whole number.")
     if "tag" in fields and "tags" in fields:
         problems.append("Both tag and tags are given; they are the same field, so give one of them.")
+    request_id = fields.get("request_id")
+    if isinstance(request_id, str) and (len(request_id) > REQUEST_ID_MAX or not request_id.isprintable()):
+        problems.append(f"request_id is {shown(request_id)}; give at most {REQUEST_ID_MAX} printable characters, "
+                        "such as the id of the row in the system the job comes from.")
     return problems
 
 
@@ -110,9 +121,16 @@ class RowProblem:
 
 @dataclass
 class ImportResult:
-    queued: list[Job] = field(default_factory=list)
+    """What an import did: the batch it queued (None when nothing was), and every bad row with its line."""
+
+    file: Path
+    batch: Batch | None = None
     problems: list[RowProblem] = field(default_factory=list)
     rows: int = 0
+
+
+class ImportRefused(Exception):
+    """Bad rows and no --skip-invalid: raised after the last row, so that the store undoes the batch."""
 
 
 def read_rows(path: Path, columns: set[str] = IMPORT_COLUMNS,
@@ -218,39 +236,84 @@ def count_rows(path: Path) -> int:
         return 0
 
 
+def new_batch_id() -> str:
+    """Short enough to type: eight hex digits, one in four billion to meet another."""
+    return uuid.uuid4().hex[:8]
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def import_jobs(
     store: JobStore,
     path: Path,
     *,
     skip_invalid: bool = False,
+    again: bool = False,
+    who: str = "",
+    batch_id: str | None = None,
     on_row: Callable[[], None] | None = None,
 ) -> ImportResult:
-    """Validate every row, then queue them: all or nothing unless `skip_invalid`."""
-    result = ImportResult()
-    valid: list[JobRequest] = []
-    for line, fields in read_rows(path):
-        result.rows += 1
-        if on_row:
-            on_row()
+    """Queue a file's rows as one batch, streaming it: all or nothing unless `skip_invalid`. A file imported
+    before (the same SHA-256) is refused unless `again`."""
+    if not path.is_file():
+        raise UsageProblem(f"{path} is not a file.")
+    sha256 = file_sha256(path)
+    earlier = batches(store, sha256)
+    if earlier and not again:
+        last = earlier[-1]
+        raise UsageProblem(
+            f"{path} was imported before, as batch {last.id} at {iso(last.at)} ({count(last.queued, 'job')} "
+            f"queued); add --again to queue its rows once more, or see them with: connector jobs list --batch "
+            f"{last.id}")
+    rows = _ImportRows(path, Origin(source="import", batch=batch_id or new_batch_id()), skip_invalid, on_row)
+    result = ImportResult(path, problems=rows.problems)
+    with contextlib.suppress(ImportRefused):  # the store has undone the batch
+        result.batch = store.add_batch(Batch(id=str(rows.origin.batch), file=path.name, sha256=sha256, who=who),
+                                       rows)
+    result.rows = rows.rows
+    return result
+
+
+@dataclass
+class _ImportRows:
+    """A file's valid rows as requests of one batch, read as the store asks for them (see `BatchRows`)."""
+
+    path: Path
+    origin: Origin
+    skip_invalid: bool
+    on_row: Callable[[], None] | None
+    rows: int = 0
+    invalid: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[JobRequest]:
+        for line, fields in read_rows(self.path):
+            self.rows += 1
+            if self.on_row:
+                self.on_row()
+            try:
+                request = self._request(fields)
+            except InvalidJob as exc:
+                self.invalid += 1
+                self.problems.append(RowProblem(line, str(exc)))
+                continue
+            if self.problems and not self.skip_invalid:
+                continue  # nothing will be queued: the rest is read only for its problems
+            yield dataclasses.replace(request, origin=self.origin)
+        if self.problems and not self.skip_invalid:
+            raise ImportRefused
+
+    @staticmethod
+    def _request(fields: dict[str, Any]) -> JobRequest:
         if "__error__" in fields:
-            result.problems.append(RowProblem(line, f"The line is {fields['__error__']}."))
-            continue
+            raise InvalidJob([f"The line is {fields['__error__']}."])
         unknown = sorted(set(fields) - IMPORT_COLUMNS)
         if unknown:
-            result.problems.append(
-                RowProblem(line, f"Unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}.")
-            )
-            continue
-        try:
-            valid.append(request_from_fields(fields))
-        except InvalidJob as exc:
-            result.problems.append(RowProblem(line, str(exc)))
-    if result.problems and not skip_invalid:
-        return result
-    # Large files are queued in chunks so that one transaction never holds the store for long.
-    for start in range(0, len(valid), 1000):
-        result.queued.extend(store.add(valid[start : start + 1000]))
-    return result
+            raise InvalidJob([f"Unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}."])
+        return request_from_fields(fields)
 
 
 T = TypeVar("T")

@@ -13,6 +13,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from config.text import count
 from jobs.model import Attempt, Job, iso
 from jobs.runner import DrainReport
 from jobs.scoring.changes import Change, Op
@@ -20,7 +21,7 @@ from jobs.scoring.history import HistoryEntry
 from jobs.scoring.rules import Trigger
 from jobs.scoring.triggers import Firing
 from jobs.service import ImportResult
-from jobs.store import AuditEntry
+from jobs.store import AuditEntry, Batch
 
 # `jobs show`: the fields in the order people read them, and the labels that differ from the JSON key.
 JOB_FIELDS = ("id", "operation", "target", "tags", "score", "origin", "display_status", "result_code", "message",
@@ -58,11 +59,40 @@ def action_lines(actions: list[AuditEntry]) -> list[str]:
 
 
 def import_json(result: ImportResult) -> dict[str, Any]:
-    """`jobs import --json`: the rows read, the ids queued, and every bad row with its line."""
+    """`jobs import --json`: the rows read, the batch queued (null when nothing was), and every bad row."""
     return {
-        "rows": result.rows, "queued": [job.id for job in result.queued],
+        "file": str(result.file), "rows": result.rows,
+        "batch": batch_json(result.batch) if result.batch else None,
         "problems": [{"line": p.line, "message": p.message} for p in result.problems],
     }
+
+
+def batch_json(batch: Batch) -> dict[str, Any]:
+    return {"id": batch.id, "file": batch.file, "sha256": batch.sha256, "at": iso(batch.at), "who": batch.who,
+            "rows": batch.rows, "queued": batch.queued, "already": batch.already, "invalid": batch.invalid}
+
+
+def import_summary(result: ImportResult) -> str:
+    """`Queued 3 jobs from jobs.csv as batch 1f0c9a2e; 1 row already queued (its request id), 2 invalid rows
+    skipped.`"""
+    batch = result.batch
+    assert batch is not None
+    also = [f"{count(batch.already, 'row')} already queued (by request id)"] if batch.already else []
+    also += [f"{count(batch.invalid, 'invalid row')} skipped"] if batch.invalid else []
+    return (f"Queued {count(batch.queued, 'job')} from {result.file} as batch {batch.id}"
+            f"{'; ' + ', '.join(also) if also else ''}.")
+
+
+def batches_table(found: list[Batch]) -> Table:
+    """`jobs batches`: one line per import, newest first."""
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("batch", "imported (UTC)", "file", "rows", "queued", "already", "invalid", "by"):
+        table.add_column(column, justify="right" if column in ("rows", "queued", "already", "invalid") else "left",
+                         no_wrap=column in ("batch", "imported (UTC)"))
+    for batch in reversed(found):
+        table.add_row(batch.id, minute(batch.at), batch.file, str(batch.rows), str(batch.queued), str(batch.already),
+                      str(batch.invalid), batch.who)
+    return table
 
 
 # Below this many columns the table would squeeze tags and results to nothing: each job takes two lines instead.
@@ -104,8 +134,12 @@ def jobs_lines(jobs: list[Job]) -> Group:
 
 
 def created(job: Job) -> str:
-    """When a job was created, to the minute, in UTC like the logs: `2026-12-02 16:47Z`."""
-    return (iso(job.created_at) or "")[:16].replace("T", " ") + "Z"
+    return minute(job.created_at)
+
+
+def minute(ts: float) -> str:
+    """A time to the minute, in UTC like the logs: `2026-12-02 16:47Z`."""
+    return (iso(ts) or "")[:16].replace("T", " ") + "Z"
 
 
 def record(job: Job) -> str:

@@ -125,11 +125,6 @@ def print_jobs(found: list[Job]) -> None:
         console.print("No jobs.")
 
 
-def count(n: int, word: str, words: str | None = None) -> str:
-    """`1 job`, `2 jobs`."""
-    return f"{n} {word if n == 1 else words or word + 's'}"
-
-
 @contextmanager
 def reported() -> Iterator[None]:
     """Our errors become one `Error:` line and the exit code of the module docstring."""

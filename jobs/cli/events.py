@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from config.text import count
 from jobs.app import load_rules_of
-from jobs.cli.common import JsonFlag, count, err, fail, job_store, out, record_of, reported, settings
+from jobs.cli.common import JsonFlag, err, fail, job_store, out, record_of, reported, settings
 from jobs.model import iso
 from jobs.scoring.events import STREAM, ingest_file
 from jobs.scoring.history import record_key

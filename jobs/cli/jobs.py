@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import getpass
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import Progress
 
-from config.text import shown
+from config.text import count, shown
 from jobs import views
 from jobs.cli.common import (
     JsonFlag,
     check_record_id,
-    count,
     err,
     fail,
     job_store,
@@ -26,8 +28,15 @@ from jobs.cli.common import (
 )
 from jobs.model import Job, JobStatus
 from jobs.scoring.triggers import Firing, firings_of
-from jobs.service import UsageProblem, count_rows, import_jobs, parse_duration, request_from_fields
-from jobs.store import Actor, JobFilter, JobStore
+from jobs.service import (
+    UsageProblem,
+    count_rows,
+    import_jobs,
+    new_batch_id,
+    parse_duration,
+    request_from_fields,
+)
+from jobs.store import Actor, JobFilter, JobStore, batches
 
 app = typer.Typer(help="Create, import, list, inspect, retry and cancel jobs.", no_args_is_help=True)
 
@@ -46,16 +55,27 @@ def add(
     lead: Annotated[str | None, typer.Option(help="CRM id of the lead.")] = None,
     account: Annotated[str | None, typer.Option(help="CRM id of the account.")] = None,
     score: Annotated[str | None, typer.Option(help="Whole number, for the score operations.")] = None,
+    request_id: Annotated[str | None, typer.Option(
+        help="Your own key for this job: a request id already queued is not queued again.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Queue one job. Without --contact, --lead or --account, Add Tag only creates the tag."""
     config = settings(ctx)
     with reported():
         request = request_from_fields(
-            {"operation": operation, "tags": tag, "score": score, "contact": contact, "lead": lead, "account": account}
+            {"operation": operation, "tags": tag, "score": score, "contact": contact, "lead": lead, "account": account,
+             "request_id": request_id}
         )
     with job_store(config) as store:
-        job = store.add([request])[0]
+        known = store.list(JobFilter(request_ids=(request.request_id,), limit=1)).jobs if request.request_id else []
+        job = known[0] if known else store.add([request])[0]
+    if known:
+        if as_json:
+            out().print_json(data=job.to_json())
+        else:
+            out().print(f"Request id {job.request_id} is queued already, as job {job.id} ({job.display_status}); "
+                        "nothing new was queued.", markup=False)
+        return
     if as_json:
         out().print_json(data=job.to_json())
     else:
@@ -71,28 +91,76 @@ def import_(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="CSV with a header row, or JSON Lines.")],
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="Queue the valid rows even when some are bad.")] = False,
+    again: Annotated[bool, typer.Option(
+        "--again", help="Queue the rows of a file that was imported before once more.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Queue the jobs of a file: all or nothing unless --skip-invalid; every bad row reported with its line."""
+    """Queue the jobs of a file as one batch: all or nothing unless --skip-invalid; every bad row reported with its
+    line. A file imported before is refused unless --again; a row whose request_id is queued already is skipped."""
     config = settings(ctx)
     console = err()
     with job_store(config) as store:
         # Counting reads the file once more: only worth it when someone watches a progress bar.
         total = count_rows(file) if console.is_terminal and file.is_file() else 0
-        with Progress(console=console, transient=True, disable=total < 2000 or not console.is_terminal) as progress:
-            task = progress.add_task("Checking rows", total=total)
-            result = import_jobs(store, file, skip_invalid=skip_invalid, on_row=lambda: progress.advance(task))
+        with Progress(console=console, transient=True, disable=total < 2000 or not console.is_terminal) as progress, \
+                _interrupted(file, store, batch_id := new_batch_id()):
+            task = progress.add_task("Importing rows", total=total)
+            result = import_jobs(store, file, skip_invalid=skip_invalid, again=again, who=actor().who,
+                                 batch_id=batch_id, on_row=lambda: progress.advance(task))
     if as_json:
         out().print_json(data=views.import_json(result))
     for problem in result.problems if not as_json else []:
         console.print(f"line {problem.line}: {problem.message}", markup=False)
-    if result.problems and not skip_invalid:
+    if result.batch is None:
         fail(f"{len(result.problems)} of {count(result.rows, 'row')} {'is' if len(result.problems) == 1 else 'are'} "
              f"invalid; nothing was queued. "
              f"Fix them, or use --skip-invalid to queue the valid rows.", 2)
     if not as_json:
-        skipped = f", {count(len(result.problems), 'invalid row')} skipped" if result.problems else ""
-        out().print(f"Queued {count(len(result.queued), 'job')} from {file}{skipped}.", markup=False)
+        out().print(views.import_summary(result), markup=False)
+
+
+class _Signalled(BaseException):
+    """SIGTERM during an import, raised where the import is, so that its transaction is undone like on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _interrupted(file: Path, store: JobStore, batch_id: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM (a service manager, a timeout) stops an import with a sentence saying what was queued,
+    and the exit code 128 + the signal's number."""
+    def stop(signum: int, _frame: object) -> None:
+        raise _Signalled(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except (KeyboardInterrupt, _Signalled) as exc:
+        signum = exc.signum if isinstance(exc, _Signalled) else signal.SIGINT
+        if store.atomic_batches:
+            what = "nothing was queued (an import is one transaction); run it again to queue the file"
+        else:
+            what = (f"the jobs queued before it stay queued, as batch {batch_id}: see them with connector jobs list "
+                    f"--batch {batch_id}, or withdraw them with connector jobs cancel --batch {batch_id}")
+        fail(f"The import of {file} was interrupted by {signal.Signals(signum).name}: {what}.", 128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.command("batches")
+def batches_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """The imports: each file's batch id, when and by whom, and what became of its rows. Newest first."""
+    config = settings(ctx)
+    with job_store(config) as store:
+        found = batches(store)
+    if as_json:
+        out().print_json(data=[views.batch_json(batch) for batch in reversed(found)])
+    elif found:
+        out().print(views.batches_table(found))
+    else:
+        out().print("No imports yet.")
 
 
 @app.command("list")
@@ -103,6 +171,7 @@ def list_(
     ] = None,
     contact: Annotated[str | None, typer.Option(help="Only jobs for this CRM record id.")] = None,
     since: Annotated[str | None, typer.Option(help="Only jobs created within this period: 30m, 2h, 7d.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Only the jobs of this import (see: jobs batches).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many jobs, newest first.")] = DEFAULT_LIMIT,
     as_json: JsonFlag = False,
 ) -> None:
@@ -118,7 +187,8 @@ def list_(
     if contact is not None:
         check_record_id(config, "--contact", contact)
     with job_store(config) as store:
-        found = store.list(JobFilter(status=status, target_id=contact, since=since_ts, limit=limit)).jobs
+        found = store.list(JobFilter(status=status, target_id=contact, since=since_ts, batch=batch,
+                                     limit=limit)).jobs
     if as_json:
         out().print_json(data=views.jobs_json(found))
         return
@@ -195,9 +265,24 @@ def actor() -> Actor:
 
 
 @app.command("cancel")
-def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The pending job to cancel.")]) -> None:
-    """Cancel a pending job (one waiting for a retry too)."""
+def cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(help="The pending job to cancel.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Cancel every pending job of this import instead.")] = None,
+) -> None:
+    """Cancel a pending job (one waiting for a retry too), or the pending jobs of an import."""
     config = settings(ctx)
+    if (job_id is None) == (batch is None):
+        fail("give either a job id or --batch.", 2)
     with job_store(config) as store:
-        job = store.cancel(job_id, by=actor())
-    out().print(f"Job {job.id}: {job.message}", markup=False)
+        if batch is None:
+            assert job_id is not None
+            job = store.cancel(job_id, by=actor())
+            out().print(f"Job {job.id}: {job.message}", markup=False)
+            return
+        ids = store.cancel_where(JobFilter(batch=batch), by=actor())
+        known = ids or any(b.id == batch for b in batches(store)) or store.list(JobFilter(batch=batch, limit=1)).jobs
+    if not known:
+        fail(f"No import has the batch id {shown(batch)}; connector jobs batches lists them.", 2)
+    out().print(f"Cancelled {count(len(ids), 'pending job')} of batch {batch}"
+                f"{'' if ids else ': none was waiting any more'}.", markup=False)

@@ -12,13 +12,12 @@ from typing import Annotated, Any
 import typer
 
 from config import Settings, defaults
-from config.text import shown
+from config.text import count, shown
 from connector.sandbox.webhook import WebhookReceiver
 from jobs import views
 from jobs.cli.common import (
     Failure,
     connector,
-    count,
     err,
     fail,
     out,

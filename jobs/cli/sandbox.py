@@ -10,10 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from config import Settings
+from config.text import count
 from connector.sandbox.server import SandboxServer
 from jobs import app as composition
 from jobs.cli.common import (
-    count,
     err,
     fail,
     logging_to_stderr,

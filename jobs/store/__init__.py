@@ -10,7 +10,9 @@ guarantee against every store:
 - an outcome is one write: the status, the last attempt and the posted mark are kept together or not at all;
 - the mark that a job's change is applied, and its `Effects` (the records of durable subscribers, such as score
   history and trigger firings, and the jobs they queue) are one write too: both or neither;
-- a request id is queued once: adding it again returns the job it already names.
+- a request id is queued once: adding it again returns the job it already names;
+- an import is a batch, queued all or none where the store has transactions that large (`atomic_batches`), and
+  kept as a record of stream `batch` in the same write.
 
 The protocol is split by who uses it: `RunnerStore` (the runner), `PeopleStore` (people acting on jobs, each act
 audited) and `ReaderStore` (whoever reads: the CLI, later the console). `JobStore` is all three.
@@ -19,9 +21,10 @@ audited) and `ReaderStore` (whoever reads: the CLI, later the console). `JobStor
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from jobs.model import Attempt, Job, JobRequest, JobStatus
 from jobs.store.errors import JobNotFound, LeaseLost, NotAllowed, StoreError, StoreUnavailable
@@ -109,6 +112,7 @@ class JobFilter:
     status: str | None = None
     target_id: str | None = None
     since: float | None = None
+    batch: str | None = None  # only the jobs an import queued under this batch id
     request_ids: tuple[str, ...] = ()  # only the jobs queued under these request ids
     limit: int = 100
     after: str | None = None
@@ -119,6 +123,42 @@ class Page:
     jobs: list[Job] = field(default_factory=list)
     # Where the next page starts; None when this one is the last.
     next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One import: the file (its name and SHA-256), when and by whom, and what became of its rows. Kept as a
+    record of stream `batch` keyed by the SHA-256, so that a second import of the same file finds the first."""
+
+    STREAM: ClassVar[str] = "batch"
+
+    id: str
+    file: str
+    sha256: str
+    at: float = 0.0
+    who: str = ""
+    rows: int = 0  # rows read from the file
+    queued: int = 0  # jobs queued
+    already: int = 0  # rows whose request id was queued before: counted, not queued again
+    invalid: int = 0  # bad rows left out (--skip-invalid)
+
+    def record(self) -> Record:
+        return Record(self.STREAM, self.sha256, dataclasses.asdict(self), unique=self.id)
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> Batch:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in entry.data.items() if k in known})
+
+
+class BatchRows(Protocol):
+    """An import's valid requests as `add_batch` reads them, one at a time (a file is never held whole); `rows`
+    and `invalid` count the file's rows as they are read. Raising while read undoes the batch."""
+
+    rows: int
+    invalid: int
+
+    def __iter__(self) -> Iterator[JobRequest]: ...
 
 
 class RunnerStore(Protocol):
@@ -159,6 +199,14 @@ class PeopleStore(Protocol):
         """Queue the jobs, all or none, in the order given. A request whose `request_id` names a job already
         stored is not queued again: that job is returned in its place."""
 
+    def add_batch(self, batch: Batch, requests: BatchRows) -> Batch:
+        """Queue an import's requests as `batch`, in the order read, and keep the batch (with its counts) in the
+        same write: all or none where `atomic_batches`, else in the store's largest transactions, in order. A
+        request id already stored is not queued again, but counted (`Batch.already`)."""
+
+    def cancel_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        """Cancel the pending jobs (retrying ones too) that `query` finds, whatever its limit; returns their ids."""
+
     def add_raw(self, raw: dict[str, Any]) -> Job:
         """Queue input exactly as a user left it, unvalidated, as a CRM row can be; the runner fails it if bad."""
 
@@ -193,10 +241,19 @@ class ReaderStore(Protocol):
 
 
 class JobStore(RunnerStore, PeopleStore, ReaderStore, Protocol):
+    # Whether `add_batch` is one transaction however large the batch: an interrupted import then leaves nothing.
+    atomic_batches: bool
+
     def close(self) -> None: ...
 
 
+def batches(store: ReaderStore, sha256: str | None = None) -> builtins.list[Batch]:
+    """The imports kept, oldest first (only those of the file with this SHA-256, when given)."""
+    return [Batch.from_entry(entry) for entry in store.entries(Batch.STREAM, sha256)]
+
+
 __all__ = [
-    "Actor", "AuditEntry", "Effects", "Entry", "JobFilter", "JobNotFound", "JobStore", "LeaseLost", "NotAllowed",
-    "Outcome", "Page", "PeopleStore", "ReaderStore", "Record", "RunnerStore", "StoreError", "StoreUnavailable",
+    "Actor", "AuditEntry", "Batch", "BatchRows", "Effects", "Entry", "JobFilter", "JobNotFound", "JobStore",
+    "LeaseLost", "NotAllowed", "Outcome", "Page", "PeopleStore", "ReaderStore", "Record", "RunnerStore", "StoreError",
+    "StoreUnavailable", "batches",
 ]

@@ -42,6 +42,7 @@ later job for the same key that this claim offered. The window is one claim; `re
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
 import math
@@ -64,6 +65,8 @@ from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus
 from jobs.store import (
     Actor,
     AuditEntry,
+    Batch,
+    BatchRows,
     Effects,
     Entry,
     JobFilter,
@@ -86,6 +89,8 @@ Row = dict[str, Any]
 MESSAGE_MAX = 4000
 # Older lines of the attempt log are dropped past this size; the newest ones are what support reads.
 ATTEMPT_LOG_MAX = 20_000
+# Jobs per change set of an import: Dataverse's limit for one `$batch` change set.
+BATCH_CHUNK = 1000
 TARGET_SETS = {"contact": "contacts", "lead": "leads", "account": "accounts"}
 
 
@@ -112,6 +117,8 @@ class DataverseJobStore:
     """Jobs in the custom table described by `table`, through `client`. Thread-safe."""
 
     name = "dataverse"
+    # A change set holds at most 1,000 operations: a larger import is queued in several, in order.
+    atomic_batches = False
 
     def __init__(
         self,
@@ -329,6 +336,43 @@ class DataverseJobStore:
                     found[job.request_id] = job
         return found
 
+    def add_batch(self, batch: Batch, requests: BatchRows) -> Batch:
+        """Read whole before the first job is created, so that a file refused halfway queues nothing; then queued
+        1,000 jobs per change set. The batch's record is kept after its last job."""
+        wanted = builtins.list(requests)
+        queued = already = 0
+        for start in range(0, len(wanted), BATCH_CHUNK):
+            chunk = wanted[start:start + BATCH_CHUNK]
+            stored = self._by_request_id([r.request_id for r in chunk if r.request_id is not None])
+            seen: set[str] = set()
+            for job in self.add(chunk):
+                if job.id in seen or (job.request_id is not None and job.request_id in stored):
+                    already += 1
+                else:
+                    queued += 1
+                seen.add(job.id)
+        kept = dataclasses.replace(batch, at=self._clock(), rows=requests.rows, invalid=requests.invalid,
+                                   queued=queued, already=already)
+        self.keep([kept.record()])
+        return kept
+
+    def cancel_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        if query.status not in (None, "pending", "retrying"):
+            return []  # only pending jobs can be cancelled
+        t = self.t
+        found = self.client.query(
+            t.entity_set, select=[t.primary_key], page_size=self.page_size,
+            filter=" and ".join(self._clauses(dataclasses.replace(query, status=query.status or "pending",
+                                                                  after=None))))
+        cancelled = []
+        for row in builtins.list(found):
+            try:
+                self.cancel(str(row[t.primary_key]), by)
+            except NotAllowed:  # claimed or cancelled since it was read
+                continue
+            cancelled.append(str(row[t.primary_key]))
+        return cancelled
+
     def add_raw(self, raw: dict[str, Any]) -> Job:
         row = self.client.create_returning(self.t.entity_set, self._new_row(raw), select=self.columns)
         return self._job(row)
@@ -348,6 +392,17 @@ class DataverseJobStore:
 
     def list(self, query: JobFilter) -> Page:
         t = self.t
+        tie = t.sequence or t.primary_key
+        rows = builtins.list(self.client.query(
+            t.entity_set, select=self.columns, filter=" and ".join(self._clauses(query)) or None,
+            orderby=f"{t.created_on} desc,{tie} desc", top=query.limit + 1, page_size=self.page_size))
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        cursor = f"{rows[-1][t.created_on]}|{rows[-1][tie]}" if more and rows else None
+        return Page([self._job(row) for row in rows], cursor)
+
+    def _clauses(self, query: JobFilter) -> builtins.list[str]:
+        t = self.t
         clauses: builtins.list[str] = []
         if query.status == "retrying":
             clauses.append(f"statuscode eq {self._reason[JobStatus.PENDING][0]} and {t.attempts} gt 0")
@@ -362,19 +417,15 @@ class DataverseJobStore:
                                              for _, column in self._lookups.values()) + ")")
         if query.since is not None:
             clauses.append(f"{t.created_on} ge {_iso(math.floor(query.since))}")
+        if query.batch is not None:
+            # The batch is part of the origin's JSON, as `input_columns` writes it.
+            clauses.append(f"contains({t.origin},{odata_literal(_batch_mark(query.batch))})")
         if query.request_ids:
             clauses.append("(" + " or ".join(f"{t.request_id} eq {odata_literal(rid)}"
                                              for rid in query.request_ids) + ")")
         if query.after is not None:
             clauses.append(self._before(query.after))
-        tie = t.sequence or t.primary_key
-        rows = builtins.list(self.client.query(
-            t.entity_set, select=self.columns, filter=" and ".join(clauses) or None,
-            orderby=f"{t.created_on} desc,{tie} desc", top=query.limit + 1, page_size=self.page_size))
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        cursor = f"{rows[-1][t.created_on]}|{rows[-1][tie]}" if more and rows else None
-        return Page([self._job(row) for row in rows], cursor)
+        return clauses
 
     def _before(self, cursor: str) -> str:
         """The rows created before the cursor's, in the order `list` reads them."""
@@ -728,6 +779,11 @@ class DataverseJobStore:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _batch_mark(batch_id: str) -> str:
+    """How a batch id reads inside the origin column's JSON."""
+    return json.dumps({"batch": batch_id})[1:-1]
 
 
 def _json_or_none(text: object) -> Any:

@@ -10,6 +10,7 @@ finished jobs as with ten. The schema is versioned (`jobs.store.sqlite_schema`);
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -25,6 +26,8 @@ from jobs.model import Attempt, Job, JobRequest, JobStatus, Target, TargetKind
 from jobs.store import (
     Actor,
     AuditEntry,
+    Batch,
+    BatchRows,
     Effects,
     Entry,
     JobFilter,
@@ -40,9 +43,10 @@ from jobs.store import (
 from jobs.store.sqlite_schema import upgrade
 
 INSERT_JOB = """
-INSERT INTO jobs (id, kind, target_kind, target_id, payload, raw, request_id, origin, status, created_at,
+INSERT INTO jobs (id, kind, target_kind, target_id, payload, raw, request_id, origin, batch_id, status, created_at,
                   updated_at, next_attempt_at)
-VALUES (:id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, :origin, 'pending', :now, :now, :now)
+VALUES (:id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, :origin, :batch_id, 'pending', :now, :now,
+        :now)
 """
 INSERT_KEY = "INSERT OR IGNORE INTO open_keys (key, seq) VALUES (?, ?)"
 
@@ -143,6 +147,7 @@ class SqliteJobStore:
     """The job store of the embedded default. Thread-safe: one connection per thread, writes serialised."""
 
     name = "sqlite"
+    atomic_batches = True
 
     def __init__(
         self, path: Path | str, *, clock: Callable[[], float] = time.time, busy_timeout: float = 30.0
@@ -253,6 +258,7 @@ class SqliteJobStore:
             "raw": json.dumps(raw),
             "request_id": request.request_id if request else None,
             "origin": _origin_json(request.origin.to_json() if request else raw.get("origin")),
+            "batch_id": request.origin.batch if request else None,
             "now": now,
         })
         seq = cursor.lastrowid
@@ -260,6 +266,25 @@ class SqliteJobStore:
         # Invalid input has no keys to wait on: it fails without touching anything.
         db.executemany(INSERT_KEY, [(key, seq) for key in (request.keys if request else [])])
         return seq
+
+    def add_batch(self, batch: Batch, requests: BatchRows) -> Batch:
+        """One transaction however long the file: a runner on the same file waits for it (its writes are
+        retried), and an interrupted import leaves nothing. Rows are inserted as they are read, so memory stays
+        flat; SQLite spills the transaction's pages to the write-ahead log."""
+        now = self._clock()
+        queued = already = 0
+        with self.atomic() as db:
+            for request in requests:
+                # Earlier rows of this batch are visible here too: a request id given twice is queued once.
+                if request.request_id is not None and self._seq_of_request(db, request.request_id) is not None:
+                    already += 1
+                    continue
+                self._insert(db, kinds.raw_of(request), request, now)
+                queued += 1
+            kept = dataclasses.replace(batch, at=now, rows=requests.rows, invalid=requests.invalid, queued=queued,
+                                       already=already)
+            db.execute(INSERT_ENTRY, _entry_args(kept.record(), "", now))
+        return kept
 
     def add_raw(self, raw: dict[str, Any]) -> Job:
         """Queue input as a CRM user left it, unvalidated: for rows edited into something invalid (and tests)."""
@@ -294,6 +319,20 @@ class SqliteJobStore:
             db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return self.get(job_id)
 
+    def cancel_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        if query.status not in (None, "pending", "retrying"):
+            return []  # only pending jobs can be cancelled
+        now = self._clock()
+        where, args = _where(dataclasses.replace(query, status=query.status or "pending", after=None))
+        with self.atomic() as db:
+            rows = db.execute(f"SELECT seq, id FROM jobs {where} ORDER BY seq", args).fetchall()
+            for seq, job_id in rows:
+                tried = db.execute("SELECT count(*) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()[0]
+                db.execute(CANCEL, {**_bound(semantics.cancelled(tried)), "now": now, "id": job_id}).fetchall()
+                db.execute(CLOSE_KEYS, (seq,))
+                db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
+        return [row["id"] for row in rows]
+
     def _check(self, db: sqlite3.Connection, job_id: str, action: str, allowed: frozenset[JobStatus]) -> None:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -311,27 +350,8 @@ class SqliteJobStore:
         return _job_from_row(row)
 
     def list(self, query: JobFilter) -> Page:
-        clauses: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        if query.status == "retrying":
-            clauses.append("status = 'pending' AND attempts > 0")
-        elif query.status is not None:
-            clauses.append("status = ?")
-            args.append(str(query.status))
-        if query.target_id is not None:
-            clauses.append("target_id = ?")
-            args.append(query.target_id)
-        if query.since is not None:
-            clauses.append("created_at >= ?")
-            args.append(query.since)
-        if query.request_ids:
-            clauses.append(f"request_id IN ({', '.join('?' * len(query.request_ids))})")
-            args.extend(query.request_ids)
-        if query.after is not None:
-            clauses.append("seq < ?")
-            args.append(_cursor_seq(query.after))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        # The clauses are fixed strings; values are bound. One row more than asked tells whether a page follows.
+        where, args = _where(query)
+        # One row more than asked tells whether a page follows.
         sql = f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT {int(query.limit) + 1}"
         rows = self._conn().execute(sql, args).fetchall()
         more = len(rows) > query.limit
@@ -446,6 +466,33 @@ class SqliteJobStore:
         with self.atomic() as db:
             db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id,
                                  "owner": owner})
+
+
+def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
+    """The WHERE clause of a filter: fixed strings, with the values bound."""
+    clauses: builtins.list[str] = []
+    args: builtins.list[Any] = []
+    if query.status == "retrying":
+        clauses.append("status = 'pending' AND attempts > 0")
+    elif query.status is not None:
+        clauses.append("status = ?")
+        args.append(str(query.status))
+    if query.target_id is not None:
+        clauses.append("target_id = ?")
+        args.append(query.target_id)
+    if query.since is not None:
+        clauses.append("created_at >= ?")
+        args.append(query.since)
+    if query.batch is not None:
+        clauses.append("batch_id = ?")
+        args.append(query.batch)
+    if query.request_ids:
+        clauses.append(f"request_id IN ({', '.join('?' * len(query.request_ids))})")
+        args.extend(query.request_ids)
+    if query.after is not None:
+        clauses.append("seq < ?")
+        args.append(_cursor_seq(query.after))
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
 
 def _bound(fields: dict[str, Any]) -> dict[str, Any]:

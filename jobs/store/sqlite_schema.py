@@ -147,11 +147,19 @@ V3 = """
 ALTER TABLE jobs ADD COLUMN origin TEXT;
 """
 
+# 4: the import batch a job was queued by (its record is an entry of stream `batch`), so that a batch can be listed
+# and cancelled; jobs before it belong to none.
+V4 = """
+ALTER TABLE jobs ADD COLUMN batch_id TEXT;
+CREATE INDEX jobs_batch ON jobs(batch_id, seq) WHERE batch_id IS NOT NULL;
+"""
+
 Step = str | Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[list[Step]] = [
     [V1],
     [V2, _payloads],
     [V3],
+    [V4],
 ]
 LATEST = len(MIGRATIONS)
 

@@ -12,7 +12,18 @@ import pytest
 
 from jobs.kinds import kind_named
 from jobs.model import Attempt, JobStatus, Origin
-from jobs.store import Effects, JobFilter, JobNotFound, LeaseLost, NotAllowed, Outcome, Record, semantics
+from jobs.store import (
+    Batch,
+    Effects,
+    JobFilter,
+    JobNotFound,
+    LeaseLost,
+    NotAllowed,
+    Outcome,
+    Record,
+    batches,
+    semantics,
+)
 from tests.contract.conftest import LEASE, PERSON, StoreCase
 
 
@@ -673,6 +684,76 @@ def test_a_request_id_is_queued_once(case: StoreCase) -> None:
     case.succeed("runner-a", first.id)
     (after_it_ran,) = case.store.add([case.req("increase_score", "Lead", 10, request_id="webhook-1")])
     assert (after_it_ran.id, after_it_ran.status) == (first.id, JobStatus.SUCCEEDED)
+
+
+@dataclasses.dataclass
+class Rows:
+    """An import's requests as a store reads them; `broken_at` raises there, as an interrupted import does."""
+
+    requests: list
+    broken_at: int | None = None
+    invalid: int = 0
+    rows: int = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for n, request in enumerate(self.requests):
+            if n == self.broken_at:
+                raise KeyboardInterrupt
+            self.rows += 1
+            yield request
+
+
+def in_batch(request, batch_id: str = "b1"):  # type: ignore[no-untyped-def]
+    return dataclasses.replace(request, origin=Origin(source="import", batch=batch_id))
+
+
+def test_an_import_is_one_batch_queued_in_order_and_kept_with_its_counts(case: StoreCase) -> None:
+    before = case.add("increase_score", "Lead", 1, request_id="row-1")
+    case.clock.advance(1)
+    rows = Rows([in_batch(case.req("increase_score", "Lead", n, request_id=f"row-{n}")) for n in (1, 2, 3)]
+                + [in_batch(case.req("increase_score", "Lead", 9, request_id="row-3"))], invalid=2)
+    kept = case.store.add_batch(Batch(id="b1", file="jobs.csv", sha256="ab" * 32, who="ann"), rows)
+    assert (kept.id, kept.file, kept.who, kept.rows, kept.queued, kept.already, kept.invalid) == \
+        ("b1", "jobs.csv", "ann", 4, 2, 2, 2)
+    assert kept.at == pytest.approx(case.clock.now)
+    assert batches(case.another(), "ab" * 32) == [kept] and batches(case.store, "cd" * 32) == []
+    queued = case.store.list(JobFilter(batch="b1")).jobs
+    assert [j.request.payload.score for j in queued if j.request] == [3, 2]  # newest first
+    assert all(j.request and j.request.origin == Origin(source="import", batch="b1") for j in queued)
+    assert before.id not in ids(queued)
+    for expected in [before, *reversed(queued)]:  # the batch's jobs after the one before, in the order read
+        (job,) = case.store.claim("runner-a", 10, LEASE)
+        assert job.id == expected.id
+        case.succeed("runner-a", job.id)
+
+
+def test_an_import_interrupted_while_read_queues_nothing_and_keeps_no_batch(case: StoreCase) -> None:
+    rows = Rows([in_batch(case.req("add_tag", "VIP", target=f"C-{n}")) for n in range(3)], broken_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        case.store.add_batch(Batch(id="b1", file="jobs.csv", sha256="ab" * 32), rows)
+    assert listed(case) == [] and batches(case.store) == []
+
+
+def test_cancel_where_cancels_the_pending_jobs_it_finds_and_says_who(case: StoreCase) -> None:
+    outside = case.add(target="C-9")
+    case.clock.advance(1)
+    case.store.add_batch(Batch(id="b1", file="a.csv", sha256="ab" * 32),
+                         Rows([in_batch(case.req("add_tag", "VIP", target=f"C-{n}")) for n in range(4)]))
+    claimed = case.store.claim("runner-a", 4, LEASE)  # the job outside and the batch's first three
+    assert claimed[0].id == outside.id
+    running, retrying, done = claimed[1:]
+    case.retry_later(retrying.id, 60)
+    case.succeed("runner-a", done.id)
+    cancelled = case.store.cancel_where(JobFilter(batch="b1", limit=1), PERSON)
+    assert len(cancelled) == 2 and retrying.id in cancelled
+    for job_id in cancelled:
+        assert case.store.get(job_id).status is JobStatus.CANCELLED
+        assert [(e.action, e.who, e.via) for e in case.store.audit(job_id)] == [("cancel", "ann", "cli")]
+    assert case.store.get(running.id).status is JobStatus.RUNNING
+    assert case.store.get(done.id).status is JobStatus.SUCCEEDED
+    assert case.store.get(outside.id).status is JobStatus.RUNNING
+    assert case.store.cancel_where(JobFilter(batch="b1", status="failed"), PERSON) == []
+    assert case.store.cancel_where(JobFilter(batch="b2"), PERSON) == []
 
 
 def test_add_raw_keeps_invalid_input_as_given_without_blocking_others(case: StoreCase) -> None:

@@ -156,7 +156,7 @@ def test_import_is_all_or_nothing_and_reports_every_bad_line(tmp_path: Path) -> 
     assert "Queued 2 jobs" in partial.stdout
     one = tmp_path / "one.csv"
     one.write_text("operation,contact,tags\nAdd Tag,C-1,Webinar\n", encoding="utf-8")
-    assert f"Queued 1 job from {one}." in connector("jobs", "import", str(one), cwd=tmp_path).stdout
+    assert f"Queued 1 job from {one} as batch " in connector("jobs", "import", str(one), cwd=tmp_path).stdout
     jsonl = tmp_path / "jobs.jsonl"
     jsonl.write_text('{"operation": "add_tag", "tags": "Fair"}\n{"operation": "set_score", "lead": "L-1", '
                      '"tags": "Lead", "score": -2}\n', encoding="utf-8")

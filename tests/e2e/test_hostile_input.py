@@ -47,7 +47,7 @@ def test_a_hostile_json_line_is_one_reported_row_and_the_valid_rows_are_queued(
     assert "line 3: " in refused.stderr and reported in refused.stderr and "Traceback" not in refused.stderr
     assert "1 of 3 rows is invalid; nothing was queued." in refused.stderr
     queued = connector("jobs", "import", "jobs.jsonl", "--skip-invalid", cwd=tmp_path)
-    assert "Queued 2 jobs from jobs.jsonl, 1 invalid row skipped." in queued.stdout
+    assert re.fullmatch(r"Queued 2 jobs from jobs.jsonl as batch [0-9a-f]{8}; 1 invalid row skipped.\n", queued.stdout)
     listed = json.loads(connector("jobs", "list", "--json", cwd=tmp_path).stdout)
     assert sorted(job["target"]["id"] for job in listed) == ["C-1", "C-2"]
 
@@ -57,7 +57,7 @@ def test_a_csv_cell_too_large_to_read_is_one_reported_row(tmp_path: Path) -> Non
     (tmp_path / "jobs.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     queued = connector("jobs", "import", "jobs.csv", "--skip-invalid", cwd=tmp_path)
     assert "not readable as CSV (field larger than field limit (131072))" in queued.stderr
-    assert "Queued 2 jobs from jobs.csv, 1 invalid row skipped." in queued.stdout
+    assert re.fullmatch(r"Queued 2 jobs from jobs.csv as batch [0-9a-f]{8}; 1 invalid row skipped.\n", queued.stdout)
 
 
 HOSTILE = "\x1b[2J\x00" + "x" * 5000  # clears a terminal, then a NUL, then a pasted document
