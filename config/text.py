@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 QUOTE_LIMIT = 80
+_ESCAPED = re.compile("[\udc80-\udcff]")
 
 
 def shown(value: object, limit: int = QUOTE_LIMIT) -> str:
@@ -18,9 +21,14 @@ def escaped_byte(value: object) -> int | None:
     if isinstance(value, dict):
         value = [*value.keys(), *value.values()]
     if isinstance(value, list):
-        return next((b for b in map(escaped_byte, value) if b is not None), None)
+        # One search over the strings together (this runs for every row of an import), one call per nested value.
+        found = _ESCAPED.search("".join(v for v in value if isinstance(v, str)))
+        if found:
+            return ord(found.group()) - 0xDC00
+        return next((b for v in value if isinstance(v, dict | list) and (b := escaped_byte(v)) is not None), None)
     if isinstance(value, str):
-        return next((ord(c) - 0xDC00 for c in value if 0xDC80 <= ord(c) <= 0xDCFF), None)
+        found = _ESCAPED.search(value)
+        return ord(found.group()) - 0xDC00 if found else None
     return None
 
 

@@ -49,6 +49,7 @@ def parse_duration(text: str) -> float:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+TARGET_KINDS = tuple(kind.value for kind in TargetKind)
 # Fields given as text; a record id may also be a whole number (a JSON file of numeric CRM ids).
 TEXT_FIELDS = ("operation", "target_kind", "request_id")
 ID_FIELDS = ("contact", "lead", "account", "target_id")
@@ -87,14 +88,14 @@ def request_from_fields(fields: dict[str, Any]) -> JobRequest:
     """A JobRequest from a form, a CSV row or a JSON object: `contact`/`lead`/`account` or `target_kind`+`target_id`."""
     if problems := _types_problems(fields):
         raise InvalidJob(problems)
-    for kind in [k.value for k in TargetKind] + ["target_id"]:
+    for kind in (*TARGET_KINDS, "target_id"):
         value = fields.get(kind)
         if value is not None and not str(value).strip():
             # A blank record id is a mistake (an empty script variable), not a wish for a tag-only job.
             name = "The record id" if kind == "target_id" else kind.capitalize()
             raise InvalidJob([f"{name} is empty; give the CRM id of the record, or leave it out entirely for a "
                               f"tag-only Add Tag."])
-    kinds = [k.value for k in TargetKind if fields.get(k.value) is not None]
+    kinds = [kind for kind in TARGET_KINDS if fields.get(kind) is not None]
     target_kind, target_id = fields.get("target_kind"), fields.get("target_id")
     if len(kinds) > 1:
         raise InvalidJob([f"The job names more than one record ({', '.join(kinds)}); a job is about one contact, "
