@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: demo test lint soak mutate fuzz bench bench-brake clean
+.PHONY: demo test lint soak mutate fuzz bench bench-brake bench-import clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(STAMP)
 # 429s received by a drain of 5,000 jobs against a rate-limited sandbox, with and without the client-side cap.
 bench-brake: $(STAMP)
 	$(BIN)/python bench/brake.py
+
+# A million-row `jobs import`: its time and its peak memory (N=rows for another size).
+bench-import: $(STAMP)
+	$(BIN)/python bench/imports.py $(N)
 
 clean:
 	rm -rf $(VENV) .connector .pytest_cache .mypy_cache .ruff_cache mutants
