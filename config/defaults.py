@@ -14,13 +14,30 @@ LEASE_SECONDS = 60.0
 # How often the scheduler looks for due jobs when running as a service.
 TICK_SECONDS = 5.0
 
-# Five attempts over a few minutes ride out a deploy or a throttling burst; then a person should look.
-MAX_ATTEMPTS = 5
+# Transient errors are retried until this long after the job's first try (since it was queued or last retried by
+# hand): a day outlasts a platform outage of a working day or a night, and a job that still fails is failed by the
+# next working day, while the CRM user still remembers why it was made. Counted from the first try, not from
+# creation: a job queued while the connector was down, or waiting behind its record's earlier jobs, has its whole
+# day left when it first runs.
+MAX_AGE = 24 * 3600.0
+# The first retry comes a second later: most faults (a reset, one 503) are over by then.
 BACKOFF_INITIAL = 1.0
-BACKOFF_MAX = 300.0
+# The backoff doubles up to a quarter of an hour: through a long outage each waiting job asks four times an hour
+# (2,000 waiting jobs make about 2 requests/s against an API that is coming back), and once it is back no job
+# waits more than 15 minutes to notice.
+BACKOFF_MAX = 900.0
 BACKOFF_JITTER = 1.0
+# Attempts are a second cap, behind the time budget: the backoff above fits about 106 attempts in 24 h (1, 2, 4 ...
+# 512 s, then every 900 s), so with the defaults the day runs out first. The cap still ends a job whose waits a
+# configuration shortened (a backoff_max of a few seconds) before it hammers the API all day.
+MAX_ATTEMPTS = 200
+# The most attempts a configuration may allow: beyond this, a job's attempt log is more than anyone can read.
+MAX_ATTEMPTS_LIMIT = 10_000
 # A Retry-After longer than ten minutes is capped: we would rather ask again than park a job for hours.
 RETRY_AFTER_CAP = 600.0
+# A 429 without a Retry-After pauses its API this long: long enough to let a burst pass, short enough that a 429
+# at random (not a rate limit) costs every worker little.
+DEFAULT_429_PAUSE = 1.0
 # Waits up to this long happen inside the attempt; longer ones put the job back to pending (shown as retrying).
 INLINE_WAIT_MAX = 5.0
 

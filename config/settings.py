@@ -38,7 +38,10 @@ class _Section(BaseModel):
 
 
 class RetrySettings(_Section):
-    max_attempts: int = Field(defaults.MAX_ATTEMPTS, ge=1, le=100)
+    max_age: float = Field(defaults.MAX_AGE, gt=0, description="seconds from a job's first try (since it was "
+                           "queued or last retried by hand) within which transient errors are retried")
+    max_attempts: int = Field(defaults.MAX_ATTEMPTS, ge=1, le=defaults.MAX_ATTEMPTS_LIMIT,
+                              description="a second cap on the tries; with the defaults max_age ends retrying first")
     backoff_initial: float = Field(defaults.BACKOFF_INITIAL, gt=0)
     backoff_max: float = Field(defaults.BACKOFF_MAX, gt=0)
     jitter: float = Field(defaults.BACKOFF_JITTER, ge=0)

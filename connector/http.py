@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = defaults.CONNECT_TIMEOUT
 READ_TIMEOUT = defaults.READ_TIMEOUT
 RETRY_AFTER_CAP = defaults.RETRY_AFTER_CAP
+DEFAULT_429_PAUSE = defaults.DEFAULT_429_PAUSE
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None, cap: float = RETRY_AFTER_CAP) -> float | None:
@@ -200,7 +201,10 @@ class ApiSession(requests.Session):
             response = super().request(method, url, *args, **kwargs)
         if response.status_code == 429:
             self.throttled += 1
-            self.brake.pause(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            # The API's Retry-After and no longer, also when it is 0 (or a date already past): a 429 at random is
+            # not a rate limit, and each one stalls every worker of the API. Without one, a second.
+            self.brake.pause(DEFAULT_429_PAUSE if retry_after is None else retry_after)
         return response
 
 

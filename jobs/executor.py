@@ -8,6 +8,12 @@ Transient errors are retried with tenacity: short waits happen inside the attemp
 meanwhile); a wait longer than `inline_wait_max` puts the job back to pending with `next_attempt_at`, and so does a
 stop during a wait, with what is left of it. Permanent errors fail the job at once. Every try is recorded as an attempt.
 
+The retry budget is time first: a transient error is retried while the next try would still start within
+`max_age` of the job's first try (since it was queued or last retried by hand; the attempt log says when that was),
+and `max_attempts` is a second cap. The wait is the exponential backoff over all the job's tries, or the API's
+Retry-After when that is longer: a job that keeps being throttled backs off like any other, so the attempt cap
+does not run out long before the day does.
+
 The executor knows no kind: the handler (`jobs.kinds`) applies the change through a `RunContext`, which gives it
 the platform, the CRM, the outside services, and a durable place for what it observed before changing anything
 (the increments' read-back lives in `jobs.kinds.scores`). What happens is published to the `Observer`
@@ -21,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import tenacity
 
@@ -38,6 +44,13 @@ from jobs.store import LeaseLost, Outcome, RunnerStore
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMELINE_TEMPLATE = defaults.TIMELINE_TEMPLATE
+
+
+class ExecutorStore(RunnerStore, Protocol):
+    """What the executor asks of a job store: the runner's calls, and the attempt log, where the time budget of a
+    job put back to pending starts."""
+
+    def attempts(self, job_id: str) -> list[Attempt]: ...
 
 
 class RetryLater(Exception):
@@ -62,7 +75,7 @@ class _Run:
     job: Job
     request: JobRequest
     owner: str
-    store: RunnerStore
+    store: ExecutorStore
     platform: Platform
     crm: Crm
     services: Mapping[str, Any]
@@ -74,6 +87,12 @@ class _Run:
     # Whether a timeline post may exist already: the change was applied before this claim, or a post was tried.
     post_may_exist: bool = False
     changes: list[Change] = field(default_factory=list)
+    # The retry budget: tries made in this claim, when the job's first try started (read once, when first needed),
+    # the wait before the next try, and why there is none (the start of the failure message).
+    tries: int = 0
+    first_try_at: float | None = None
+    delay: float = 0.0
+    gave_up: str | None = None
 
     def contact(self) -> Contact:
         if self._contact is None:
@@ -122,7 +141,7 @@ class Executor:
 
     # --- entry point ----------------------------------------------------------------------------------------
 
-    def execute(self, job: Job, store: RunnerStore, owner: str) -> JobStatus | None:
+    def execute(self, job: Job, store: ExecutorStore, owner: str) -> JobStatus | None:
         """Run a claimed job to its next status. Returns None when the lease was lost to another runner."""
         try:
             return self._execute(job, store, owner)
@@ -130,19 +149,20 @@ class Executor:
             log.warning("job %s: %s The job is left to whoever holds it now.", job.id, exc)
             return None
 
-    def _execute(self, job: Job, store: RunnerStore, owner: str) -> JobStatus:
+    def _execute(self, job: Job, store: ExecutorStore, owner: str) -> JobStatus:
         request = job.request
         if request is None:
             return self._invalid(job, store, owner)
         run = _Run(job=job, request=request, owner=owner, store=store, platform=self.platform, crm=self.crm,
                    services=self.services, observer=self.observer, post_may_exist=job.applied_at is not None)
-        remaining = self.policy.max_attempts - job.attempts
-        if remaining <= 0:
-            message = f"Gave up after {_attempts(job.attempts)}. {job.message}".strip()
+        if job.attempts >= self.policy.max_attempts:
+            # Its last tries were runners dying while holding it (each a LEASE_EXPIRED attempt).
+            message = f"{_attempts_cap(job.attempts)}. {job.message}".strip()
             return self._finish(run, Outcome(JobStatus.FAILED, job.result_code or "GAVE_UP", message))
+        # `_attempt` decides after each failure whether the budget allows another try, and how long to wait for it.
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(remaining),
-            wait=lambda state: self._wait(job, state),
+            stop=lambda state: run.gave_up is not None,
+            wait=lambda state: run.delay,
             retry=tenacity.retry_if_exception_type(errors.TransientError),
             sleep=self._inline_sleep,
             reraise=True,
@@ -150,7 +170,7 @@ class Executor:
         try:
             for attempt in retrying:
                 with attempt:
-                    self._attempt(run, last=attempt.retry_state.attempt_number >= remaining)
+                    self._attempt(run)
         except RetryLater as later:
             error = run.last_error
             assert error is not None  # a wait only ever follows a failed attempt
@@ -164,7 +184,7 @@ class Executor:
         except errors.ConnectorError as exc:
             message = exc.message
             if isinstance(exc, errors.TransientError):
-                message = f"Gave up after {_attempts(self.policy.max_attempts)}: {message}"
+                message = f"{run.gave_up}: {message}"
             log.info("job %s failed: %s %s", job.id, exc.result_code, message)
             return self._finish(run, Outcome(JobStatus.FAILED, exc.result_code, message,
                                              http_status=exc.http_status, attempt=run.final_attempt))
@@ -206,8 +226,9 @@ class Executor:
 
     # --- one attempt ----------------------------------------------------------------------------------------
 
-    def _attempt(self, run: _Run, *, last: bool) -> None:
+    def _attempt(self, run: _Run) -> None:
         started = self._clock()
+        run.tries += 1
         self.observer.publish(AttemptStarted(run.job, started))
         try:
             if run.job.applied_at is None:
@@ -217,7 +238,7 @@ class Executor:
         except LeaseLost:
             raise
         except errors.ConnectorError as exc:
-            retry = isinstance(exc, errors.TransientError) and not last
+            retry = isinstance(exc, errors.TransientError) and self._may_retry(run, exc, started)
             attempt = Attempt(
                 job_id=run.job.id, started_at=started, ended_at=self._clock(),
                 outcome="retrying" if retry else "failed", result_code=exc.result_code,
@@ -270,14 +291,37 @@ class Executor:
 
     # --- waiting --------------------------------------------------------------------------------------------
 
-    def _wait(self, job: Job, state: tenacity.RetryCallState) -> float:
-        """Retry-After when the API gave one (capped), else exponential backoff with jitter over all attempts."""
-        error = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            return float(min(retry_after, self.policy.retry_after_cap))
-        total = _AttemptCount(job.attempts + state.attempt_number)
-        return float(self._backoff(total))  # type: ignore[arg-type]
+    def _may_retry(self, run: _Run, error: errors.TransientError, started: float) -> bool:
+        """Whether the budget allows another try after this one failed; sets the wait for it, or why not."""
+        tries = run.job.attempts + run.tries
+        delay = self._wait(error, tries)
+        if run.first_try_at is None:
+            run.first_try_at = started if run.job.attempts == 0 else self._first_try_at(run, started)
+        elapsed = self._clock() - run.first_try_at
+        if elapsed + delay > self.policy.max_age:
+            run.gave_up = (f"Gave up after {_duration(elapsed)} and {_attempts(tries)}, the longest retry.max_age "
+                           f"({_duration(self.policy.max_age)}) allows")
+            return False
+        if tries >= self.policy.max_attempts:
+            run.gave_up = _attempts_cap(tries)
+            return False
+        run.delay = delay
+        return True
+
+    def _first_try_at(self, run: _Run, started: float) -> float:
+        """When the first of the job's counted tries started: the oldest of the last `attempts` in its log (a
+        manual retry sets the count back to 0; the log keeps every try). A log clipped shorter than the count
+        (Dataverse keeps the newest lines) gives its oldest line."""
+        counted = run.store.attempts(run.job.id)[-run.job.attempts:]
+        return counted[0].started_at if counted else started
+
+    def _wait(self, error: errors.TransientError, tries: int) -> float:
+        """Exponential backoff with jitter over all the job's tries, or the API's Retry-After (capped) when longer:
+        Retry-After says when the API wants us back at the earliest; a job throttled again and again backs off."""
+        backoff = float(self._backoff(_AttemptCount(tries)))  # type: ignore[arg-type]
+        if error.retry_after is None:
+            return backoff
+        return max(backoff, min(error.retry_after, self.policy.retry_after_cap))
 
     def _pause(self, delay: float) -> None:
         self._sleep(delay)
@@ -301,3 +345,18 @@ class _AttemptCount:
 
 def _attempts(count: int) -> str:
     return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
+def _attempts_cap(count: int) -> str:
+    return f"Gave up after {_attempts(count)}, the most retry.max_attempts allows"
+
+
+def _duration(seconds: float) -> str:
+    """A time span as a person reads it on a job: `7 s`, `15 min`, `23 h 52 min`."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    hours, minutes = divmod(whole // 60, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

@@ -18,12 +18,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from config import defaults
-from config.defaults import CLAIM_RETRY_DELAYS
 from connector import errors
-from jobs.executor import Executor
+from jobs.executor import Executor, ExecutorStore
 from jobs.model import Job, JobStatus
 from jobs.observe import Claimed, Finished, Released
-from jobs.store import LeaseLost, Outcome, RunnerStore
+from jobs.store import LeaseLost, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class DrainReport:
 class Runner:
     def __init__(
         self,
-        store: RunnerStore,
+        store: ExecutorStore,
         executor: Executor,
         *,
         workers: int = defaults.WORKERS,
@@ -146,9 +145,9 @@ class Runner:
                 claim_failures = 0
             except errors.TransientError as exc:
                 claim_failures += 1
-                if claim_failures > len(CLAIM_RETRY_DELAYS):
+                if claim_failures > len(defaults.CLAIM_RETRY_DELAYS):
                     raise
-                delay = CLAIM_RETRY_DELAYS[claim_failures - 1]
+                delay = defaults.CLAIM_RETRY_DELAYS[claim_failures - 1]
                 log.warning("The job store did not answer a claim (%s); asking again in %g s", exc.message, delay)
                 if not outstanding:
                     self._sleep(delay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_attempts_exhausted_fail_with_the_last_error(rig: Rig, spotler_server: S
     assert rig.drain().failed == 1
     done = rig.store.get(job.id)
     assert (done.status, done.result_code, done.http_status) == (JobStatus.FAILED, "UNAVAILABLE", 503)
-    assert done.message.startswith("Gave up after 4 attempts: ")
+    assert done.message.startswith("Gave up after 4 attempts, the most retry.max_attempts allows: ")
     assert [o for o, _, _ in _outcomes(rig, job.id)] == ["retrying", "retrying", "retrying", "failed"]
 
 
@@ -203,7 +204,7 @@ def test_a_single_attempt_budget_says_attempt_in_the_singular(
     job, report = _add_tag_through(("503",), RetrySettings(max_attempts=1), tmp_path, store, spotler, spotler_server,
                                    clock)
     assert report.failed == 1
-    assert store.get(job.id).message.startswith("Gave up after 1 attempt: ")
+    assert store.get(job.id).message.startswith("Gave up after 1 attempt, the most retry.max_attempts allows: ")
 
 
 def test_a_wait_of_exactly_inline_wait_max_is_waited_inline(
@@ -242,3 +243,118 @@ def test_backoff_doubles_up_to_its_cap(
     _, report = _add_tag_through(("503",) * 4, retry, tmp_path, store, spotler, spotler_server, clock)
     assert report.succeeded == 1
     assert clock.slept == [1.0, 2.0, 3.0, 3.0]
+
+
+# --- the retry budget: time first, attempts second -------------------------------------------------------------
+
+
+def _drain_until_final(rig: Rig, clock: FakeClock) -> None:
+    """Drain, moving the clock to each retry that comes due, until nothing is left waiting."""
+    while True:
+        report = rig.drain()
+        if not report.retrying:
+            return
+        assert report.next_retry_at is not None
+        clock.advance(max(0.0, report.next_retry_at - clock()))
+
+
+def _waits(rig: Rig, job_id: str) -> list[float]:
+    """The time between one try's start and the next's."""
+    starts = [a.started_at for a in rig.store.attempts(job_id)]
+    return [later - earlier for earlier, later in itertools.pairwise(starts)]
+
+
+def test_transient_errors_are_retried_until_the_time_budget_runs_out(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    spotler_server.injector.faults = Faults(error_rate=1.0)  # down for good
+    retry = RetrySettings(max_age=10, max_attempts=100, backoff_initial=1, backoff_max=4, jitter=0, inline_wait_max=60)
+    rig = make_rig(tmp_path, store, spotler, clock, retry=retry)
+    try:
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        assert rig.drain().failed == 1
+    finally:
+        rig.close()
+    # Tries at 0, 1, 3 and 7 s; the next would start at 11 s, past the 10 s budget, so the fourth is the last.
+    assert clock.slept == [1.0, 2.0, 4.0]
+    done = store.get(job.id)
+    assert (done.status, done.result_code, done.attempts) == (JobStatus.FAILED, "UNAVAILABLE", 4)
+    assert done.message.startswith("Gave up after 7 s and 4 attempts, the longest retry.max_age (10 s) allows: ")
+    assert [a.outcome for a in store.attempts(job.id)] == ["retrying", "retrying", "retrying", "failed"]
+
+
+def test_the_time_budget_counts_from_the_first_try_across_claims_and_anew_after_a_manual_retry(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    spotler_server.injector.faults = Faults(error_rate=1.0)
+    # Every wait puts the job back to pending: each try is a claim of its own, and the budget's start is read back.
+    retry = RetrySettings(max_age=600, max_attempts=100, backoff_initial=60, backoff_max=240, jitter=0,
+                          inline_wait_max=0)
+    rig = make_rig(tmp_path, store, spotler, clock, retry=retry)
+    try:
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        clock.advance(3600)  # queued an hour before the runner first gets to it: the budget starts with the try
+        _drain_until_final(rig, clock)
+        assert _waits(rig, job.id) == [60.0, 120.0, 240.0]  # tries at 0, 1, 3 and 7 min; the next, 11, is too late
+        done = store.get(job.id)
+        assert done.message.startswith("Gave up after 7 min and 4 attempts, the longest retry.max_age (10 min) "
+                                       "allows: ")
+        clock.advance(86_400)
+        rig.store.retry(job.id, Actor("ann", "cli"))
+        _drain_until_final(rig, clock)
+    finally:
+        rig.close()
+    # A day later, retried by hand: a budget of its own, not "a day past the first try".
+    assert store.get(job.id).message.startswith("Gave up after 7 min and 4 attempts")
+    assert _waits(rig, job.id)[4:] == [60.0, 120.0, 240.0]
+
+
+def test_with_the_default_settings_the_time_budget_ends_retrying_not_the_attempt_cap(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    spotler_server.injector.faults = Faults(error_rate=1.0)
+    rig = make_rig(tmp_path, store, spotler, clock, retry=RetrySettings(jitter=0))  # the defaults, without chance
+    try:
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        _drain_until_final(rig, clock)
+    finally:
+        rig.close()
+    # Waits double from 1 s to the 15-minute cap and stay there, until the next try would fall past 24 h.
+    assert _waits(rig, job.id) == [2.0 ** n for n in range(10)] + [900.0] * 94
+    done = store.get(job.id)
+    assert (done.status, done.attempts) == (JobStatus.FAILED, 105)
+    assert done.message.startswith("Gave up after 23 h 47 min and 105 attempts, the longest retry.max_age (24 h) "
+                                   "allows: ")
+
+
+def test_the_attempt_cap_ends_retrying_first_when_the_waits_are_short(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    spotler_server.injector.faults = Faults(error_rate=1.0)
+    retry = RetrySettings(max_attempts=6, backoff_initial=1, backoff_max=1, jitter=0)  # a day's budget: never reached
+    job, report = _add_tag_through((), retry, tmp_path, store, spotler, spotler_server, clock)
+    assert report.failed == 1
+    assert clock.slept == [1.0] * 5
+    assert store.get(job.id).message.startswith("Gave up after 6 attempts, the most retry.max_attempts allows: ")
+
+
+def test_a_permanent_error_fails_at_once_whatever_the_budget(rig: Rig) -> None:
+    rig.executor.policy = RetrySettings()  # a day and 200 attempts to spend
+    job = rig.queue(operation="set_score", tags="Lead", score=5, target_id="NOBODY")
+    assert rig.drain().failed == 1
+    assert _outcomes(rig, job.id) == [("failed", "CONTACT_NOT_FOUND", 404)]
+    assert rig.clock.slept == []
+
+
+def test_a_429_waits_its_retry_after_or_the_backoff_whichever_is_longer(
+    rig: Rig, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    rig.executor.policy = RetrySettings(max_attempts=10, backoff_initial=1, backoff_max=900, jitter=0,
+                                        inline_wait_max=60)
+    spotler_server.injector.faults = Faults(retry_after=3)
+    spotler_server.injector.script("429", "503", "503", "429")
+    rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    assert rig.drain().succeeded == 1
+    # The first 429 asks for more than the backoff's 1 s; by the fourth try the backoff (8 s) is the longer. (The
+    # brake's pause of 3 s is over when the job's own wait is: it adds no sleep of its own.)
+    assert clock.slept == [3.0, 2.0, 4.0, 8.0]

@@ -135,7 +135,7 @@ def test_a_job_whose_attempts_ran_out_with_dead_runners_fails_without_another_tr
     failed = store.get(job.id)
     # The deaths themselves are in the attempts ("Runner doomed stopped renewing its lease").
     assert (failed.status, failed.result_code, failed.attempts) == (JobStatus.FAILED, "GAVE_UP", 2)
-    assert failed.message == "Gave up after 2 attempts."
+    assert failed.message == "Gave up after 2 attempts, the most retry.max_attempts allows."
     assert [a.outcome for a in store.attempts(job.id)] == ["lease_expired", "lease_expired"]
     assert spotler.session.requests_sent == sent  # no third try
     assert spotler_app.scores("C-1") == {}

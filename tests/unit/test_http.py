@@ -143,6 +143,21 @@ def test_a_429_through_the_session_pauses_its_brake() -> None:
     assert brake.pauses == 1
 
 
+@responses.activate
+@pytest.mark.parametrize(("header", "paused"), [({"Retry-After": "0"}, []), ({}, [1.0]),
+                                                ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, [])])
+def test_a_429_pauses_its_api_for_the_retry_after_and_no_longer(header: dict[str, str], paused: list[float]) -> None:
+    """Retry-After 0 (or a date already past) lets the next request go at once; without one, a second."""
+    clock = _Clock()
+    brake = Brake("API", clock=clock, sleep=clock.sleep)
+    responses.get("http://api.test/x", status=429, headers=header)
+    responses.get("http://api.test/x", status=200)
+    with ApiSession("API", brake=brake) as session:
+        assert session.get("http://api.test/x").status_code == 429
+        assert session.get("http://api.test/x").status_code == 200
+    assert clock.slept == paused
+
+
 def test_redactor_masks_secrets_in_log_text() -> None:
     redactor = Redactor(["s3cr3t-value", ""])
     assert redactor.redact("token=s3cr3t-value; other") == "token=***; other"
