@@ -340,6 +340,17 @@ class MauticPlatform:
 
         return self._with_contact(contact, read)
 
+    def read_score(self, contact: Contact, tag: str) -> int:
+        """One request, where `read_scores` needs two: a tag's score is its point group's, whether the contact
+        still has the tag or not (see `read_scores`), so the contact's tags need not be read. Of groups whose
+        names differ only in case, the first listed counts, as in `read_scores`."""
+        folded = tag.casefold()
+
+        def read(cid: int) -> int:
+            return next((score for _, name, score in self._group_scores(cid) if name.casefold() == folded), 0)
+
+        return self._with_contact(contact, read)
+
     def start_automation(self, contact: Contact, trigger_code: str, *, ref: str) -> None:
         """Mautic has no automation trigger codes: refused at once, without a request."""
         raise errors.Rejected(

@@ -18,6 +18,15 @@ class Contact:
         return self.external_id or self.email or "?"
 
 
+def score_in(scores: dict[str, int], tag: str) -> int:
+    """The tag's score in a reading: an exact name first, else one differing only in case (Mautic compares tag
+    names case-insensitively and reports the name it stored first); a missing tag is 0."""
+    if tag in scores:
+        return scores[tag]
+    folded = tag.casefold()
+    return next((score for name, score in scores.items() if name.casefold() == folded), 0)
+
+
 class Platform(Protocol):
     """A marketing platform adapter. `ref` names the job behind a change, for the platform's own logs."""
 
@@ -40,6 +49,10 @@ class Platform(Protocol):
 
     def read_scores(self, contact: Contact) -> dict[str, int]:
         """The contact's tags with their scores (0 for a tag without a score)."""
+
+    def read_score(self, contact: Contact, tag: str) -> int:
+        """The contact's score for one tag, as `score_in(read_scores(contact), tag)` would give it: what an
+        increment reads back before each try, so an adapter answers it with as few requests as it can."""
 
     def start_automation(self, contact: Contact, trigger_code: str, *, ref: str) -> None:
         """Start the automation with this trigger code for the contact (a `Rejected` NOT_SUPPORTED where the

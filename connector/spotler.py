@@ -22,7 +22,7 @@ from requests_oauthlib import OAuth1
 
 from connector import errors
 from connector.http import ApiSession, error_for_status
-from connector.platform import Contact
+from connector.platform import Contact, score_in
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,10 @@ class SpotlerPlatform:
     def read_scores(self, contact: Contact) -> dict[str, int]:
         body = self._for_contact(contact, "read_tags").json()
         return {str(item["name"]): int(item.get("score") or 0) for item in body.get("tags", [])}
+
+    def read_score(self, contact: Contact, tag: str) -> int:
+        # Spotler has no route for one tag's score: the contact's tags are one request all the same.
+        return score_in(self.read_scores(contact), tag)
 
     # --- beyond tags ------------------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class ChangeScore(TagKind):
         assert payload.score is not None
         tag, change = payload.tags[0], self.sign * payload.score
         contact = ctx.contact()
-        current = score_of(ctx.platform.read_scores(contact), tag)
+        current = ctx.platform.read_score(contact, tag)
         if job.score_before is not None and current == job.score_before + change:
             log.info("job %s: score of %s is already %s; the earlier attempt was applied", job.id, tag, current)
             ctx.changed(Change(tag, Op.ADD, before=job.score_before, after=current, delta=change))
@@ -57,15 +57,6 @@ class ChangeScore(TagKind):
             ctx.remember(score_before=current)
         ctx.platform.change_score(contact, tag, change, ref=job.id)
         ctx.changed(Change(tag, Op.ADD, before=current, after=current + change, delta=change))
-
-
-def score_of(scores: dict[str, int], tag: str) -> int:
-    """The tag's score as read back: an exact name first, else one differing only in case (Mautic compares tag
-    names case-insensitively and reports the name it stored first); a missing tag is 0."""
-    if tag in scores:
-        return scores[tag]
-    folded = tag.casefold()
-    return next((score for name, score in scores.items() if name.casefold() == folded), 0)
 
 
 SET_SCORE = register(SetScore("set_score", "set score {tags} to {score}", takes_score=True))

@@ -160,3 +160,17 @@ def test_the_timeline_template_fills_every_placeholder(rig: Rig) -> None:
     [post] = rig.crm.timeline("contact", "C-1")
     # The summary leaves out the record: the post is on its own timeline.
     assert post.text == f"Increase Score: Lead 5 | Increased score Lead by 5 | job {job.id}"
+
+
+def test_one_tags_score_reads_as_in_all_the_contacts_scores(rig: Rig, platform_case: PlatformCase) -> None:
+    """`read_score` (what an increment reads back, in fewer requests where it can) agrees with `read_scores`."""
+    from connector.platform import score_in
+
+    rig.queue(operation="set_score", tags="Lead", score=7, target_id="C-1")
+    rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+    rig.queue(operation="decrease_score", tags="Churn", score=3, target_id="C-1")
+    assert rig.drain().succeeded == 3
+    everything = platform_case.platform.read_scores(Contact(external_id="C-1"))
+    assert everything == {"Lead": 7, "VIP": 0, "Churn": -3}
+    for tag in ("Lead", "lead", "VIP", "Churn", "Absent"):
+        assert platform_case.platform.read_score(Contact(external_id="C-1"), tag) == score_in(everything, tag), tag

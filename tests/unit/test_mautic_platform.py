@@ -234,6 +234,29 @@ def test_read_scores_combines_tags_with_group_scores(mautic: MauticPlatform, moc
     assert mautic.read_scores(ANN) == {"Lead": 15, "Plain": 0, "Not a tag": 4}
 
 
+@pytest.mark.parametrize(("tag", "score"), [("Lead", 15), ("LEAD", 15), ("Not a tag", 4), ("Plain", 0), ("Absent", 0)])
+def test_one_tags_score_is_one_request_and_reads_as_read_scores_does(
+    mautic: MauticPlatform, mocked: responses.RequestsMock, tag: str, score: int
+) -> None:
+    """An increment reads its tag's score before every try: one request where read_scores takes two, and each
+    request under faults is another chance to fail the try."""
+    contact_search(mocked, "ann@example.com", {"7": record(7, "ann@example.com")})
+    groups = mocked.get(
+        API + "/contacts/7/points/groups",
+        json={
+            "total": 3,
+            "groupScores": [
+                {"score": 15, "group": {"id": 3, "name": "lead"}},
+                {"score": 2, "group": {"id": 9, "name": "Lead"}},  # same name but for case: the first listed counts
+                {"score": 4, "group": {"id": 8, "name": "Not a tag"}},
+            ],
+        },
+    )
+    assert mautic.read_score(ANN, tag) == score
+    assert groups.call_count == 1
+    assert [call.request.method for call in mocked.calls] == ["GET", "GET"]  # the contact search, then the groups
+
+
 def test_create_tags_posts_each_tag(mautic: MauticPlatform, mocked: responses.RequestsMock) -> None:
     for tag in ("Webinar", "Trial"):
         mocked.post(
