@@ -94,8 +94,8 @@ class Origin:
 
     def to_json(self) -> dict[str, str] | None:
         """None for a CRM user's job, the most common kind; the fields set otherwise."""
-        # Plain fields: read directly (asdict deep-copies, a cost paid on every row of a large import).
-        data = {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
+        # Plain fields, read directly: asdict deep-copies, a cost paid twice on every row of a large import.
+        data = {name: value for name, value in vars(self).items() if value is not None}
         return None if data == {"source": "crm"} else data
 
     @classmethod

@@ -102,11 +102,12 @@ def import_(
     with job_store(config) as store:
         # Counting reads the file once more: only worth it when someone watches a progress bar.
         total = count_rows(file) if console.is_terminal and file.is_file() else 0
-        with Progress(console=console, transient=True, disable=total < 2000 or not console.is_terminal) as progress, \
+        watched = total >= 2000 and console.is_terminal
+        with Progress(console=console, transient=True, disable=not watched) as progress, \
                 _interrupted(file, store, batch_id := new_batch_id()):
             task = progress.add_task("Importing rows", total=total)
             result = import_jobs(store, file, skip_invalid=skip_invalid, again=again, who=actor().who,
-                                 batch_id=batch_id, on_row=lambda: progress.advance(task))
+                                 batch_id=batch_id, on_row=(lambda: progress.advance(task)) if watched else None)
     if as_json:
         out().print_json(data=views.import_json(result))
     for problem in result.problems if not as_json else []:

@@ -157,12 +157,15 @@ def kind_named(value: object) -> Kind:
     return kind
 
 
+TARGET_KINDS = frozenset(k.value for k in TargetKind)
+
+
 def target_of(target_kind: object, target_id: object) -> Target | None:
     """The target of raw input, or None when no record id is given; raises InvalidJob with every problem."""
     if target_id is None or not str(target_id).strip():
         return None
     kind = str(target_kind or "").strip().lower()
-    if kind not in {k.value for k in TargetKind}:
+    if kind not in TARGET_KINDS:
         raise InvalidJob([f"Record type is {shown(target_kind)}; it must be contact, lead or account."])
     try:
         return Target(kind=TargetKind(kind), id=str(target_id))

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import itertools
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,13 @@ from jobs.store import (
 from jobs.store.sqlite_schema import upgrade
 
 INSERT_JOB = """
-INSERT INTO jobs (id, kind, target_kind, target_id, payload, raw, request_id, origin, batch_id, status, created_at,
-                  updated_at, next_attempt_at)
-VALUES (:id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, :origin, :batch_id, 'pending', :now, :now,
-        :now)
-"""
+INSERT INTO jobs (seq, id, kind, target_kind, target_id, payload, raw, request_id, origin, batch_id, status,
+                  created_at, updated_at, next_attempt_at)
+VALUES (:seq, :id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, :origin, :batch_id, 'pending', :now,
+        :now, :now)
+"""  # seq NULL: the next one
+# Rows of an import go in chunks of this many: large enough that each statement's overhead is spread thin.
+IMPORT_CHUNK = 500
 INSERT_KEY = "INSERT OR IGNORE INTO open_keys (key, seq) VALUES (?, ?)"
 
 # Leases that ran out: the runner that held them died or hung. Recorded as an attempt, then pending again.
@@ -248,20 +251,7 @@ class SqliteJobStore:
 
     @staticmethod
     def _insert(db: sqlite3.Connection, raw: dict[str, Any], request: JobRequest | None, now: float) -> int:
-        target = request.target if request else None
-        cursor = db.execute(INSERT_JOB, {
-            "id": uuid.uuid4().hex[:12],
-            "kind": request.kind.name if request else str(raw.get("operation", "")),
-            "target_kind": target.kind.value if target else raw.get("target_kind"),
-            "target_id": target.id if target else raw.get("target_id"),
-            "payload": json.dumps(kinds.payload_json(request)) if request else None,
-            "raw": json.dumps(raw),
-            "request_id": request.request_id if request else None,
-            "origin": _origin_json(request.origin.to_json() if request else raw.get("origin")),
-            "batch_id": request.origin.batch if request else None,
-            "now": now,
-        })
-        seq = cursor.lastrowid
+        seq = db.execute(INSERT_JOB, _insert_args(raw, request, now)).lastrowid
         assert seq is not None
         # Invalid input has no keys to wait on: it fails without touching anything.
         db.executemany(INSERT_KEY, [(key, seq) for key in (request.keys if request else [])])
@@ -269,22 +259,46 @@ class SqliteJobStore:
 
     def add_batch(self, batch: Batch, requests: BatchRows) -> Batch:
         """One transaction however long the file: a runner on the same file waits for it (its writes are
-        retried), and an interrupted import leaves nothing. Rows are inserted as they are read, so memory stays
-        flat; SQLite spills the transaction's pages to the write-ahead log."""
+        retried), and an interrupted import leaves nothing. Rows are inserted as they are read, a chunk at a time
+        with `executemany`, so memory stays flat; SQLite spills the transaction's pages to the write-ahead log."""
         now = self._clock()
         queued = already = 0
         with self.atomic() as db:
-            for request in requests:
-                # Earlier rows of this batch are visible here too: a request id given twice is queued once.
-                if request.request_id is not None and self._seq_of_request(db, request.request_id) is not None:
-                    already += 1
-                    continue
-                self._insert(db, kinds.raw_of(request), request, now)
-                queued += 1
+            # Under the write lock nobody else inserts: seqs can be given out here, and rows inserted in bulk.
+            next_seq = 1 + int(db.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM jobs), 0), "
+                "coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))").fetchone()[0])
+            for chunk in _chunks(requests, IMPORT_CHUNK):
+                new = self._not_stored(db, chunk)
+                already += len(chunk) - len(new)
+                db.executemany(INSERT_JOB, [_insert_args(kinds.raw_of(request), request, now, seq)
+                                            for seq, request in enumerate(new, start=next_seq)])
+                db.executemany(INSERT_KEY, [(key, seq) for seq, request in enumerate(new, start=next_seq)
+                                            for key in request.keys])
+                next_seq += len(new)
+                queued += len(new)
             kept = dataclasses.replace(batch, at=now, rows=requests.rows, invalid=requests.invalid, queued=queued,
                                        already=already)
             db.execute(INSERT_ENTRY, _entry_args(kept.record(), "", now))
         return kept
+
+    @staticmethod
+    def _not_stored(db: sqlite3.Connection, chunk: Sequence[JobRequest]) -> builtins.list[JobRequest]:
+        """The requests whose request id is neither stored (earlier chunks included) nor earlier in the chunk."""
+        wanted = [r.request_id for r in chunk if r.request_id is not None]
+        seen: set[str] = set()
+        if wanted:
+            marks = ", ".join("?" * len(wanted))
+            seen = {row[0] for row in db.execute(f"SELECT request_id FROM jobs WHERE request_id IN ({marks})",
+                                                 wanted)}
+        new = []
+        for request in chunk:
+            if request.request_id is not None:
+                if request.request_id in seen:
+                    continue
+                seen.add(request.request_id)
+            new.append(request)
+        return new
 
     def add_raw(self, raw: dict[str, Any]) -> Job:
         """Queue input as a CRM user left it, unvalidated: for rows edited into something invalid (and tests)."""
@@ -466,6 +480,31 @@ class SqliteJobStore:
         with self.atomic() as db:
             db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id,
                                  "owner": owner})
+
+
+def _insert_args(raw: dict[str, Any], request: JobRequest | None, now: float,
+                 seq: int | None = None) -> dict[str, Any]:
+    """The values of a new job's row, from its input as given and (when valid) its request."""
+    target = request.target if request else None
+    return {
+        "seq": seq,
+        "id": uuid.uuid4().hex[:12],
+        "kind": request.kind.name if request else str(raw.get("operation", "")),
+        "target_kind": target.kind.value if target else raw.get("target_kind"),
+        "target_id": target.id if target else raw.get("target_id"),
+        "payload": json.dumps(kinds.payload_json(request)) if request else None,
+        "raw": json.dumps(raw),
+        "request_id": request.request_id if request else None,
+        "origin": _origin_json(request.origin.to_json() if request else raw.get("origin")),
+        "batch_id": request.origin.batch if request else None,
+        "now": now,
+    }
+
+
+def _chunks(items: Iterable[JobRequest], size: int) -> Iterator[builtins.list[JobRequest]]:
+    iterator = iter(items)
+    while chunk := builtins.list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
