@@ -15,7 +15,7 @@ guarantee against every store:
   kept as a record of stream `batch` in the same write.
 
 The protocol is split by who uses it: `RunnerStore` (the runner), `PeopleStore` (people acting on jobs, each act
-audited) and `ReaderStore` (whoever reads: the CLI, later the console). `JobStore` is all three.
+audited) and `ReaderStore` (whoever reads: the CLI, the console). `JobStore` is all three.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Effects:
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acted on a job, and from where: a person's login and `cli` (later `console`)."""
+    """Who acted on a job, and from where: a person's login, and `cli` or `console`."""
 
     who: str
     via: str
@@ -106,16 +106,29 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class JobFilter:
-    """Which jobs a reader wants, newest first. `status` is a display status ("retrying" is a pending job that
-    was tried; "pending" includes them). `after` is the cursor of the previous page."""
+    """Which jobs a reader wants, newest first; the fields set all apply. `status` is a display status
+    ("retrying" is a pending job that was tried; "pending" includes them). `after` is the cursor of the previous
+    page. The CLI's `jobs list` and the console's jobs page build the same filter, so they never disagree."""
 
     status: str | None = None
     target_id: str | None = None
     since: float | None = None
     batch: str | None = None  # only the jobs an import queued under this batch id
     request_ids: tuple[str, ...] = ()  # only the jobs queued under these request ids
+    tag: str | None = None  # jobs naming this tag (case ignored), also jobs whose input was not valid
+    operation: str | None = None  # a kind's name (`add_tag`): callers turn a label into a name first
+    result_code: str | None = None
+    text: str | None = None  # the message contains it (case ignored), or it is the job's id
     limit: int = 100
     after: str | None = None
+
+
+@dataclass(frozen=True)
+class RunnerSeen:
+    """A runner's last sign of life: `connector run` beats at every tick, also when there is nothing to do."""
+
+    owner: str
+    seen_at: float
 
 
 @dataclass(frozen=True)
@@ -191,6 +204,9 @@ class RunnerStore(Protocol):
         """How many jobs wait for a retry, and (when some do) when the first one the ordering rule lets run is
         due; without reading the finished jobs, so that it costs the same with a long history."""
 
+    def heartbeat(self, owner: str) -> None:
+        """Say that the runner `owner` is alive now (the console's runners and `/healthz` read it)."""
+
 
 class PeopleStore(Protocol):
     """What people do with jobs."""
@@ -216,6 +232,9 @@ class PeopleStore(Protocol):
     def cancel(self, job_id: str, by: Actor) -> Job:
         """Cancel a pending job."""
 
+    def retry_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        """Retry the failed jobs that `query` finds, whatever its limit, each audited; returns their ids."""
+
     def keep(self, records: Sequence[Record]) -> None:
         """Keep records that belong to no job's change (the event log), all or none; `unique` as for effects."""
 
@@ -238,6 +257,18 @@ class ReaderStore(Protocol):
     def counts(self) -> dict[str, int]:
         """Jobs per display status (pending, retrying, running, succeeded, failed, cancelled)."""
 
+    def oldest_pending(self) -> Job | None:
+        """The pending job (retrying ones too) created first: how far behind the queue is."""
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Jobs that succeeded or failed at `since` or later, per result code."""
+
+    def failed_attempts_since(self, since: float) -> dict[tuple[str, str], int]:
+        """Attempts started at `since` or later that did not succeed, per (job kind, result code): where 429s and
+        errors come from."""
+
+    def runners(self, since: float) -> builtins.list[RunnerSeen]:
+        """The runners whose last heartbeat is at `since` or later, the most recent first."""
 
 
 class JobStore(RunnerStore, PeopleStore, ReaderStore, Protocol):
@@ -254,6 +285,7 @@ def batches(store: ReaderStore, sha256: str | None = None) -> builtins.list[Batc
 
 __all__ = [
     "Actor", "AuditEntry", "Batch", "BatchRows", "Effects", "Entry", "JobFilter", "JobNotFound", "JobStore",
-    "LeaseLost", "NotAllowed", "Outcome", "Page", "PeopleStore", "ReaderStore", "Record", "RunnerStore", "StoreError",
+    "LeaseLost", "NotAllowed", "Outcome", "Page", "PeopleStore", "ReaderStore", "Record", "RunnerSeen", "RunnerStore",
+    "StoreError",
     "StoreUnavailable", "batches",
 ]

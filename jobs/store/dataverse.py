@@ -50,7 +50,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -61,6 +61,7 @@ from connector import errors
 from connector.dataverse.batch import BatchPart, BatchResult
 from connector.dataverse.client import DataverseClient, encode_query, is_guid, odata_literal, row_url
 from jobs import kinds
+from jobs.kinds.tagging import raw_tags
 from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus
 from jobs.store import (
     Actor,
@@ -76,6 +77,7 @@ from jobs.store import (
     Outcome,
     Page,
     Record,
+    RunnerSeen,
     StoreError,
     StoreUnavailable,
     semantics,
@@ -89,6 +91,8 @@ Row = dict[str, Any]
 MESSAGE_MAX = 4000
 # Older lines of the attempt log are dropped past this size; the newest ones are what support reads.
 ATTEMPT_LOG_MAX = 20_000
+# The entries of runners' heartbeats: one row per runner, written over at each tick.
+RUNNER_STREAM = "runner"
 # Jobs per change set of an import: Dataverse's limit for one `$batch` change set.
 BATCH_CHUNK = 1000
 TARGET_SETS = {"contact": "contacts", "lead": "leads", "account": "accounts"}
@@ -359,19 +363,41 @@ class DataverseJobStore:
     def cancel_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
         if query.status not in (None, "pending", "retrying"):
             return []  # only pending jobs can be cancelled
-        t = self.t
-        found = self.client.query(
-            t.entity_set, select=[t.primary_key], page_size=self.page_size,
-            filter=" and ".join(self._clauses(dataclasses.replace(query, status=query.status or "pending",
-                                                                  after=None))))
         cancelled = []
-        for row in builtins.list(found):
+        for job_id in self._found(dataclasses.replace(query, status=query.status or "pending", after=None)):
             try:
-                self.cancel(str(row[t.primary_key]), by)
+                self.cancel(job_id, by)
             except NotAllowed:  # claimed or cancelled since it was read
                 continue
-            cancelled.append(str(row[t.primary_key]))
+            cancelled.append(job_id)
         return cancelled
+
+    def retry_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        if query.status not in (None, "failed"):
+            return []  # only failed jobs can be retried
+        retried = semantics.retried(self._clock())
+        queued = []
+        for job_id in self._found(dataclasses.replace(query, status="failed", after=None)):
+            try:
+                self._act(job_id, "retry", semantics.RETRYABLE, lambda _: retried, by)
+            except NotAllowed:  # retried or changed since it was read
+                continue
+            queued.append(job_id)
+        return queued
+
+    def _found(self, query: JobFilter) -> builtins.list[str]:
+        """The ids of every row `query` finds, whatever its limit."""
+        t = self.t
+        rows = self.client.query(t.entity_set, select=[t.primary_key, t.tags, t.operation, t.payload,
+                                                       *(value for _, value in self._lookups.values())],
+                                 filter=" and ".join(self._clauses(query)) or None, page_size=self.page_size)
+        return [str(row[t.primary_key]) for row in self._tagged(rows, query.tag)]
+
+    def _tagged(self, rows: Iterable[Row], tag: str | None) -> Iterator[Row]:
+        """The rows naming `tag`: `contains` in the query also finds a tag that is part of another one."""
+        for row in rows:
+            if tag is None or semantics.tag_among(raw_tags(self._raw(row).get("tags")), tag):
+                yield row
 
     def add_raw(self, raw: dict[str, Any]) -> Job:
         row = self.client.create_returning(self.t.entity_set, self._new_row(raw), select=self.columns)
@@ -393,9 +419,12 @@ class DataverseJobStore:
     def list(self, query: JobFilter) -> Page:
         t = self.t
         tie = t.sequence or t.primary_key
-        rows = builtins.list(self.client.query(
+        # With a tag, rows are read until enough of them name it exactly (see `_tagged`).
+        found = self._tagged(self.client.query(
             t.entity_set, select=self.columns, filter=" and ".join(self._clauses(query)) or None,
-            orderby=f"{t.created_on} desc,{tie} desc", top=query.limit + 1, page_size=self.page_size))
+            orderby=f"{t.created_on} desc,{tie} desc", top=query.limit + 1 if query.tag is None else None,
+            page_size=self.page_size), query.tag)
+        rows = builtins.list(itertools.islice(found, query.limit + 1))
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         cursor = f"{rows[-1][t.created_on]}|{rows[-1][tie]}" if more and rows else None
@@ -423,9 +452,28 @@ class DataverseJobStore:
         if query.request_ids:
             clauses.append("(" + " or ".join(f"{t.request_id} eq {odata_literal(rid)}"
                                              for rid in query.request_ids) + ")")
+        if query.tag is not None:
+            clauses.append(f"contains({t.tags},{odata_literal(query.tag.strip())})")
+        if query.operation is not None:
+            clauses.append(self._operation_clause(query.operation))
+        if query.result_code is not None:
+            clauses.append(f"{t.result_code} eq {odata_literal(query.result_code)}")
+        if query.text is not None:
+            text = query.text.strip()
+            by_id = f" or {t.primary_key} eq {text.lower()}" if is_guid(text) else ""
+            clauses.append(f"(contains({t.message},{odata_literal(query.text)}){by_id})")
         if query.after is not None:
             clauses.append(self._before(query.after))
         return clauses
+
+    def _operation_clause(self, name: str) -> str:
+        """A kind in the operation column (by its choice value, when the column is a choice), or the connector's
+        own kind in the payload's JSON, as `input_columns` writes them."""
+        t = self.t
+        if not self.on_form(name):
+            return f"contains({t.payload},{odata_literal(json.dumps({'operation': name})[1:-1])})"
+        value = t.operation_values.get(name, name) if t.operation_values else name
+        return f"{t.operation} eq {value if isinstance(value, int) else odata_literal(str(value))}"
 
     def _before(self, cursor: str) -> str:
         """The rows created before the cursor's, in the order `list` reads them."""
@@ -470,6 +518,52 @@ class DataverseJobStore:
             name = "retrying" if status is JobStatus.PENDING and (row.get(t.attempts) or 0) > 0 else status.value
             counts[name] = counts.get(name, 0) + n
         return counts
+
+    def oldest_pending(self) -> Job | None:
+        t = self.t
+        tie = t.sequence or t.primary_key
+        rows = self.client.query(t.entity_set, select=self.columns, filter=" and ".join(
+            self._clauses(JobFilter(status="pending"))), orderby=f"{t.created_on} asc,{tie} asc", top=1)
+        row = next(iter(rows), None)
+        return self._job(row) if row is not None else None
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        """By the rows' last change (`modified_on`): a finished row changes no more until someone acts on it."""
+        t = self.t
+        done = " or ".join(f"statuscode eq {self._reason[s][0]}" for s in (JobStatus.SUCCEEDED, JobStatus.FAILED))
+        rows = self.client.query(t.entity_set, select=[t.primary_key, t.result_code], page_size=self.page_size,
+                                 filter=f"({done}) and {t.modified_on} ge {_iso(math.floor(since))}")
+        found: dict[str, int] = {}
+        for row in rows:
+            code = row.get(t.result_code) or ""
+            found[code] = found.get(code, 0) + 1
+        return found
+
+    def failed_attempts_since(self, since: float) -> dict[tuple[str, str], int]:
+        """From the attempt logs of the rows changed since then (an attempt changes its row)."""
+        t = self.t
+        rows = self.client.query(t.entity_set, select=self.columns, page_size=self.page_size,
+                                 filter=f"{t.modified_on} ge {_iso(math.floor(since))}")
+        found: dict[tuple[str, str], int] = {}
+        for row in rows:
+            job = self._job(row)
+            kind = str(job.to_json()["operation"] or "")
+            for attempt in parse_attempt_log(job.id, row.get(t.attempt_log) or ""):
+                if attempt.started_at >= since and attempt.outcome != "succeeded":
+                    key = (kind, attempt.result_code or "")
+                    found[key] = found.get(key, 0) + 1
+        return found
+
+    def heartbeat(self, owner: str) -> None:
+        """An upsert of one entry row per runner, its id made from the owner's name."""
+        e = self.e
+        row_id = str(uuid.uuid5(_ENTRY_NAMESPACE, f"{RUNNER_STREAM}|{owner}"))
+        self.client.update(e.entity_set, row_id, {e.stream: RUNNER_STREAM, e.key: owner, e.job_id: "",
+                                                  e.data: "{}", e.at: _iso_ms(self._clock())}, etag=None)
+
+    def runners(self, since: float) -> builtins.list[RunnerSeen]:
+        seen = [RunnerSeen(entry.key, entry.at) for entry in self.entries(RUNNER_STREAM) if entry.at >= since]
+        return sorted(seen, key=lambda runner: runner.seen_at, reverse=True)
 
     def audit(self, job_id: str) -> builtins.list[AuditEntry]:
         row = self._row(job_id, [self.t.primary_key, self.t.attempt_log])

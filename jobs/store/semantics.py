@@ -78,3 +78,14 @@ def expired_attempt(job_id: str, owner: str | None, now: float) -> Attempt:
 def refusal(action: str, job: Job) -> str:
     allowed = "failed jobs can be retried" if action == "retry" else "pending jobs can be cancelled"
     return f"Job {job.id} is {job.display_status}; only {allowed}."
+
+
+def names_tag(job: Job, tag: str) -> bool:
+    """Whether a job names `tag` (case ignored, as the ordering keys ignore it): a valid job's tags, or the tags of
+    input that is not valid, as given. What `JobFilter.tag` finds."""
+    return tag_among(job.to_json().get("tags") or [], tag)
+
+
+def tag_among(tags: Sequence[object], tag: str) -> bool:
+    wanted = tag.strip().casefold()
+    return any(str(name).strip().casefold() == wanted for name in tags)

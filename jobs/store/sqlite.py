@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import kinds
+from jobs.kinds.tagging import raw_tags
 from jobs.model import Attempt, Job, JobRequest, JobStatus, Target, TargetKind
 from jobs.store import (
     Actor,
@@ -38,6 +39,7 @@ from jobs.store import (
     Outcome,
     Page,
     Record,
+    RunnerSeen,
     StoreUnavailable,
     semantics,
 )
@@ -134,6 +136,18 @@ COUNTS = """
 SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END AS s, count(*)
 FROM jobs GROUP BY s
 """
+# Finished jobs by the time of their outcome: `updated_at` is the finish for a job that stays finished.
+FINISHED_SINCE = """
+SELECT result_code, count(*) FROM jobs INDEXED BY jobs_finished
+WHERE status IN ('succeeded', 'failed') AND updated_at >= ? GROUP BY result_code
+"""
+FAILED_ATTEMPTS_SINCE = """
+SELECT j.kind, a.result_code, count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.started_at >= ? AND a.outcome != 'succeeded' GROUP BY j.kind, a.result_code
+"""
+HEARTBEAT = """
+INSERT INTO runners (owner, seen_at) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at
+"""
 # When the next job can run: a pending job that waits behind an earlier unfinished job on its key cannot run at
 # its own next_attempt_at (long past, often), only after that job; it must not make the queue look due now.
 NEXT_DUE = """
@@ -175,6 +189,7 @@ class SqliteJobStore:
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
             conn.row_factory = sqlite3.Row
+            conn.create_function("names_tag", 3, _names_tag, deterministic=True)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
             self._local.conn = conn
@@ -347,6 +362,19 @@ class SqliteJobStore:
                 db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return [row["id"] for row in rows]
 
+    def retry_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        if query.status not in (None, "failed"):
+            return []  # only failed jobs can be retried
+        now = self._clock()
+        where, args = _where(dataclasses.replace(query, status="failed", after=None))
+        with self.atomic() as db:
+            found = [row[0] for row in db.execute(f"SELECT id FROM jobs {where} ORDER BY seq", args)]
+            for job_id in found:
+                for row in db.execute(RETRY, {**_bound(semantics.retried(now)), "id": job_id}).fetchall():
+                    db.executemany(INSERT_KEY, [(key, row["seq"]) for key in semantics.keys_of(_job_from_row(row))])
+                    db.execute(AUDIT, (row["id"], now, "retry", by.who, by.via))
+        return found
+
     def _check(self, db: sqlite3.Connection, job_id: str, action: str, allowed: frozenset[JobStatus]) -> None:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -392,6 +420,28 @@ class SqliteJobStore:
 
     def counts(self) -> dict[str, int]:
         return {row[0]: row[1] for row in self._conn().execute(COUNTS)}
+
+    def oldest_pending(self) -> Job | None:
+        row = self._conn().execute(
+            "SELECT * FROM jobs INDEXED BY jobs_status WHERE status = 'pending' ORDER BY seq LIMIT 1").fetchone()
+        return _job_from_row(row) if row else None
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        rows = self._conn().execute(FINISHED_SINCE, (since,))
+        return {row[0] or "": row[1] for row in rows}
+
+    def failed_attempts_since(self, since: float) -> dict[tuple[str, str], int]:
+        rows = self._conn().execute(FAILED_ATTEMPTS_SINCE, (since,))
+        return {(row[0], row[1] or ""): row[2] for row in rows}
+
+    def heartbeat(self, owner: str) -> None:
+        with self.atomic() as db:
+            db.execute(HEARTBEAT, (owner, self._clock()))
+
+    def runners(self, since: float) -> builtins.list[RunnerSeen]:
+        rows = self._conn().execute("SELECT owner, seen_at FROM runners WHERE seen_at >= ? ORDER BY seen_at DESC",
+                                    (since,))
+        return [RunnerSeen(row[0], row[1]) for row in rows]
 
     def waiting(self) -> tuple[int, float | None]:
         conn = self._conn()
@@ -528,10 +578,36 @@ def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
     if query.request_ids:
         clauses.append(f"request_id IN ({', '.join('?' * len(query.request_ids))})")
         args.extend(query.request_ids)
+    if query.tag is not None:
+        if query.tag.isascii():
+            # A cheap look at the JSON first; JSON escapes other characters, so it only helps with ASCII.
+            clauses.append("instr(lower(coalesce(payload, raw)), lower(?)) > 0")
+            args.append(query.tag.strip())
+        clauses.append("names_tag(payload, raw, ?)")
+        args.append(query.tag)
+    if query.operation is not None:
+        clauses.append("kind = ?")
+        args.append(query.operation)
+    if query.result_code is not None:
+        clauses.append("result_code = ?")
+        args.append(query.result_code)
+    if query.text is not None:
+        clauses.append("(instr(lower(message), lower(?)) > 0 OR id = ?)")
+        args.extend([query.text, query.text.strip()])
     if query.after is not None:
         clauses.append("seq < ?")
         args.append(_cursor_seq(query.after))
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+
+def _names_tag(payload: str | None, raw: str, tag: str) -> bool:
+    """`semantics.names_tag` on a row's columns: the payload's tags, or the tags of input that is not valid."""
+    if payload is not None:
+        tags = json.loads(payload).get("tags") or []
+    else:
+        given = json.loads(raw)
+        tags = raw_tags(given.get("tags", given.get("tag")) if isinstance(given, dict) else None)
+    return semantics.tag_among(tags, tag)
 
 
 def _bound(fields: dict[str, Any]) -> dict[str, Any]:

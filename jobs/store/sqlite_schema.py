@@ -154,12 +154,24 @@ ALTER TABLE jobs ADD COLUMN batch_id TEXT;
 CREATE INDEX jobs_batch ON jobs(batch_id, seq) WHERE batch_id IS NOT NULL;
 """
 
+# 5: what the console reads at a glance without scanning every job: finished jobs by the time of their outcome,
+# attempts by time (429s and errors of the last day), and each runner's last heartbeat.
+V5 = """
+CREATE INDEX jobs_finished ON jobs(updated_at) WHERE status IN ('succeeded', 'failed');
+CREATE INDEX attempts_started ON attempts(started_at);
+CREATE TABLE runners (
+    owner TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+);
+"""
+
 Step = str | Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[list[Step]] = [
     [V1],
     [V2, _payloads],
     [V3],
     [V4],
+    [V5],
 ]
 LATEST = len(MIGRATIONS)
 
