@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -91,6 +92,10 @@ Row = dict[str, Any]
 MESSAGE_MAX = 4000
 # Older lines of the attempt log are dropped past this size; the newest ones are what support reads.
 ATTEMPT_LOG_MAX = 20_000
+# A claim reads the oldest due rows this many at a time, and at most this many pages of them: enough for a full
+# claim of the runner's batch (200) when some keys wait behind others, and a cost that never grows with the backlog.
+CLAIM_WINDOW = 500
+CLAIM_PAGES = 2
 # The entries of runners' heartbeats: one row per runner, written over at each tick.
 RUNNER_STREAM = "runner"
 # Jobs per change set of an import: Dataverse's limit for one `$batch` change set.
@@ -132,8 +137,10 @@ class DataverseJobStore:
         entries: DataverseEntriesSettings | None = None,
         clock: Callable[[], float] = time.time,
         page_size: int = 1000,
+        claim_window: int = CLAIM_WINDOW,
     ) -> None:
         self.client = client
+        self.claim_window = claim_window
         self.t = table
         self.e = entries or DataverseEntriesSettings()
         self._clock = clock
@@ -237,6 +244,12 @@ class DataverseJobStore:
             score_before=row.get(t.score_before),
             request_id=request_id,
         )
+
+    @property
+    def _creation_order(self) -> str:
+        """`$orderby` for creation order, as `_order` sorts."""
+        t = self.t
+        return ",".join([f"{t.created_on} asc", *([f"{t.sequence} asc"] if t.sequence else []), f"{t.primary_key} asc"])
 
     def _order(self, row: Row) -> tuple[str, str, str]:
         t = self.t
@@ -492,15 +505,17 @@ class DataverseJobStore:
         return parse_attempt_log(job_id, row.get(self.t.attempt_log) or "")
 
     def _unfinished(self) -> builtins.list[Row]:
+        running = self._reason[JobStatus.RUNNING][0]
+        return sorted(self._rows(f"{self._pending_clause()} or statuscode eq {running}"), key=self._order)
+
+    def _pending_clause(self) -> str:
+        """The rows that count as pending: their status reason, and active rows with a status reason the mapping
+        lacks (see `_status`)."""
         pending, running = self._reason[JobStatus.PENDING], self._reason[JobStatus.RUNNING]
-        clauses = [f"statuscode eq {pending[0]}", f"statuscode eq {running[0]}"]
         finished_states = {self._reason[s][1] for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)}
-        if pending[1] not in finished_states:
-            # Active rows with a status reason the mapping lacks count as pending (see `_status`).
-            clauses.append(f"statecode eq {pending[1]}")
-        rows = builtins.list(self.client.query(self.t.entity_set, select=self.columns, filter=" or ".join(clauses),
-                                               page_size=self.page_size))
-        return sorted(rows, key=self._order)
+        if pending[1] in finished_states:
+            return f"statuscode eq {pending[0]}"
+        return f"(statuscode eq {pending[0]} or (statecode eq {pending[1]} and statuscode ne {running[0]}))"
 
     def counts(self) -> dict[str, int]:
         """Counted by Dataverse itself; a table past its aggregate limit (50,000 rows) is counted page by page."""
@@ -602,14 +617,7 @@ class DataverseJobStore:
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> builtins.list[Job]:
         now = self._clock()
-        offers: builtins.list[tuple[Job, Row]] = []
-        for job, row in self._unblocked(now, self._unfinished_jobs()):
-            due = job.status is JobStatus.PENDING and job.next_attempt_at <= now
-            expired = job.status is JobStatus.RUNNING and not semantics.holds_lease(job, now)
-            if due or expired:
-                offers.append((job, row))
-        offers.sort(key=lambda offer: (offer[0].next_attempt_at if offer[0].status is JobStatus.PENDING else now))
-        offers = offers[:limit]
+        offers = self._offers(now, limit)
         if not offers:
             return []
         parts = [self._claim_part(job, row, owner, now, lease_seconds) for job, row in offers]
@@ -626,6 +634,53 @@ class DataverseJobStore:
                 self._held[job.id] = row
             claimed.append(self._job(row))
         return sorted(claimed, key=lambda j: j.created_at)
+
+    def _offers(self, now: float, limit: int) -> builtins.list[tuple[Job, Row]]:
+        """Up to `limit` jobs a claim may take, due longest ago first, without reading the whole backlog.
+
+        The due pending rows are read oldest first, a window of `claim_window` at a time (two at most). What
+        could hold one of them back is an earlier unfinished row, or a running row on its key: the earlier due
+        rows are in the window, and the running rows and the pending rows not due yet (waiting for a retry)
+        that were created up to the window's last row are read beside it, in one more request. Both are few
+        however long the backlog: the runners' leases, and the retries of an outage. So a claim costs the same
+        with 50,000 rows waiting as with 50; a key whose jobs fill the window holds back the keys behind it for
+        that claim only.
+        """
+        t = self.t
+        cutoff = _iso(math.floor(now))
+        # Rows a CRM user created have no next attempt time yet: they are due.
+        window = self.client.query(
+            t.entity_set, select=self.columns, orderby=self._creation_order, page_size=self.claim_window,
+            filter=f"{self._pending_clause()} and ({t.next_attempt_at} le {cutoff} or {t.next_attempt_at} eq null)")
+        running = f"statuscode eq {self._reason[JobStatus.RUNNING][0]}"
+        read: builtins.list[Row] = []
+        offers: builtins.list[tuple[Job, Row]] = []
+        for _ in range(CLAIM_PAGES):
+            page = builtins.list(itertools.islice(window, self.claim_window))
+            read += page
+            # The running rows, and those waiting for a retry that were created up to the window's last row.
+            waiting = f" or ({self._pending_clause()} and {t.next_attempt_at} gt {cutoff} and {t.created_on} le " \
+                      f"{read[-1][t.created_on]})" if read else ""
+            others = self._rows(running + waiting)
+            # A row read twice (it changed between the two reads) counts as its last reading.
+            unfinished = sorted({self._key(row): row for row in [*read, *others]}.values(), key=self._order)
+            offers = []
+            for job, row in self._unblocked(now, [(self._job(row), row) for row in unfinished]):
+                due_now = job.status is JobStatus.PENDING and job.next_attempt_at <= now
+                expired = job.status is JobStatus.RUNNING and not semantics.holds_lease(job, now)
+                if due_now or expired:
+                    offers.append((job, row))
+            if len(offers) >= limit or len(page) < self.claim_window:
+                break
+        offers.sort(key=lambda offer: (offer[0].next_attempt_at if offer[0].status is JobStatus.PENDING else now))
+        return offers[:limit]
+
+    def _rows(self, where: str) -> builtins.list[Row]:
+        return builtins.list(self.client.query(self.t.entity_set, select=self.columns, filter=where,
+                                               page_size=self.page_size))
+
+    def _key(self, row: Row) -> str:
+        return str(row[self.t.primary_key])
 
     def _claim_part(self, job: Job, row: Row, owner: str, now: float, lease_seconds: float) -> BatchPart:
         t = self.t

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -237,3 +238,70 @@ def test_a_list_by_a_record_id_that_is_no_guid_says_so_instead_of_finding_nothin
     queue()
     with pytest.raises(errors.InvalidInput, match="'C-1001' is not a Dataverse row id"):
         dv_store.list(JobFilter(target_id="C-1001"))
+
+
+# --- claims at scale: a window of the oldest due rows, never the whole backlog ---------------------------------
+
+
+def _listing_requests(client: DataverseClient) -> list[tuple[str, int]]:
+    """The GETs of the jobs table the client sends from now on, each with the rows it read (a response hook on
+    its `requests` session)."""
+    seen: list[tuple[str, int]] = []
+
+    def hook(response: Any, *args: Any, **kwargs: Any) -> None:
+        if response.request.method == "GET" and f"/{ENTITY}?" in response.url:
+            seen.append((response.url, len(response.json()["value"])))
+
+    client.session.hooks["response"].append(hook)
+    return seen
+
+
+@pytest.mark.parametrize("backlog", [50, 5000])
+def test_a_claim_reads_at_most_two_pages_of_the_backlog_however_long_it_is(client, clock, backlog):
+    store = DataverseJobStore(client, TABLE, clock=clock)
+    contacts = [make_record(client, lastname=f"C{n}") for n in range(10)]
+    # Ten jobs per key, the keys taking turns: the first 500 rows hold 50 keys, each with its first job there.
+    requests = [JobRequest.from_input(operation="add_tag", tags=f"T{n % 50}", target_kind="contact",
+                                      target_id=contacts[n % 10]) for n in range(backlog)]
+    created = [job.id for start in range(0, backlog, 1000) for job in store.add(requests[start:start + 1000])]
+    clock.advance(1)
+    listed = _listing_requests(client)
+    claimed = store.claim("runner-a", 200, 30.0)
+    # The oldest job of each key, and nothing behind one.
+    assert sorted(job.id for job in claimed) == sorted(created[:50])
+    window_pages = [url for url, _ in listed if "orderby" in url]
+    assert len(window_pages) <= 2 and len(listed) <= 5, listed  # the running and retrying rows: one query each
+    assert sum(rows for _, rows in listed) <= 2 * store.claim_window
+
+
+def test_a_window_smaller_than_the_backlog_keeps_every_key_in_creation_order(client, clock):
+    store = DataverseJobStore(client, TABLE, clock=clock, claim_window=4)
+    contacts = [make_record(client, lastname=f"C{n}") for n in range(3)]
+    rng = random.Random(5)
+    jobs = []
+    for n in range(60):
+        clock.advance(rng.choice([0, 0, 1]))  # rows created in the same second are ordered by the autonumber
+        tag, who = rng.choice(["A", "B", "C", "D"]), rng.choice(contacts)
+        (job,) = store.add([JobRequest.from_input(operation="increase_score", tags=tag, score=n + 1,
+                                                  target_kind="contact", target_id=who)])
+        jobs.append((job.id, (who, tag)))
+    clock.advance(1)
+    order = {job_id: n for n, (job_id, _) in enumerate(jobs)}
+    ran: dict[tuple[str, str], list[int]] = {}
+    for _ in range(300):
+        if sum(len(v) for v in ran.values()) == len(jobs):
+            break
+        claimed = store.claim("runner-a", 3, 30.0)
+        for job in claimed:
+            key = next(k for job_id, k in jobs if job_id == job.id)
+            ran.setdefault(key, []).append(order[job.id])
+            if rng.random() < 0.2:  # some fail for a while: their key waits for them
+                store.finish("runner-a", job.id, Outcome(JobStatus.PENDING, "UNAVAILABLE", "Retrying.",
+                                                         next_attempt_at=clock.now + 2))
+                ran[key].pop()
+            else:
+                store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "Done."))
+        clock.advance(1)
+    assert sum(len(v) for v in ran.values()) == len(jobs)
+    for key, numbers in ran.items():
+        assert numbers == sorted(numbers), key

@@ -66,9 +66,9 @@ def test_an_outcome_the_store_could_not_record_runs_again_after_the_lease(
     contact, runner = rig
     [job] = runner.store.add([JobRequest.from_input(operation="increase_score", tags="Lead", score=7,
                                                     target_kind="contact", target_id=contact)])
-    # The claim (a read and a $batch), the score read before the change and the mark "applied" pass; every write
-    # of the outcome fails. (A write that fails inside the attempt is retried with the attempt.)
-    sandbox.server.injector.script(None, None, None, None, *["500"] * STORE_WRITE_TRIES)
+    # The claim (two reads and a $batch), the score read before the change and the mark "applied" pass; every
+    # write of the outcome fails. (A write that fails inside the attempt is retried with the attempt.)
+    sandbox.server.injector.script(None, None, None, None, None, *["500"] * STORE_WRITE_TRIES)
     first = runner.drain()
     assert (first.succeeded, first.failed) == (0, 0)
     assert clock.slept == [0.5, 1.0, 2.0]  # the outcome offered four times, with growing pauses
@@ -88,7 +88,7 @@ def test_an_outcome_the_store_answers_late_is_offered_again_at_once(
     contact, runner = rig
     [job] = runner.store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
                                                     target_id=contact)])
-    sandbox.server.injector.script(None, None, None, "502")
+    sandbox.server.injector.script(None, None, None, None, "502")  # the claim is three requests
     assert runner.drain().succeeded == 1
     assert runner.store.get(job.id).status is JobStatus.SUCCEEDED
 
