@@ -48,71 +48,87 @@ CREATE INDEX IF NOT EXISTS tasks_target ON tasks(target_kind, target_id, created
 
 
 class LocalCrm:
+    """Thread-safe: a connection per thread, so that workers posting at once wait only for SQLite's own write
+    lock, for the moment of one insert."""
+
     name = "local"
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()  # guards the list of connections only
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            # As the job store: in WAL mode a commit survives the process at once and the OS within moments,
+            # without an fsync for every post.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
 
     def identify(self, target_kind: str, target_id: str) -> Contact:
         return Contact(external_id=target_id)
 
     def post(self, *, target_kind: str, target_id: str, job_id: str, text: str, may_exist: bool = True) -> None:
         now = _now()
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO posts (job_id, target_kind, target_id, text, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, target_kind, target_id, text, now),
-            )
+        self._conn().execute(
+            "INSERT OR IGNORE INTO posts (job_id, target_kind, target_id, text, created_at) VALUES (?, ?, ?, ?, ?)",
+            (job_id, target_kind, target_id, text, now),
+        )
 
     def timeline(self, target_kind: str, target_id: str) -> list[TimelinePost]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT target_kind, target_id, job_id, text, created_at FROM posts "
-                "WHERE target_kind = ? AND target_id = ? ORDER BY created_at, rowid",
-                (target_kind, target_id),
-            ).fetchall()
+        rows = self._conn().execute(
+            "SELECT target_kind, target_id, job_id, text, created_at FROM posts "
+            "WHERE target_kind = ? AND target_id = ? ORDER BY created_at, rowid",
+            (target_kind, target_id),
+        ).fetchall()
         return [TimelinePost(*row) for row in rows]
 
     def update_record(self, target_kind: str, target_id: str, fields: Mapping[str, Any], *, ref: str) -> None:
-        with self._lock:
-            self._conn.executemany(
-                "INSERT INTO record_fields (target_kind, target_id, name, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (target_kind, target_id, name) DO UPDATE SET value = excluded.value",
-                [(target_kind, target_id, name, json.dumps(value)) for name, value in fields.items()],
-            )
+        self._conn().executemany(
+            "INSERT INTO record_fields (target_kind, target_id, name, value) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (target_kind, target_id, name) DO UPDATE SET value = excluded.value",
+            [(target_kind, target_id, name, json.dumps(value)) for name, value in fields.items()],
+        )
 
     def fields(self, target_kind: str, target_id: str, names: list[str]) -> dict[str, Any]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT name, value FROM record_fields WHERE target_kind = ? AND target_id = ?",
-                (target_kind, target_id),
-            ).fetchall()
+        rows = self._conn().execute(
+            "SELECT name, value FROM record_fields WHERE target_kind = ? AND target_id = ?",
+            (target_kind, target_id),
+        ).fetchall()
         values = {name: json.loads(value) for name, value in rows}
         return {name: values.get(name) for name in names}
 
     def create_task(self, target_kind: str, target_id: str, *, subject: str, description: str, due: str,
                     ref: str) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO tasks (job_id, target_kind, target_id, subject, description, due, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", (ref, target_kind, target_id, subject, description, due, _now()),
-            )
+        self._conn().execute(
+            "INSERT OR IGNORE INTO tasks (job_id, target_kind, target_id, subject, description, due, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", (ref, target_kind, target_id, subject, description, due, _now()),
+        )
 
     def tasks(self, target_kind: str, target_id: str) -> list[Task]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT target_kind, target_id, job_id, subject, description, due FROM tasks "
-                "WHERE target_kind = ? AND target_id = ? ORDER BY created_at, rowid", (target_kind, target_id),
-            ).fetchall()
+        rows = self._conn().execute(
+            "SELECT target_kind, target_id, job_id, subject, description, due FROM tasks "
+            "WHERE target_kind = ? AND target_id = ? ORDER BY created_at, rowid", (target_kind, target_id),
+        ).fetchall()
         return [Task(target_kind=row[0], target_id=row[1], job_id=row[2], subject=row[3], description=row[4],
                      due=row[5], owner=None) for row in rows]
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
 
 
 def _now() -> str:

@@ -1,10 +1,12 @@
-"""The Dataverse job store's claims on the wire: one read, then conditional PATCHes with If-Match in a $batch."""
+"""The Dataverse job store's claims on the wire: two reads (the oldest due rows, and the rows that could hold them
+back), then conditional PATCHes with If-Match in a $batch."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import pytest
 import responses
@@ -64,16 +66,20 @@ def batch_answer(*parts: tuple[int, dict | None]) -> str:
     return "\r\n".join(lines)
 
 
-def test_claim_reads_once_then_patches_each_offer_with_its_etag_and_skips_a_412(rsps, store, clock):
+def test_claim_reads_the_due_window_and_what_could_hold_it_back_then_patches_each_offer_and_skips_a_412(
+    rsps, store, clock
+):
     identity(rsps, "token-1")
-    unfinished = [
+    due = [
         row(JOB_A, 5, "Webinar", seq="0000000001"),
         row(JOB_B, 6, "Newsletter", seq="0000000002"),
-        # running under a live lease: its key blocks the later job D
-        row(JOB_C, 7, "Trial", status=100000001, owner="runner-x", expires="2027-02-01T00:00:00Z", seq="0000000003"),
         row(JOB_D, 8, "trial", seq="0000000004"),
     ]
-    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*"), json={"value": unfinished})
+    # running under a live lease: its key blocks the later job D
+    running = [row(JOB_C, 7, "Trial", status=100000001, owner="runner-x", expires="2027-02-01T00:00:00Z",
+                   seq="0000000003")]
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?.*(\$|%24)orderby=.*"), json={"value": due})
+    rsps.get(re.compile(re.escape(API) + r"cr_connectorjobs\?(?!.*(\$|%24)orderby).*"), json={"value": running})
     claimed_b = {**row(JOB_B, 9, "Newsletter"), "statuscode": 100000001, "cr_leaseowner": "runner-a"}
     # A was taken by another runner between the read and the PATCH; B is ours.
     rsps.post(f"{API}$batch", body=batch_answer((412, {"error": {"code": "0x80060882", "message": "mismatch"}}),
@@ -84,8 +90,14 @@ def test_claim_reads_once_then_patches_each_offer_with_its_etag_and_skips_a_412(
 
     assert [job.id for job in jobs] == [JOB_B]
     assert jobs[0].status is JobStatus.RUNNING
-    query, batch = (call.request for call in api_calls(rsps))
-    assert "statuscode%20eq%201%20or%20statuscode%20eq%20100000001" in query.url
+    window, others, batch = (call.request for call in api_calls(rsps))
+    window_query = unquote(window.url)
+    assert "$orderby=createdon asc,cr_sequence asc,cr_connectorjobid asc" in window_query
+    assert "and (cr_nextattemptat le 2027-01-15T08:00:00Z or cr_nextattemptat eq null)" in window_query
+    assert window.headers["Prefer"] == "odata.maxpagesize=500"
+    assert ("$filter=statuscode eq 100000001 or ((statuscode eq 1 or (statecode eq 0 and statuscode ne 100000001)) "
+            "and cr_nextattemptat gt 2027-01-15T08:00:00Z and createdon le 2027-01-15T08:00:00Z)"
+            ) in unquote(others.url)
     assert batch.headers["Prefer"] == "odata.continue-on-error"
     body = batch.body.decode()
     patches = re.findall(r"PATCH (\S+) HTTP/1.1\r\n(.*?)\r\n\r\n(.*?)\r\n", body, re.S)
@@ -139,7 +151,7 @@ def test_writes_under_a_lease_use_the_etag_from_the_claim(rsps, store, clock):
     store.record_attempt("runner-a", Attempt(job_id=JOB_A, started_at=clock.now, ended_at=clock.now + 1,
                                              outcome="succeeded", result_code="OK", message="Added tag"))
 
-    renew, record = (call.request for call in api_calls(rsps)[2:])
+    renew, record = (call.request for call in api_calls(rsps)[3:])
     assert renew.headers["If-Match"] == 'W/"9"'
     assert record.headers["If-Match"] == 'W/"10"'
     written = json.loads(record.body)
@@ -161,7 +173,7 @@ def test_a_412_on_a_write_rereads_and_gives_up_when_another_runner_holds_the_job
     store.claim("runner-a", 10, 60.0)
     with pytest.raises(LeaseLost, match=f"^Job {JOB_A} is no longer held by runner-a.$"):
         store.finish("runner-a", JOB_A, Outcome(JobStatus.SUCCEEDED, "OK", "done"))
-    assert [c.request.method for c in api_calls(rsps)] == ["GET", "POST", "PATCH", "GET"]
+    assert [c.request.method for c in api_calls(rsps)] == ["GET", "GET", "POST", "PATCH", "GET"]
 
 
 def claimed_by_runner_a(rsps: responses.RequestsMock) -> dict:
@@ -182,7 +194,7 @@ def test_a_row_that_changes_under_every_write_is_given_up_after_a_few_tries(rsps
     store.claim("runner-a", 10, 60.0)
     with pytest.raises(LeaseLost, match=f"^Job {JOB_A} kept changing under runner-a; giving it up.$"):
         store.finish("runner-a", JOB_A, Outcome(JobStatus.SUCCEEDED, "OK", "done"))
-    writes = [c.request.method for c in api_calls(rsps)][2:]
+    writes = [c.request.method for c in api_calls(rsps)][3:]
     assert writes == ["PATCH"] + ["GET", "PATCH"] * (DATAVERSE_WRITE_TRIES - 1)
 
 
