@@ -70,3 +70,15 @@ VIEW_PAUSE = 0.2
 WEBHOOK_TIMEOUT = 10.0
 # Sandbox-only: signs the webhooks of the demo, whose receiver runs on loopback.
 SANDBOX_WEBHOOK_SECRET = "sandbox-webhook-secret"
+
+# The web console (`connector console`): loopback, so nothing is reachable from another machine until someone
+# chooses an address and sets a password or a token. The port is the event endpoint's plus one.
+CONSOLE_HOST = "127.0.0.1"
+CONSOLE_PORT = 8781
+# The login a console password goes with, when the settings name none.
+CONSOLE_USERNAME = "operator"
+# /healthz counts a runner alive when it beat within this many seconds: twelve ticks at the default 5 s, so a
+# busy store or a slow tick is not an alarm, and a runner that died is one within a minute.
+HEARTBEAT_MAX_AGE = 60.0
+# Jobs per page of the console's job list, as `jobs list` shows by default.
+CONSOLE_PAGE = 100

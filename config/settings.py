@@ -131,6 +131,20 @@ class EndpointSettings(_Section):
     max_body: int = Field(1_048_576, ge=1, description="bytes; a larger body is refused unread")
 
 
+class ConsoleSettings(_Section):
+    """The web console of `connector console` (and `connector run --console`): pages for support staff and
+    operators, `/metrics` and `/healthz`. Another address than loopback needs a password or a token."""
+
+    host: str = Field(defaults.CONSOLE_HOST, description="loopback unless a password or a token is set")
+    port: int = Field(defaults.CONSOLE_PORT, ge=0, le=65535, description="0: any free port")
+    username: str = Field(defaults.CONSOLE_USERNAME, min_length=1, description="the login of HTTP basic auth")
+    password: SecretStr = SecretStr("")
+    token: SecretStr = SecretStr("")
+    read_only: bool = Field(False, description="true: pages only, no retry or cancel")
+    heartbeat_max_age: float = Field(defaults.HEARTBEAT_MAX_AGE, gt=0,
+                                     description="seconds since a runner's last heartbeat for /healthz")
+
+
 class DataverseStatusReasons(_Section):
     """The job table's status reason (`statuscode`) for each job status, and the state (`statecode`, 0 active,
     1 inactive) it belongs to. Custom status reasons get values from 100000000 up in Dataverse."""
@@ -264,6 +278,7 @@ class Settings(BaseSettings):
     job_store: Literal["sqlite", "dataverse"] = "sqlite"
     crm: Literal["local", "dataverse"] = "local"
     log_level: str = "WARNING"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, for collectors")
     timeline_template: str = Field(
         defaults.TIMELINE_TEMPLATE,
         description="text of the timeline post; placeholders {summary} {operation} {tags} {score} {job_id}",
@@ -278,6 +293,7 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = WebhookSettings()
     mail: MailSettings = MailSettings()
     endpoint: EndpointSettings = EndpointSettings()
+    console: ConsoleSettings = ConsoleSettings()
     dataverse: DataverseSettings = DataverseSettings()
 
     @field_validator("log_level")

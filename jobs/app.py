@@ -34,7 +34,7 @@ from connector.spotler import SpotlerPlatform
 from connector.webhook import WebhookClient
 from jobs.dataverse_wiring import dataverse_client, dataverse_crm, dataverse_store, serve_dataverse_sandbox
 from jobs.executor import Executor
-from jobs.observe import Observer
+from jobs.observe import Observer, log_outcome
 from jobs.runner import Runner
 from jobs.scoring.history import history_effects
 from jobs.scoring.rules import RuleSet, load_rules
@@ -69,6 +69,8 @@ class Connector:
     _closers: list[Callable[[], Any]] = field(default_factory=list)
     dataverse: DataverseClient | None = None  # when the job store or the CRM is Dynamics 365
     rules: RuleSet = field(default_factory=RuleSet)
+    # Every API session, by API name: the console's metrics hook onto them to count answers and 429s.
+    sessions: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         self.runner.close()
@@ -107,6 +109,7 @@ class _Parts:
     stop: threading.Event = field(default_factory=threading.Event)
     sandboxes: dict[str, SandboxServer] = field(default_factory=dict)
     brakes: dict[str, Brake] = field(default_factory=dict)
+    sessions: dict[str, Any] = field(default_factory=dict)
 
     def brake(self, api: str) -> Brake:
         """One brake per API, shared by every session of that API: a 429 or the cap slows all its workers."""
@@ -126,10 +129,12 @@ class _Parts:
 
     def session(self, api: str) -> ApiSession:
         settings = self.settings
-        return ApiSession(
+        session = ApiSession(
             api, pool_size=settings.runner.workers,
             timeout=(settings.http.connect_timeout, settings.http.read_timeout), brake=self.brake(api),
         )
+        self.sessions[api] = session
+        return session
 
     def dataverse_client(self) -> DataverseClient:
         """The Web API client; in sandbox mode the Dataverse emulator is started first."""
@@ -138,9 +143,11 @@ class _Parts:
             server = serve_dataverse_sandbox(self.settings)
             self.sandboxes["dataverse"] = server
             sandbox_url = server.url
-        return dataverse_client(
+        client = dataverse_client(
             self.settings, sandbox_url=sandbox_url, brake=self.brake("Dataverse"), sleep=self.sleep or time.sleep
         )
+        self.sessions["Dataverse"] = client.session
+        return client
 
     def stop_sandboxes(self) -> None:
         for server in self.sandboxes.values():
@@ -151,6 +158,7 @@ def make_observer(rules: RuleSet, store: ReaderStore, clock: Callable[[], float]
     """The subscribers of every connector: the score history, and the triggers of the rules file, both kept with
     each applied change (history first: a trigger reads the history before the change)."""
     observer = Observer()
+    observer.subscribe(log_outcome)
     observer.subscribe_durable(history_effects)
     observer.subscribe_durable(TriggerFirings(rules, store, clock))
     return observer
@@ -183,6 +191,7 @@ def _services(parts: _Parts, rules: RuleSet, closers: list[Callable[[], Any]]) -
     session = ApiSession("Webhook", pool_size=settings.runner.workers, brake=parts.brake("Webhook"),
                          timeout=(settings.http.connect_timeout, settings.webhook.timeout))
     closers.append(session.close)
+    parts.sessions["Webhook"] = session
     services: dict[str, Any] = {}
     if secret := settings.webhook.secret.get_secret_value():
         services["webhook"] = WebhookClient(session, secret)
@@ -251,7 +260,8 @@ def build(
             close()
         parts.stop_sandboxes()
         raise
-    return Connector(settings, store, platform, crm, executor, runner, parts.sandboxes, closers, client, rules)
+    return Connector(settings, store, platform, crm, executor, runner, parts.sandboxes, closers, client, rules,
+                     parts.sessions)
 
 
 @contextmanager

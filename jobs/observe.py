@@ -102,3 +102,19 @@ class Observer:
         for durable in list(self._durable):
             total += durable(job, changes)
         return total
+
+
+def log_outcome(event: Event) -> None:
+    """At INFO, one line per run of a job that ended (succeeded, failed, or retrying later), with the job's id,
+    record, operation and outcome as fields a JSON log keeps apart (`log_format = "json"`)."""
+    if not isinstance(event, Finished) or not log.isEnabledFor(logging.INFO):
+        return
+    job, outcome = event.job, event.outcome
+    shown = job.to_json()
+    target = shown["target"]
+    record = f"{target['kind']}:{target['id']}" if target else None
+    status = "retrying" if outcome.status.value == "pending" else outcome.status.value
+    log.info("job %s %s for %s: %s %s %s", job.id, shown["operation"], record or "no record", status,
+             outcome.result_code or "", outcome.message,
+             extra={"job_id": job.id, "record": record, "operation": shown["operation"], "outcome": status,
+                    "result_code": outcome.result_code})

@@ -55,13 +55,16 @@ def run_forever(
     tick_seconds: float,
     on_tick: Callable[[DrainReport], None] | None = None,
     install_signals: bool = True,
+    heartbeat: Callable[[], None] | None = None,
 ) -> None:
-    """Tick the runner until SIGINT / SIGTERM (or `runner.request_stop()`), then shut down cleanly."""
+    """Tick the runner until SIGINT / SIGTERM (or `runner.request_stop()`), then shut down cleanly. `heartbeat`
+    is called every tick on a schedule of its own, so that a long drain does not look like a dead runner."""
     with StopOnSignals(runner) if install_signals else contextlib.nullcontext():
-        _tick_until_stopped(runner, tick_seconds, on_tick)
+        _tick_until_stopped(runner, tick_seconds, on_tick, heartbeat)
 
 
-def _tick_until_stopped(runner: Runner, tick_seconds: float, on_tick: Callable[[DrainReport], None] | None) -> None:
+def _tick_until_stopped(runner: Runner, tick_seconds: float, on_tick: Callable[[DrainReport], None] | None,
+                        heartbeat: Callable[[], None] | None = None) -> None:
     def tick() -> None:
         try:
             report = runner.drain(report_waiting=False)
@@ -81,6 +84,9 @@ def _tick_until_stopped(runner: Runner, tick_seconds: float, on_tick: Callable[[
         tick, "interval", seconds=tick_seconds, id="tick", max_instances=1, coalesce=True,
         next_run_time=datetime.now(UTC),
     )
+    if heartbeat is not None:
+        scheduler.add_job(_beat, "interval", args=[heartbeat], seconds=tick_seconds, id="heartbeat", max_instances=1,
+                          coalesce=True, next_run_time=datetime.now(UTC))
     scheduler.start()
     try:
         while not runner.stop_event.wait(0.5):  # a timeout, so that signal handlers run promptly
@@ -89,3 +95,10 @@ def _tick_until_stopped(runner: Runner, tick_seconds: float, on_tick: Callable[[
         runner.request_stop()
         scheduler.shutdown(wait=True)
         runner.close()
+
+
+def _beat(heartbeat: Callable[[], None]) -> None:
+    try:
+        heartbeat()
+    except ConnectorError as exc:
+        log.warning("The runner's heartbeat could not reach the job store: %s %s", exc.result_code, exc.message)

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from config.text import count
 from jobs.model import Attempt, Job, iso
+from jobs.overview import Overview
 from jobs.runner import DrainReport
 from jobs.scoring.changes import Change, Op
 from jobs.scoring.history import HistoryEntry
@@ -262,3 +263,56 @@ def report_line(report: DrainReport) -> str:
     if report.retrying:
         line += f"; {report.retrying} waiting to retry (next at {iso(report.next_retry_at)})"
     return line + "."
+
+
+def stamp(ts: float | None) -> str:
+    """A time for the console's pages, to the second, in UTC with its offset shown: `2026-12-02 16:47:05 +00:00`.
+    The zone of the logs and of `jobs list`, so that they compare at a glance."""
+    return "" if ts is None else (iso(ts) or "").replace("T", " ").replace("Z", " +00:00")
+
+
+def ago(seconds: float | None) -> str:
+    """A duration in the largest unit that keeps it readable: `45 s`, `12 min`, `3 h`, `2 d`."""
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def overview_json(view: Overview) -> dict[str, Any]:
+    """`connector status --json`, and the console's overview."""
+    oldest = view.oldest_pending
+    return {
+        "at": iso(view.at),
+        "jobs": view.counts,
+        "retry_backlog": view.retrying,
+        "next_retry_at": iso(view.next_retry_at),
+        "oldest_pending": None if oldest is None else {
+            "id": oldest.id, "created_at": iso(oldest.created_at), "age_seconds": round(view.oldest_pending_age or 0)},
+        "done_last_hour": view.done_last_hour,
+        "done_last_day": view.done_last_day,
+        "api_trouble_last_day": view.api_trouble,
+        "runners": [{"owner": r.owner, "last_heartbeat": iso(r.seen_at)} for r in view.runners],
+    }
+
+
+def overview_lines(view: Overview) -> list[str]:
+    """`connector status`: the overview's numbers, a line each."""
+    def codes(found: dict[str, int]) -> str:
+        return ", ".join(f"{code or '-'} {n}" for code, n in sorted(found.items(), key=lambda kv: -kv[1])) or "none"
+
+    oldest = view.oldest_pending
+    lines = ["jobs: " + ", ".join(f"{status} {n}" for status, n in view.counts.items()),
+             f"retry backlog: {view.retrying}" + (f", next due {stamp(view.next_retry_at)}"
+                                                  if view.next_retry_at is not None else ""),
+             "oldest pending: " + (f"{oldest.id}, created {stamp(oldest.created_at)} "
+                                   f"({ago(view.oldest_pending_age)} ago)" if oldest else "none"),
+             f"done in the last hour: {codes(view.done_last_hour)}",
+             f"done in the last day: {codes(view.done_last_day)}"]
+    lines += [f"429s and errors in the last day, {api}: {codes(found)}" for api, found in view.api_trouble.items()] \
+        or ["429s and errors in the last day: none"]
+    lines += [f"runner {r.owner}: last heartbeat {stamp(r.seen_at)} ({ago(view.at - r.seen_at)} ago)"
+              for r in view.runners] or ["runners: none seen in the last day"]
+    return lines

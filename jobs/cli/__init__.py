@@ -17,7 +17,7 @@ from typer.core import TyperOption
 
 from config import defaults
 from config.text import escaped_byte, is_text, shown
-from jobs.cli import config, contact, events, jobs, mail, run, sandbox, scores, serve, triggers
+from jobs.cli import config, console, contact, events, jobs, mail, run, sandbox, scores, serve, triggers
 from jobs.cli.common import RootOptions, err, out
 
 app = typer.Typer(
@@ -37,6 +37,8 @@ app.add_typer(sandbox.app, name="sandbox")
 app.command("run")(run.run)
 app.command("demo")(run.demo)
 app.command("serve")(serve.serve)
+app.command("console")(console.console)
+app.command("status")(console.status)
 
 
 def _print_version(wanted: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import signal
 import sqlite3
@@ -47,6 +48,23 @@ class UtcFormatter(logging.Formatter):
 
     def converter(self, seconds: float | None) -> time.struct_time:
         return time.gmtime(seconds)
+
+
+class JsonFormatter(logging.Formatter):
+    """`log_format = "json"`: one JSON object per line, for log collectors: `time` in UTC with its offset
+    (`2026-12-02T16:47:05.123+00:00`), `level`, `logger`, `message`, and on a job's lines `job_id`, `record`,
+    `operation`, `outcome` and `result_code`."""
+
+    FIELDS = ("job_id", "record", "operation", "outcome", "result_code")
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line: dict[str, Any] = {"time": f"{stamp}.{int(record.msecs):03d}+00:00", "level": record.levelname,
+                                "logger": record.name, "message": record.getMessage()}
+        line.update({name: getattr(record, name) for name in self.FIELDS if hasattr(record, name)})
+        if record.exc_info:
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
 
 
 def out() -> Console:
@@ -179,7 +197,7 @@ def logging_to_stderr(config: Settings) -> Iterator[None]:
     """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(UtcFormatter())
+    handler.setFormatter(JsonFormatter() if config.log_format == "json" else UtcFormatter())
     level = root.level
     root.addHandler(handler)
     root.setLevel(getattr(logging, config.log_level))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
+from config import Settings
 from config.text import count, shown
 from jobs import views
 from jobs.cli.common import (
@@ -26,8 +29,10 @@ from jobs.cli.common import (
     reported,
     settings,
 )
-from jobs.model import Job, JobStatus
-from jobs.scoring.triggers import Firing, firings_of
+from jobs.kinds import kind_named
+from jobs.model import JobStatus
+from jobs.overview import count_where
+from jobs.scoring.triggers import fired_by
 from jobs.service import (
     UsageProblem,
     count_rows,
@@ -164,20 +169,22 @@ def batches_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         out().print("No imports yet.")
 
 
-@app.command("list")
-def list_(
-    ctx: typer.Context,
-    status: Annotated[
-        str | None, typer.Option(help="pending, retrying, running, succeeded, failed or cancelled.")
-    ] = None,
-    contact: Annotated[str | None, typer.Option(help="Only jobs for this CRM record id.")] = None,
-    since: Annotated[str | None, typer.Option(help="Only jobs created within this period: 30m, 2h, 7d.")] = None,
-    batch: Annotated[str | None, typer.Option(help="Only the jobs of this import (see: jobs batches).")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs, newest first.")] = DEFAULT_LIMIT,
-    as_json: JsonFlag = False,
-) -> None:
-    """Jobs, newest first, with their status and result."""
-    config = settings(ctx)
+StatusOption = Annotated[str | None, typer.Option(
+    help="pending, retrying, running, succeeded, failed or cancelled.")]
+ContactOption = Annotated[str | None, typer.Option(help="Only jobs for this CRM record id.")]
+SinceOption = Annotated[str | None, typer.Option(help="Only jobs created within this period: 30m, 2h, 7d.")]
+BatchOption = Annotated[str | None, typer.Option(help="Only the jobs of this import (see: jobs batches).")]
+TagOption = Annotated[str | None, typer.Option("--tag", help="Only jobs naming this tag (case ignored).")]
+OperationOption = Annotated[str | None, typer.Option(help='Only jobs of this operation (add_tag, "Add Tag", ...).')]
+ResultCodeOption = Annotated[str | None, typer.Option(help="Only jobs with this result code (NOT_FOUND, OK, ...).")]
+TextOption = Annotated[str | None, typer.Option(help="Only jobs whose message contains this text, or with this id.")]
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before acting on a filter's jobs.")]
+
+
+def job_filter(config: Settings, *, status: str | None = None, contact: str | None = None, since: str | None = None,
+               batch: str | None = None, tag: str | None = None, operation: str | None = None,
+               result_code: str | None = None, text: str | None = None, limit: int = DEFAULT_LIMIT) -> JobFilter:
+    """The filter of the options, as the console's jobs page builds it from its URL."""
     with reported():
         status = status.strip().lower() if status is not None else None
         if status is not None and status not in {*(s.value for s in JobStatus), "retrying"}:
@@ -185,11 +192,38 @@ def list_(
                 f"--status is {shown(status)}; use pending, retrying, running, succeeded, failed or cancelled."
             )
         since_ts = time.time() - parse_duration(since) if since else None
+        kind = None
+        if operation is not None:
+            try:
+                kind = kind_named(operation).name
+            except ValueError as exc:
+                raise UsageProblem(f"--operation: {exc}") from None
     if contact is not None:
         check_record_id(config, "--contact", contact)
+    return JobFilter(status=status, target_id=contact, since=since_ts, batch=batch, tag=tag, operation=kind,
+                     result_code=result_code.strip().upper() if result_code else None, text=text, limit=limit)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: StatusOption = None,
+    contact: ContactOption = None,
+    since: SinceOption = None,
+    batch: BatchOption = None,
+    tag: TagOption = None,
+    operation: OperationOption = None,
+    result_code: ResultCodeOption = None,
+    text: TextOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs, newest first.")] = DEFAULT_LIMIT,
+    as_json: JsonFlag = False,
+) -> None:
+    """Jobs, newest first, with their status and result. The filters combine."""
+    config = settings(ctx)
+    query = job_filter(config, status=status, contact=contact, since=since, batch=batch, tag=tag,
+                       operation=operation, result_code=result_code, text=text, limit=limit)
     with job_store(config) as store:
-        found = store.list(JobFilter(status=status, target_id=contact, since=since_ts, batch=batch,
-                                     limit=limit)).jobs
+        found = store.list(query).jobs
     if as_json:
         out().print_json(data=views.jobs_json(found))
         return
@@ -233,27 +267,43 @@ def retry(
     ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="The failed job to retry.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job.")] = False,
+    contact: ContactOption = None,
+    since: SinceOption = None,
+    batch: BatchOption = None,
+    tag: TagOption = None,
+    operation: OperationOption = None,
+    result_code: ResultCodeOption = None,
+    text: TextOption = None,
+    yes: YesFlag = False,
 ) -> None:
-    """Put a failed job (or all of them) back in the queue."""
+    """Put a failed job back in the queue; or every failed job (--failed), or those the filters find (the count is
+    shown first, and on a terminal asked about unless --yes)."""
     config = settings(ctx)
-    if (job_id is None) == (not failed):
-        fail("give either a job id or --failed.", 2)
+    query = job_filter(config, contact=contact, since=since, batch=batch, tag=tag, operation=operation,
+                       result_code=result_code, text=text)
+    filtered = query != JobFilter()
+    if sum([job_id is not None, failed, filtered]) != 1:
+        fail("give either a job id, --failed, or filters (--tag, --operation, --result-code, --batch, --text, "
+             "--contact, --since).", 2)
     with job_store(config) as store:
-        ids = store.retry(None if failed else job_id, by=actor())
+        if filtered:
+            if not _confirmed(store, dataclasses.replace(query, status="failed"), "retry", "failed", yes):
+                return
+            ids = store.retry_where(query, by=actor())
+        else:
+            ids = store.retry(None if failed else job_id, by=actor())
     out().print(f"Queued again: {count(len(ids), 'job')}{': ' + ', '.join(ids) if ids and len(ids) <= 20 else ''}.",
               markup=False)
 
 
-def fired_by(store: JobStore, job: Job) -> list[tuple[Firing, list[str]]]:
-    """What the job's change fired, each firing with the ids of the action jobs it queued."""
-    if job.request is None or job.request.target is None:
-        return []
-    fired = []
-    for firing in firings_of(store, job.request.target):
-        if firing.job_id == job.id:
-            queued = store.list(JobFilter(request_ids=firing.actions, limit=len(firing.actions) or 1)).jobs
-            fired.append((firing, [j.id for j in queued]))
-    return fired
+def _confirmed(store: JobStore, query: JobFilter, verb: str, status: str, yes: bool) -> bool:
+    """Say how many jobs a bulk action will touch; on a terminal, ask first unless --yes."""
+    n = count_where(store, query)
+    out().print(f"The filters find {count(n, status + ' job')} to {verb}.", markup=False)
+    if n and not yes and sys.stdin.isatty() and not typer.confirm(f"{verb.capitalize()} {count(n, 'job')}?"):
+        out().print("Nothing done.", markup=False)
+        return False
+    return bool(n)
 
 
 def actor() -> Actor:
@@ -270,11 +320,32 @@ def cancel(
     ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="The pending job to cancel.")] = None,
     batch: Annotated[str | None, typer.Option(help="Cancel every pending job of this import instead.")] = None,
+    contact: ContactOption = None,
+    since: SinceOption = None,
+    tag: TagOption = None,
+    operation: OperationOption = None,
+    result_code: ResultCodeOption = None,
+    text: TextOption = None,
+    yes: YesFlag = False,
 ) -> None:
-    """Cancel a pending job (one waiting for a retry too), or the pending jobs of an import."""
+    """Cancel a pending job (one waiting for a retry too), the pending jobs of an import (--batch), or those the
+    filters find (the count is shown first, and on a terminal asked about unless --yes)."""
     config = settings(ctx)
+    query = job_filter(config, contact=contact, since=since, tag=tag, operation=operation,
+                       result_code=result_code, text=text)
+    if query != JobFilter():
+        if job_id is not None:
+            fail("give either a job id or filters.", 2)
+        with job_store(config) as store:
+            query = dataclasses.replace(query, batch=batch)
+            if not _confirmed(store, dataclasses.replace(query, status="pending"), "cancel", "pending", yes):
+                return
+            ids = store.cancel_where(query, by=actor())
+        out().print(f"Cancelled {count(len(ids), 'pending job')}.", markup=False)
+        return
     if (job_id is None) == (batch is None):
-        fail("give either a job id or --batch.", 2)
+        fail("give either a job id or --batch, or filters (--tag, --operation, --result-code, --text, --contact, "
+             "--since).", 2)
     with job_store(config) as store:
         if batch is None:
             assert job_id is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import shlex
 import signal
 import time
@@ -22,6 +23,7 @@ from jobs.cli.common import (
     fail,
     out,
     print_jobs,
+    reported,
     settings,
     with_fault_flags,
 )
@@ -33,14 +35,26 @@ def run(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Process everything due now, then exit.")] = False,
     workers: Annotated[int | None, typer.Option(help="Worker threads.", min=1)] = None,
+    console: Annotated[bool, typer.Option(
+        "--console", help="Serve the web console (console.host, console.port) from this process too.")] = False,
 ) -> None:
     """Run the job queue on a schedule until stopped (Ctrl-C), or once."""
     # Here, not at the top: APScheduler is only worth importing for the command that runs the queue.
     from jobs.scheduler import StopOnSignals, run_forever
 
     config = settings(ctx, runner={"workers": workers} if workers else None)
-    with connector(config) as built:
+    with connector(config) as built, contextlib.ExitStack() as stack:
+        if console:
+            from jobs.console.server import ConsoleServer, console_parts
+
+            with reported():
+                server = ConsoleServer(console_parts(built), config.console.host, config.console.port).start()
+            stack.callback(server.stop)
+            err().print(f"Console on {server.url}", markup=False)
+        beat = functools.partial(built.store.heartbeat, built.runner.owner)
         if once:
+            with reported():
+                beat()
             with StopOnSignals(built.runner) as signals:
                 report = built.runner.drain()
             out().print(views.report_line(report), markup=False)
@@ -56,7 +70,7 @@ def run(
             return
         err().print(f"Running: ticking every {config.runner.tick_seconds:g} s with {config.runner.workers} workers. "
                   "Ctrl-C stops.", markup=False)
-        run_forever(built.runner, tick_seconds=config.runner.tick_seconds,
+        run_forever(built.runner, tick_seconds=config.runner.tick_seconds, heartbeat=beat,
                     on_tick=lambda r: out().print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False))
         err().print("Stopped.", markup=False)
 

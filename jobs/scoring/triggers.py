@@ -18,7 +18,7 @@ from jobs.model import Job, JobRequest, Origin, Target
 from jobs.scoring.changes import Change, Op, crossed, fold
 from jobs.scoring.history import history_of, record_key
 from jobs.scoring.rules import RuleSet, Trigger
-from jobs.store import Effects, Entry, ReaderStore, Record
+from jobs.store import Effects, Entry, JobFilter, ReaderStore, Record
 
 STREAM = "firings"
 
@@ -114,3 +114,16 @@ class TriggerFirings:
 def firings_of(store: ReaderStore, target: Target | None = None) -> list[Firing]:
     """What fired, oldest first: for one record, or for every record."""
     return [Firing.from_entry(entry) for entry in store.entries(STREAM, record_key(target) if target else None)]
+
+
+def fired_by(store: ReaderStore, job: Job) -> list[tuple[Firing, list[str]]]:
+    """What the job's change fired, each firing with the ids of the action jobs it queued (`jobs show`, and the
+    console's job page)."""
+    if job.request is None or job.request.target is None:
+        return []
+    fired = []
+    for firing in firings_of(store, job.request.target):
+        if firing.job_id == job.id:
+            queued = store.list(JobFilter(request_ids=firing.actions, limit=len(firing.actions) or 1)).jobs
+            fired.append((firing, [j.id for j in queued]))
+    return fired
