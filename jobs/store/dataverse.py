@@ -60,7 +60,14 @@ from config.settings import DataverseEntriesSettings, DataverseTableSettings
 from config.text import shown
 from connector import errors
 from connector.dataverse.batch import BatchPart, BatchResult
-from connector.dataverse.client import DataverseClient, encode_query, is_guid, odata_literal, row_url
+from connector.dataverse.client import (
+    MAX_PAGE_SIZE,
+    DataverseClient,
+    encode_query,
+    is_guid,
+    odata_literal,
+    row_url,
+)
 from jobs import kinds
 from jobs.kinds.tagging import raw_tags
 from jobs.model import Attempt, InvalidJob, Job, JobRequest, JobStatus
@@ -92,9 +99,10 @@ Row = dict[str, Any]
 MESSAGE_MAX = 4000
 # Older lines of the attempt log are dropped past this size; the newest ones are what support reads.
 ATTEMPT_LOG_MAX = 20_000
-# A claim reads the oldest due rows this many at a time, and at most this many pages of them: enough for a full
-# claim of the runner's batch (200) when some keys wait behind others, and a cost that never grows with the backlog.
-CLAIM_WINDOW = 500
+# A claim reads the oldest due rows ten per job it may take (fifty at least), and at most two such pages: room
+# for the jobs of keys that wait behind others, at a cost that follows the claim's size, never the backlog's.
+CLAIM_WINDOW_PER_JOB = 10
+CLAIM_WINDOW_MIN = 50
 CLAIM_PAGES = 2
 # The entries of runners' heartbeats: one row per runner, written over at each tick.
 RUNNER_STREAM = "runner"
@@ -137,9 +145,10 @@ class DataverseJobStore:
         entries: DataverseEntriesSettings | None = None,
         clock: Callable[[], float] = time.time,
         page_size: int = 1000,
-        claim_window: int = CLAIM_WINDOW,
+        claim_window: int | None = None,
     ) -> None:
         self.client = client
+        # A fixed window (tests); None sizes it by each claim's limit.
         self.claim_window = claim_window
         self.t = table
         self.e = entries or DataverseEntriesSettings()
@@ -638,7 +647,7 @@ class DataverseJobStore:
     def _offers(self, now: float, limit: int) -> builtins.list[tuple[Job, Row]]:
         """Up to `limit` jobs a claim may take, due longest ago first, without reading the whole backlog.
 
-        The due pending rows are read oldest first, a window of `claim_window` at a time (two at most). What
+        The due pending rows are read oldest first, a window at a time (two at most). What
         could hold one of them back is an earlier unfinished row, or a running row on its key: the earlier due
         rows are in the window, and the running rows and the pending rows not due yet (waiting for a retry)
         that were created up to the window's last row are read beside it, in one more request. Both are few
@@ -648,15 +657,16 @@ class DataverseJobStore:
         """
         t = self.t
         cutoff = _iso(math.floor(now))
+        size = self.claim_window or min(MAX_PAGE_SIZE, max(CLAIM_WINDOW_MIN, CLAIM_WINDOW_PER_JOB * limit))
         # Rows a CRM user created have no next attempt time yet: they are due.
         window = self.client.query(
-            t.entity_set, select=self.columns, orderby=self._creation_order, page_size=self.claim_window,
+            t.entity_set, select=self.columns, orderby=self._creation_order, page_size=size,
             filter=f"{self._pending_clause()} and ({t.next_attempt_at} le {cutoff} or {t.next_attempt_at} eq null)")
         running = f"statuscode eq {self._reason[JobStatus.RUNNING][0]}"
         read: builtins.list[Row] = []
         offers: builtins.list[tuple[Job, Row]] = []
         for _ in range(CLAIM_PAGES):
-            page = builtins.list(itertools.islice(window, self.claim_window))
+            page = builtins.list(itertools.islice(window, size))
             read += page
             # The running rows, and those waiting for a retry that were created up to the window's last row.
             waiting = f" or ({self._pending_clause()} and {t.next_attempt_at} gt {cutoff} and {t.created_on} le " \
@@ -670,7 +680,7 @@ class DataverseJobStore:
                 expired = job.status is JobStatus.RUNNING and not semantics.holds_lease(job, now)
                 if due_now or expired:
                     offers.append((job, row))
-            if len(offers) >= limit or len(page) < self.claim_window:
+            if len(offers) >= limit or len(page) < size:
                 break
         offers.sort(key=lambda offer: (offer[0].next_attempt_at if offer[0].status is JobStatus.PENDING else now))
         return offers[:limit]
