@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import uvicorn
 
@@ -33,6 +34,8 @@ class ConsoleServer:
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
+        # Listening from here on: a browser pointed at the URL just printed waits in the backlog, never refused.
+        self.socket.listen(128)
         self.host, self.port = host, self.socket.getsockname()[1]
         # log_config=None: the connector's own logging (text or JSON, secrets masked) stays as it is.
         config = uvicorn.Config(make_app(parts), log_config=None, access_log=False, lifespan="off")
@@ -48,9 +51,12 @@ class ConsoleServer:
         """In the foreground until SIGINT or SIGTERM, which uvicorn turns into a clean stop."""
         self.server.run(sockets=[self.socket])
 
-    def start(self) -> ConsoleServer:
+    def start(self, timeout: float = 10.0) -> ConsoleServer:
         self._thread = threading.Thread(target=self.serve, name="console", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
