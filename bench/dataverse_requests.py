@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from config import load_settings
 from jobs.app import build
@@ -37,12 +38,22 @@ def main() -> None:
                 connector.store.add(requests[start:start + 500])
             session = client.session
             sent_before = session.requests_sent
+            listings: list[int] = []  # rows read by each GET of the jobs table: the claims' cost
+            entity_set = settings.dataverse.jobs.entity_set
+
+            def count_rows(response: Any, *args: Any, **kwargs: Any) -> None:
+                if response.request.method == "GET" and f"/{entity_set}?" in response.url:
+                    listings.append(len(response.json().get("value", [])))
+
+            session.hooks["response"].append(count_rows)
             started = time.perf_counter()
             report = connector.runner.drain()
             elapsed = time.perf_counter() - started
             sent = session.requests_sent - sent_before
     print(f"{report.succeeded} succeeded, {report.failed} failed, {report.retrying} retrying in {elapsed:.1f} s")
     print(f"Dataverse HTTP requests during the drain: {sent} = {sent / count:.2f} per job")
+    print(f"Job rows read by the claims: {sum(listings)} in {len(listings)} reads = {sum(listings) / count:.1f} per "
+          f"job, {max(listings, default=0)} at most in one read")
 
 
 if __name__ == "__main__":
