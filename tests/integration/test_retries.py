@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,23 +265,28 @@ def _waits(rig: Rig, job_id: str) -> list[float]:
     return [later - earlier for earlier, later in itertools.pairwise(starts)]
 
 
+@pytest.mark.parametrize(("max_age", "tries"), [(10, 4), (11, 5)])
 def test_transient_errors_are_retried_until_the_time_budget_runs_out(
-    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock,
+    max_age: float, tries: int,
 ) -> None:
     spotler_server.injector.faults = Faults(error_rate=1.0)  # down for good
-    retry = RetrySettings(max_age=10, max_attempts=100, backoff_initial=1, backoff_max=4, jitter=0, inline_wait_max=60)
+    retry = RetrySettings(max_age=max_age, max_attempts=100, backoff_initial=1, backoff_max=4, jitter=0,
+                          inline_wait_max=60)
     rig = make_rig(tmp_path, store, spotler, clock, retry=retry)
     try:
         job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
         assert rig.drain().failed == 1
     finally:
         rig.close()
-    # Tries at 0, 1, 3 and 7 s; the next would start at 11 s, past the 10 s budget, so the fourth is the last.
-    assert clock.slept == [1.0, 2.0, 4.0]
+    # Tries at 0, 1, 3, 7 and 11 s, as long as each starts within the budget (a try at exactly 11 s is within 11 s).
+    waits = [1.0, 2.0, 4.0, 4.0][:tries - 1]
+    assert clock.slept == waits
     done = store.get(job.id)
-    assert (done.status, done.result_code, done.attempts) == (JobStatus.FAILED, "UNAVAILABLE", 4)
-    assert done.message.startswith("Gave up after 7 s and 4 attempts, the longest retry.max_age (10 s) allows: ")
-    assert [a.outcome for a in store.attempts(job.id)] == ["retrying", "retrying", "retrying", "failed"]
+    assert (done.status, done.result_code, done.attempts) == (JobStatus.FAILED, "UNAVAILABLE", tries)
+    assert done.message.startswith(f"Gave up after {sum(waits):.0f} s and {tries} attempts, the longest "
+                                   f"retry.max_age ({max_age} s) allows: ")
+    assert [a.outcome for a in store.attempts(job.id)] == ["retrying"] * (tries - 1) + ["failed"]
 
 
 def test_the_time_budget_counts_from_the_first_try_across_claims_and_anew_after_a_manual_retry(
@@ -336,6 +342,28 @@ def test_the_attempt_cap_ends_retrying_first_when_the_waits_are_short(
     assert report.failed == 1
     assert clock.slept == [1.0] * 5
     assert store.get(job.id).message.startswith("Gave up after 6 attempts, the most retry.max_attempts allows: ")
+    assert [a.outcome for a in store.attempts(job.id)] == ["retrying"] * 5 + ["failed"]
+
+
+def test_an_attempt_log_that_lost_its_lines_counts_the_budget_from_this_claim(
+    tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, spotler_server: SandboxServer, clock: FakeClock
+) -> None:
+    """The budget of a job put back to pending starts at its oldest counted line; with none left (a Dataverse log
+    edited by hand), at the try under way: a job is never failed for a start it cannot read."""
+    spotler_server.injector.faults = Faults(error_rate=1.0)
+    retry = RetrySettings(max_age=600, backoff_initial=60, jitter=0, inline_wait_max=0)
+    rig = make_rig(tmp_path, store, spotler, clock, retry=retry)
+    try:
+        job = rig.queue(operation="add_tag", tags="VIP", target_id="C-1")
+        assert rig.drain().retrying == 1
+        with sqlite3.connect(tmp_path / "jobs.db") as db:
+            db.execute("DELETE FROM attempts WHERE job_id = ?", (job.id,))
+        clock.advance(3600)  # an hour after the first try: its budget would be spent
+        assert rig.drain().retrying == 1
+    finally:
+        rig.close()
+    back = store.get(job.id)
+    assert (back.status, back.attempts) == (JobStatus.PENDING, 2)
 
 
 def test_a_permanent_error_fails_at_once_whatever_the_budget(rig: Rig) -> None:
