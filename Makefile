@@ -41,8 +41,10 @@ mutate: $(MUTATE_STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=release $(BIN)/pytest -q -p no:randomly tests/fuzz
 
+# The connector beside a naive one-job-at-a-time script, on the same queue and sandboxes (bench/throughput.py):
+# the table goes to bench/results/latest.md.
 bench: $(STAMP)
-	$(BIN)/python bench/drain.py
+	$(BIN)/python bench/throughput.py
 
 # 429s received by a drain of 5,000 jobs against a rate-limited sandbox, with and without the client-side cap.
 bench-brake: $(STAMP)

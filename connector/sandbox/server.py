@@ -202,6 +202,7 @@ class FaultInjector:
         self._recent: deque[float] = deque()
         self._script: deque[str | None] = deque()
         self.counts: dict[str, int] = {}
+        self.requests = 0  # every request drawn for, faulty or not: what a benchmark divides by
 
     def script(self, *faults: str | None) -> None:
         """Faults for the next requests, in order (None: answer normally), before any random draw."""
@@ -215,6 +216,7 @@ class FaultInjector:
         """(delay in seconds, fault): fault is None, '429', '500', '502', '503', 'reset', 'timeout' or 'drop'."""
         f = self.faults
         with self._lock:
+            self.requests += 1
             delay = (f.latency_ms + self._random.uniform(0, f.jitter_ms)) / 1000.0
             if self._script:
                 scripted = self._script.popleft()
