@@ -44,6 +44,12 @@ INLINE_WAIT_MAX = 5.0
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 
+# A PostgreSQL job store that does not give a connection within this long counts as down (a transient error): long
+# enough for a server that is failing over, short enough that a runner says so within a tick or two.
+POSTGRES_CONNECT_TIMEOUT = 10.0
+# Connections a process keeps beside its workers: the claim, the lease renewer, the heartbeat and a reader.
+POSTGRES_SPARE_CONNECTIONS = 4
+
 # What a CRM user reads on the timeline; the job id lets support staff find the job behind a post.
 TIMELINE_TEMPLATE = "{summary} (job {job_id})"
 

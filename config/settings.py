@@ -13,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -264,6 +265,46 @@ class DataverseSettings(_Section):
     entries: DataverseEntriesSettings = DataverseEntriesSettings()
 
 
+class PostgresSettings(_Section):
+    """The PostgreSQL job store (`job_store = "postgres"`): several runners on several hosts share it."""
+
+    url: str | None = Field(None, description="postgresql://user@host:5432/database; a password in it is taken "
+                            "out and kept as postgres.password (only from the environment or the secrets file)")
+    password: SecretStr = SecretStr("")
+    pool_size: int | None = Field(None, ge=2, le=500, description="connections per process; unset: "
+                                  "runner.workers + 4 (the workers, the claim, the lease renewer, the heartbeat)")
+    connect_timeout: float = Field(defaults.POSTGRES_CONNECT_TIMEOUT, gt=0,
+                                   description="seconds to wait for a connection before the store counts as down")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Never shown as given: it may hold a password.
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("postgres.url must be a URL such as postgresql://user@host:5432/database (the "
+                             "password in CONNECTOR_POSTGRES__PASSWORD)")
+        return value
+
+    @model_validator(mode="after")
+    def _password_apart(self) -> PostgresSettings:
+        """A password in the URL is a secret like any other: it moves to `password`, and the URL that is left
+        can be shown."""
+        if self.url is None:
+            return self
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self
+        if self.password.get_secret_value():
+            raise ValueError("postgres.url holds a password and postgres.password is set too; give it once")
+        host = parts.netloc.rpartition("@")[2]
+        self.password = SecretStr(unquote(parts.password))
+        self.url = urlunsplit((parts.scheme, f"{parts.username or ''}@{host}", parts.path, parts.query,
+                               parts.fragment))
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONNECTOR_",
@@ -275,7 +316,7 @@ class Settings(BaseSettings):
     home: Path = Field(Path(defaults.HOME), description="data directory of the embedded default")
     rules_file: Path | None = Field(None, description="the scoring rules and triggers (TOML); unset: none")
     platform: Literal["spotler", "mautic"] = "spotler"
-    job_store: Literal["sqlite", "dataverse"] = "sqlite"
+    job_store: Literal["sqlite", "dataverse", "postgres"] = "sqlite"
     crm: Literal["local", "dataverse"] = "local"
     log_level: str = "WARNING"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, for collectors")
@@ -295,6 +336,7 @@ class Settings(BaseSettings):
     endpoint: EndpointSettings = EndpointSettings()
     console: ConsoleSettings = ConsoleSettings()
     dataverse: DataverseSettings = DataverseSettings()
+    postgres: PostgresSettings = PostgresSettings()
 
     @field_validator("log_level")
     @classmethod
@@ -314,6 +356,14 @@ class Settings(BaseSettings):
                 "use {summary}, {operation}, {tags}, {score} and {job_id}"
             ) from None
         return value
+
+    @model_validator(mode="after")
+    def _store_reachable(self) -> Settings:
+        if self.job_store == "postgres" and self.postgres.url is None:
+            raise ValueError("job_store is postgres, but postgres.url is not set; set it (for instance "
+                             "CONNECTOR_POSTGRES__URL=postgresql://connector@db.example.com:5432/connector) and "
+                             "the password in CONNECTOR_POSTGRES__PASSWORD")
+        return self
 
     @property
     def sandbox_mode(self) -> bool:
@@ -386,6 +436,13 @@ class _TomlSource(PydanticBaseSettingsSource):
             data = tomllib.loads(self.path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{self.path} is not valid TOML: {exc}.") from exc
+        url = data.get("postgres", {}).get("url") if isinstance(data.get("postgres"), dict) else None
+        if isinstance(url, str) and _has_password(url):
+            raise SettingsError(
+                f"{self.path} sets postgres.url with a password in it; secrets are not read from {self.path.name}. "
+                f"Keep the URL there without it and set CONNECTOR_POSTGRES__PASSWORD in the environment or in the "
+                f"file named by CONNECTOR_SECRETS_FILE."
+            )
         for path in sorted(_secret_paths(self.settings_cls)):
             section, _, key = path.rpartition(".")
             table = data.get(section, {}) if section else data
@@ -396,6 +453,13 @@ class _TomlSource(PydanticBaseSettingsSource):
                     f"Set {env} in the environment or in the file named by CONNECTOR_SECRETS_FILE."
                 )
         return data
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return "@" in url  # not a URL one can read: if it may hold a password, treat it as one
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -413,8 +477,9 @@ def _problem(error: Any, secret: set[str]) -> str:
     if error["type"] == "extra_forbidden":
         # A misspelled key (its value may be a secret under a misspelled name: not shown).
         return f"{where}: no such setting (config/example.toml lists every key)"
-    # A whole section of the wrong shape may hold secrets; a value is shown only for a key that is not a secret.
-    hidden = where in secret or any(path.startswith(where + ".") for path in secret)
+    # A whole section of the wrong shape may hold secrets; a value is shown only for a key that is not a secret
+    # (nor the database URL, which may hold a password until it is taken out).
+    hidden = where in secret or where == "postgres.url" or any(path.startswith(where + ".") for path in secret)
     return f"{where}: {message}" + ("" if hidden else f" (got {shown(error.get('input'))})")
 
 
@@ -446,5 +511,6 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
-# Variables that name where the settings are, rather than a setting.
-OWN_VARIABLES = frozenset({"CONNECTOR_CONFIG", "CONNECTOR_SECRETS_FILE"})
+# Variables that name where the settings are, rather than a setting; and the database the test suite may use for
+# its PostgreSQL tier (tests/postgres.py), which a developer's shell may keep set while running the connector.
+OWN_VARIABLES = frozenset({"CONNECTOR_CONFIG", "CONNECTOR_SECRETS_FILE", "CONNECTOR_TEST_POSTGRES_URL"})

@@ -236,6 +236,8 @@ def build(
         store: JobStore
         if client is not None and settings.job_store == "dataverse":
             store = dataverse_store(settings, client, clock=clock)
+        elif settings.job_store == "postgres":
+            store = postgres_store(settings, clock=clock)
         else:
             store = SqliteJobStore(home / "jobs.db", clock=clock)
         closers.append(store.close)
@@ -268,8 +270,9 @@ def build(
 def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Iterator[JobStore]:
     """The job store alone: enough for the commands that only create, list or inspect jobs."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    if settings.job_store == "sqlite":
-        store = SqliteJobStore(settings.home / "jobs.db", clock=clock)
+    if settings.job_store in ("sqlite", "postgres"):
+        store: JobStore = postgres_store(settings, clock=clock) if settings.job_store == "postgres" \
+            else SqliteJobStore(settings.home / "jobs.db", clock=clock)
         try:
             yield store
         finally:
@@ -284,6 +287,31 @@ def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             client.close()
     finally:
         parts.stop_sandboxes()
+
+
+def postgres_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> JobStore:
+    """The PostgreSQL job store of the settings; refused, naming `connector db upgrade`, on an older schema."""
+    # Imported here: psycopg is only loaded by the commands of a connector that uses it.
+    from jobs.store.postgres import PostgresJobStore
+
+    pg = settings.postgres
+    assert pg.url is not None  # the settings refuse job_store = "postgres" without a URL
+    return PostgresJobStore(
+        pg.url, password=pg.password.get_secret_value() or None, clock=clock, connect_timeout=pg.connect_timeout,
+        pool_size=pg.pool_size or settings.runner.workers + defaults.POSTGRES_SPARE_CONNECTIONS,
+    )
+
+
+def upgrade_postgres(settings: Settings) -> tuple[int, int]:
+    """`connector db upgrade` on the PostgreSQL job store: (schema version before, after)."""
+    from jobs.store.postgres import upgrade
+
+    pg = settings.postgres
+    if pg.url is None:
+        raise SettingsError("postgres.url is not set; set it (for instance CONNECTOR_POSTGRES__URL=postgresql://"
+                            "connector@db.example.com:5432/connector) and the password in "
+                            "CONNECTOR_POSTGRES__PASSWORD.")
+    return upgrade(pg.url, password=pg.password.get_secret_value() or None, connect_timeout=pg.connect_timeout)
 
 
 def _remote(url: str | None) -> bool:

@@ -7,6 +7,7 @@ missed during a long drain into one, so a busy runner does not queue up a backlo
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -56,15 +57,19 @@ def run_forever(
     on_tick: Callable[[DrainReport], None] | None = None,
     install_signals: bool = True,
     heartbeat: Callable[[], None] | None = None,
+    wakeups: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
 ) -> None:
     """Tick the runner until SIGINT / SIGTERM (or `runner.request_stop()`), then shut down cleanly. `heartbeat`
-    is called every tick on a schedule of its own, so that a long drain does not look like a dead runner."""
+    is called every tick on a schedule of its own, so that a long drain does not look like a dead runner.
+    `wakeups` (a store's, such as PostgreSQL's LISTEN) is given a function that ticks at once when jobs are added,
+    and returns the function that stops it."""
     with StopOnSignals(runner) if install_signals else contextlib.nullcontext():
-        _tick_until_stopped(runner, tick_seconds, on_tick, heartbeat)
+        _tick_until_stopped(runner, tick_seconds, on_tick, heartbeat, wakeups)
 
 
 def _tick_until_stopped(runner: Runner, tick_seconds: float, on_tick: Callable[[DrainReport], None] | None,
-                        heartbeat: Callable[[], None] | None = None) -> None:
+                        heartbeat: Callable[[], None] | None = None,
+                        wakeups: Callable[[Callable[[], None]], Callable[[], None]] | None = None) -> None:
     def tick() -> None:
         try:
             report = runner.drain(report_waiting=False)
@@ -88,13 +93,25 @@ def _tick_until_stopped(runner: Runner, tick_seconds: float, on_tick: Callable[[
         scheduler.add_job(_beat, "interval", args=[heartbeat], seconds=tick_seconds, id="heartbeat", max_instances=1,
                           coalesce=True, next_run_time=datetime.now(UTC))
     scheduler.start()
+    stop_waking = wakeups(functools.partial(_tick_now, scheduler)) if wakeups is not None else None
     try:
         while not runner.stop_event.wait(0.5):  # a timeout, so that signal handlers run promptly
             pass
     finally:
+        if stop_waking is not None:
+            stop_waking()
         runner.request_stop()
         scheduler.shutdown(wait=True)
         runner.close()
+
+
+def _tick_now(scheduler: BackgroundScheduler) -> None:
+    """The next tick now, not at its time: new jobs start at once. A drain under way takes them itself (a tick
+    that would overlap it is skipped, as any tick is)."""
+    try:
+        scheduler.modify_job("tick", next_run_time=datetime.now(UTC))
+    except Exception:  # stopping: the scheduler or its job is gone, and so is the need to tick
+        log.debug("no tick brought forward: the scheduler is stopping", exc_info=True)
 
 
 def _beat(heartbeat: Callable[[], None]) -> None:

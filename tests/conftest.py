@@ -25,6 +25,7 @@ from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
 from jobs.model import Job, JobRequest
 from jobs.store.sqlite import SqliteJobStore
+from tests import postgres as pg
 
 SPOTLER_KEY = "test-consumer-key"
 SPOTLER_SECRET = "test-consumer-secret-7f3a9"
@@ -211,6 +212,66 @@ def platform_case(request: pytest.FixtureRequest, clock: FakeClock) -> PlatformC
                             request.getfixturevalue("spotler_server"))
     return PlatformCase(name, request.getfixturevalue("mautic_platform"), request.getfixturevalue("mautic_app"),
                         request.getfixturevalue("mautic_server"))
+
+
+# --- the PostgreSQL tier ----------------------------------------------------------------------------------------
+
+
+def _tier_not_run(reason: str) -> None:
+    if pg.in_ci():
+        pytest.fail(f"The PostgreSQL tier must run in CI, and cannot: {reason}.", pytrace=False)
+    pytest.skip(f"PostgreSQL tier not run: {reason}; to run it, {pg.HOW_TO_ENABLE}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[pg.Server]:
+    """One real PostgreSQL per test process (see tests/postgres.py)."""
+    if reason := pg.unavailable():
+        _tier_not_run(reason)
+    try:
+        server = pg.start()
+    except Exception as exc:
+        _tier_not_run(f"no PostgreSQL server could be started ({exc})")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: pg.Server) -> Iterator[str]:
+    """The URL of an empty schema of the test's own, without the connector's tables: `connector db upgrade`
+    makes them."""
+    name, url = postgres_server.fresh_schema()
+    yield url
+    postgres_server.drop_schema(name)
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> str:
+    """The URL of a schema of the test's own, upgraded to the connector's tables."""
+    from jobs.store.postgres import upgrade
+
+    upgrade(postgres_url)
+    return postgres_url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need PostgreSQL carry the `postgres` marker (by fixture, or by the `case` fixture's parameter);
+    where no server can be had they are left out, and `pytest_terminal_summary` says so in one line. In CI they
+    stay in, and fail."""
+    for item in items:
+        if "postgres_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+    if pg.unavailable() is None or pg.in_ci():
+        return
+    left_out = [item for item in items if item.get_closest_marker("postgres")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not item.get_closest_marker("postgres")]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if (reason := pg.unavailable()) and not pg.in_ci():
+        terminalreporter.write_line(f"PostgreSQL tier not run ({reason}); to run it, {pg.HOW_TO_ENABLE}.")
 
 
 __all__ = ["MAUTIC_PASSWORD", "MAUTIC_USER", "SPOTLER_KEY", "SPOTLER_SECRET", "FakeClock", "Faults", "PlatformCase"]

@@ -17,7 +17,7 @@ from typer.core import TyperOption
 
 from config import defaults
 from config.text import escaped_byte, is_text, shown
-from jobs.cli import config, console, contact, events, jobs, mail, run, sandbox, scores, serve, triggers
+from jobs.cli import config, console, contact, db, events, jobs, mail, run, sandbox, scores, serve, triggers
 from jobs.cli.common import RootOptions, err, out
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(mail.app, name="mail")
 app.add_typer(config.app, name="config")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(db.app, name="db")
 app.command("run")(run.run)
 app.command("demo")(run.demo)
 app.command("serve")(serve.serve)

@@ -15,6 +15,7 @@ import typer
 from config import Settings, defaults
 from config.text import count, shown
 from connector.sandbox.webhook import WebhookReceiver
+from jobs import app as composition
 from jobs import views
 from jobs.cli.common import (
     Failure,
@@ -71,7 +72,9 @@ def run(
         err().print(f"Running: ticking every {config.runner.tick_seconds:g} s with {config.runner.workers} workers. "
                   "Ctrl-C stops.", markup=False)
         run_forever(built.runner, tick_seconds=config.runner.tick_seconds, heartbeat=beat,
-                    on_tick=lambda r: out().print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False))
+                    on_tick=lambda r: out().print(time.strftime("%H:%M:%S ") + views.report_line(r), markup=False),
+                    # A store that can say when jobs are added (PostgreSQL's LISTEN) starts them without a tick.
+                    wakeups=getattr(built.store, "wakeups", None))
         err().print("Stopped.", markup=False)
 
 
@@ -81,6 +84,9 @@ def demo(
     faults: dict[str, Any] | None,
     crm: Annotated[str | None, typer.Option(
         "--crm", help="dataverse: create the job rows in (sandbox) Dynamics 365, as CRM users do.")] = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="postgres: the jobs wait in the PostgreSQL database of postgres.url "
+                        "(CONNECTOR_POSTGRES__URL), whose schema the demo upgrades first.")] = None,
 ) -> None:
     """Queue a realistic set of jobs on the embedded default, run them, and show the outcome.
 
@@ -89,9 +95,19 @@ def demo(
     """
     if crm not in (None, "local", "dataverse"):
         fail(f"--crm is {shown(crm)}; use local or dataverse.", 2)
+    if store not in (None, "sqlite", "postgres"):
+        fail(f"--store is {shown(store)}; use sqlite or postgres (--crm dataverse keeps the jobs in Dynamics 365).",
+             2)
+    if store is not None and crm == "dataverse":
+        fail("--store and --crm dataverse go separately: with --crm dataverse the jobs are rows of Dynamics 365.", 2)
     # The CRM user's path needs both: job rows in the CRM, and the outcome on the same CRM's timeline.
-    where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else None}
+    where = {"crm": crm, "job_store": "dataverse" if crm == "dataverse" else store}
     config = settings(ctx, **where, faults=faults)
+    if config.job_store == "postgres":
+        with reported():
+            before, after = composition.upgrade_postgres(config)
+        if before != after:
+            err().print(f"Upgraded the PostgreSQL job store's schema from version {before} to {after}.", markup=False)
     with contextlib.ExitStack() as stack:
         receiver = None
         if config.rules_file is None:
@@ -181,8 +197,8 @@ def _record_lines(result: DemoResult) -> list[str]:
 def _demo_hints(config: Settings, result: DemoResult) -> list[str]:
     """Commands that show more of what the demo did, as they work in the setup the demo ran in."""
     env = []
-    if config.job_store == "dataverse":
-        env.append("CONNECTOR_JOB_STORE=dataverse")
+    if config.job_store in ("dataverse", "postgres"):
+        env.append(f"CONNECTOR_JOB_STORE={config.job_store}")
     if config.crm == "dataverse":
         env.append("CONNECTOR_CRM=dataverse")
     if config.platform != "spotler":

@@ -1,7 +1,8 @@
 """The store contract suite runs every guarantee of `jobs.store` against every store.
 
-`case` is one store under test: the SQLite store on a real file, or the Dataverse store against the Dataverse
-sandbox over https with a real client. Each test reads records by name (`case.record("C-1")`): on SQLite the name
+`case` is one store under test: the SQLite store on a real file, the Dataverse store against the Dataverse
+sandbox over https with a real client, or the PostgreSQL store on a real server (a schema of its own, made by the
+store's migrations; see tests/postgres.py). Each test reads records by name (`case.record("C-1")`): on SQLite the name
 is the CRM id; on Dataverse it is a contact, lead or account created in the sandbox the first time it is named,
 whose GUID is then used. A new store joins the list by adding a branch to `case`.
 """
@@ -20,6 +21,7 @@ import pytest
 from jobs.model import Attempt, Job, JobRequest, JobStatus
 from jobs.store import Actor, JobStore, Outcome
 from jobs.store.dataverse import DataverseJobStore
+from jobs.store.postgres import PostgresJobStore, upgrade
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 from tests.integration.dataverse_env import TABLE, client_for, make_record, running_sandbox
@@ -78,9 +80,22 @@ class StoreCase:
                                                  next_attempt_at=self.clock.now + delay))
 
 
-@pytest.fixture(params=["sqlite", "dataverse"])
+@pytest.fixture(params=["sqlite", "dataverse", pytest.param("postgres", marks=pytest.mark.postgres)])
 def case(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[StoreCase]:
     with ExitStack() as stack:
+        if request.param == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            schema, url = server.fresh_schema()
+            stack.callback(server.drop_schema, schema)  # last: after every store of the test is closed
+            upgrade(url)
+
+            def postgres_store() -> JobStore:
+                store = PostgresJobStore(url, clock=clock, pool_size=4)
+                stack.callback(store.close)
+                return store
+
+            yield StoreCase("postgres", postgres_store(), clock, postgres_store, lambda name, kind: name)
+            return
         if request.param == "sqlite":
             def sqlite_store() -> JobStore:
                 store = SqliteJobStore(tmp_path / "jobs.db", clock=clock)

@@ -1,0 +1,736 @@
+"""The job store for several runners on several hosts: PostgreSQL, through psycopg 3 and a connection pool.
+
+Every guarantee of `jobs.store` holds as on SQLite, in the same transactions; what differs is how writers meet.
+
+- **Claims** lock the rows they take with `FOR UPDATE SKIP LOCKED`: runners on any host claim at once, none waits
+  for another, and a row one claim holds is passed over by the others. A claim is one statement (`CLAIM`), so it
+  decides on one snapshot.
+- **Per-key order** is the claim's own condition, on `open_keys` as on SQLite (the rule of
+  `semantics.claimable`): a row per (job, key) while the job is unfinished, so a claim reads the due rows and
+  their keys, never the finished jobs. Two facts make that condition safe without serialising claims:
+  1. every transaction that inserts jobs holds the advisory `ADD_LOCK`, so creation order (`seq`) is the order in
+     which jobs become visible: a claim that sees a job sees every earlier job of its keys;
+  2. a retry by hand, the only write that reopens a finished job's keys, holds `REOPEN_LOCK` exclusively, and
+     claims hold it shared: no claim decides on a snapshot taken before a retry and commits after it.
+  So of the jobs on one key, at most one is claimable in any snapshot a claim can act on, and the row lock makes
+  it one claim's.
+- **Wake-ups**: every write that makes a job due (an add, an import, a job a trigger queues, a retry) sends
+  `NOTIFY` in its transaction; `wakeups()` listens on a connection of its own, so a runner that waits for its next
+  tick starts a new job at once (the scheduler's hook) without polling faster.
+
+A password never appears in an error or a log line: the store names the database by its URL without it. The schema
+is versioned (`jobs.store.postgres_schema`); opening a store checks it and refuses an older one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from jobs import kinds
+from jobs.model import Attempt, Job, JobRequest, JobStatus
+from jobs.store import (
+    Actor,
+    AuditEntry,
+    Batch,
+    BatchRows,
+    Effects,
+    Entry,
+    JobFilter,
+    JobNotFound,
+    LeaseLost,
+    NotAllowed,
+    Outcome,
+    Page,
+    Record,
+    RunnerSeen,
+    StoreUnavailable,
+    semantics,
+)
+from jobs.store import postgres_schema as schema
+from jobs.store.errors import StoreError
+from jobs.store.sqlite import (
+    IMPORT_CHUNK,
+    _bound,
+    _chunks,
+    _cursor_seq,
+    _entry_args,
+    _insert_args,
+    _names_tag,
+)
+from jobs.store.sqlite import _job_from_row as _job_of_row
+
+log = logging.getLogger(__name__)
+
+NEXT_SEQS = "SELECT nextval(pg_get_serial_sequence('jobs', 'seq')) FROM generate_series(1, %s)"
+INSERT_JOB = """
+INSERT INTO jobs (seq, id, kind, target_kind, target_id, payload, raw, request_id, origin, batch_id, status,
+                  created_at, updated_at, next_attempt_at)
+VALUES (%(seq)s, %(id)s, %(kind)s, %(target_kind)s, %(target_id)s, %(payload)s, %(raw)s, %(request_id)s,
+        %(origin)s, %(batch_id)s, 'pending', %(now)s, %(now)s, %(now)s)
+"""
+INSERT_KEY = "INSERT INTO open_keys (key, seq) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
+LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s, %s)"
+
+EXPIRED_LEASES = """
+SELECT id, lease_owner FROM jobs WHERE status = 'running' AND lease_expires_at < %(now)s
+ORDER BY seq FOR UPDATE SKIP LOCKED
+"""
+REQUEUE_EXPIRED = """
+UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = %(now)s,
+                updated_at = %(now)s, attempts = attempts + 1
+WHERE id = ANY(%(ids)s)
+"""
+
+# The ordering condition is the SQLite store's; the due index keeps the scan to due pending rows.
+CLAIM = """
+WITH picked AS (
+    SELECT j.seq FROM jobs j
+    WHERE j.status = 'pending' AND j.next_attempt_at <= %(now)s
+      AND NOT EXISTS (
+          -- an earlier unfinished job on one of its keys, or a later one already running (a failed job retried
+          -- by hand after later jobs started must not run beside them)
+          SELECT 1 FROM open_keys mine
+          JOIN open_keys other ON other.key = mine.key AND other.seq <> mine.seq
+          JOIN jobs o ON o.seq = other.seq
+          WHERE mine.seq = j.seq AND (other.seq < mine.seq OR o.status = 'running')
+      )
+    ORDER BY j.next_attempt_at, j.seq
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s, updated_at = %(now)s
+FROM picked WHERE jobs.seq = picked.seq
+RETURNING jobs.*
+"""
+
+RENEW = """
+UPDATE jobs SET lease_expires_at = %(expires)s
+WHERE id = ANY(%(ids)s) AND status = 'running' AND lease_owner = %(owner)s
+RETURNING id
+"""
+# The job's row is locked by COUNT_ATTEMPT first, so attempts of one job are numbered one at a time.
+COUNT_ATTEMPT = """
+UPDATE jobs SET attempts = attempts + 1, updated_at = %(now)s
+WHERE id = %(job_id)s AND status = 'running' AND lease_owner = %(owner)s
+"""
+RECORD_ATTEMPT = """
+INSERT INTO attempts (job_id, number, started_at, ended_at, outcome, result_code, http_status, message)
+VALUES (%(job_id)s, (SELECT coalesce(max(number), 0) + 1 FROM attempts WHERE job_id = %(job_id)s),
+        %(started_at)s, %(ended_at)s, %(outcome)s, %(result_code)s, %(http_status)s, %(message)s)
+"""
+FINISH = """
+UPDATE jobs SET status = %(status)s, result_code = %(result_code)s, message = %(message)s,
+                http_status = %(http_status)s, next_attempt_at = %(next_attempt_at)s, lease_owner = NULL,
+                lease_expires_at = NULL, updated_at = %(now)s,
+                posted_at = CASE WHEN %(posted)s THEN coalesce(posted_at, %(now)s) ELSE posted_at END
+WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
+RETURNING seq
+"""
+CLOSE_KEYS = "DELETE FROM open_keys WHERE seq = %s"
+INSERT_ENTRY = """
+INSERT INTO entries (stream, key, job_id, at, data, uniq)
+VALUES (%(stream)s, %(key)s, %(job_id)s, %(at)s, %(data)s, %(uniq)s)
+ON CONFLICT DO NOTHING
+"""
+RELEASE = """
+UPDATE jobs SET status = %(status)s, lease_owner = %(lease_owner)s, lease_expires_at = %(lease_expires_at)s,
+                updated_at = %(now)s
+WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
+"""
+RETRY = """
+UPDATE jobs SET status = %(status)s, next_attempt_at = %(next_attempt_at)s, updated_at = %(next_attempt_at)s,
+                attempts = %(attempts)s, result_code = %(result_code)s, message = %(message)s,
+                http_status = %(http_status)s, score_before = %(score_before)s
+WHERE status = 'failed' AND id = ANY(%(ids)s)
+RETURNING *
+"""
+CANCEL = """
+UPDATE jobs SET status = %(status)s, result_code = %(result_code)s, message = %(message)s, updated_at = %(now)s
+WHERE id = %(id)s AND status = 'pending'
+RETURNING seq
+"""
+AUDIT = "INSERT INTO audit (job_id, at, action, who, via) VALUES (%s, %s, %s, %s, %s)"
+TRIED = "SELECT count(*) AS n FROM attempts WHERE job_id = %s"
+
+COUNTS = """
+SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END AS s, count(*) AS n
+FROM jobs GROUP BY 1
+"""
+FINISHED_SINCE = """
+SELECT result_code, count(*) AS n FROM jobs
+WHERE status IN ('succeeded', 'failed') AND updated_at >= %s GROUP BY result_code
+"""
+FAILED_ATTEMPTS_SINCE = """
+SELECT j.kind, a.result_code, count(*) AS n FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.started_at >= %s AND a.outcome <> 'succeeded' GROUP BY j.kind, a.result_code
+"""
+HEARTBEAT = """
+INSERT INTO runners (owner, seen_at) VALUES (%s, %s) ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at
+"""
+NEXT_DUE = """
+SELECT min(j.next_attempt_at) AS due FROM jobs j
+WHERE j.status = 'pending'
+  AND NOT EXISTS (
+      SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
+      WHERE mine.seq = j.seq
+  )
+"""
+# Rows read at a time while a filter on tags is applied in Python (the rule is `semantics.names_tag`).
+SCAN_CHUNK = 500
+
+
+def shown_url(url: str) -> str:
+    """The database's URL as it may be shown: without a password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class PostgresJobStore:
+    """A job store in a PostgreSQL database, shared by runners on any number of hosts. Thread-safe: every call
+    takes a connection from the pool for one transaction."""
+
+    name = "postgres"
+    atomic_batches = True
+
+    def __init__(
+        self, url: str, *, password: str | None = None, clock: Callable[[], float] = time.time,
+        pool_size: int = 12, connect_timeout: float = 10.0, check_schema: bool = True,
+    ) -> None:
+        self.where = shown_url(url)
+        self._secret = password or urlsplit(url).password or None
+        self._conninfo = psycopg.conninfo.make_conninfo(url, **({"password": password} if password else {}))
+        self._connect_timeout = connect_timeout
+        self._clock = clock
+        self._pool = ConnectionPool(
+            self._conninfo, min_size=1, max_size=max(2, pool_size), open=False, timeout=connect_timeout,
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout))},
+            name="connector-jobs",
+        )
+        with self._errors():
+            self._pool.open(wait=True, timeout=connect_timeout)
+        try:
+            with self._connection() as conn:
+                self.channel = "connector_jobs:" + _one(conn.execute("SELECT current_schema() AS s").fetchone())["s"]
+                if check_schema:
+                    schema.check(conn, self.where)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    # --- connections ----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The database's errors in our tree: one it cannot answer (down, unreachable, a deadlock, a pool with no
+        free connection in time) is StoreUnavailable, transient; the password is never part of the message."""
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailable(
+                f"The PostgreSQL job store {self.where} did not answer ({self._quiet(exc)})."
+            ) from None
+        except psycopg.Error as exc:
+            raise StoreError(f"The PostgreSQL job store {self.where} refused a request ({self._quiet(exc)}).") from None
+
+    def _quiet(self, exc: BaseException) -> str:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return text.replace(self._secret, "**********") if self._secret else text
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._errors(), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def atomic(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        with self._connection() as conn, conn.transaction():
+            yield conn
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _notify(self, db: psycopg.Connection[Any]) -> None:
+        """Runners listening wake up when this transaction commits (NOTIFY is delivered on commit, once)."""
+        db.execute("SELECT pg_notify(%s, '')", (self.channel,))
+
+    # --- what people do -------------------------------------------------------------------------------------
+
+    def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
+        with self.atomic() as db:
+            seqs = self._add(db, requests, self._clock())
+            if not seqs:
+                return []
+            rows = {row["seq"]: row for row in db.execute("SELECT * FROM jobs WHERE seq = ANY(%s)", (seqs,))}
+            return [_job_from_row(rows[seq]) for seq in seqs]
+
+    def _add(self, db: psycopg.Connection[Any], requests: Sequence[JobRequest], now: float) -> builtins.list[int]:
+        """Insert the requests not stored yet; the seq of each request's job, new or already stored."""
+        if not requests:
+            return []
+        db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
+        wanted = [r.request_id for r in requests if r.request_id is not None]
+        known: dict[str, int] = {}
+        if wanted:
+            known = {row["request_id"]: row["seq"] for row in
+                     db.execute("SELECT request_id, seq FROM jobs WHERE request_id = ANY(%s)", (wanted,))}
+        new = []
+        for request in requests:
+            if request.request_id is None or request.request_id not in known:
+                new.append(request)
+                if request.request_id is not None:
+                    known[request.request_id] = -1  # given its seq below
+        seqs = self._insert(db, [(kinds.raw_of(r), r) for r in new], now)
+        slots, fresh = [], iter(seqs)
+        for request in requests:
+            if request.request_id is None:
+                slots.append(next(fresh))
+                continue
+            if known[request.request_id] == -1:
+                known[request.request_id] = next(fresh)
+            slots.append(known[request.request_id])
+        return slots
+
+    def _insert(self, db: psycopg.Connection[Any], items: Sequence[tuple[dict[str, Any], JobRequest | None]],
+                now: float) -> builtins.list[int]:
+        """Insert jobs in the order given (the caller holds ADD_LOCK); returns their seqs."""
+        if not items:
+            return []
+        seqs = [row["nextval"] for row in db.execute(NEXT_SEQS, (len(items),))]
+        with db.cursor() as cur:
+            cur.executemany(INSERT_JOB, [_insert_args(raw, request, now, seq)
+                                         for seq, (raw, request) in zip(seqs, items, strict=True)])
+            # Invalid input has no keys to wait on: it fails without touching anything.
+            keys = [(key, seq) for seq, (_, request) in zip(seqs, items, strict=True)
+                    for key in (request.keys if request else [])]
+            if keys:
+                cur.executemany(INSERT_KEY, keys)
+        self._notify(db)
+        return seqs
+
+    def add_batch(self, batch: Batch, requests: BatchRows) -> Batch:
+        """One transaction however long the file, rows inserted a chunk at a time as they are read, so memory
+        stays flat. Other adds wait for it (ADD_LOCK); runners go on claiming and finishing meanwhile."""
+        now = self._clock()
+        queued = already = 0
+        with self.atomic() as db:
+            db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
+            for chunk in _chunks(requests, IMPORT_CHUNK):
+                new = self._not_stored(db, chunk)
+                already += len(chunk) - len(new)
+                self._insert(db, [(kinds.raw_of(request), request) for request in new], now)
+                queued += len(new)
+            kept = dataclasses.replace(batch, at=now, rows=requests.rows, invalid=requests.invalid, queued=queued,
+                                       already=already)
+            db.execute(INSERT_ENTRY, _entry_args(kept.record(), "", now))
+        return kept
+
+    @staticmethod
+    def _not_stored(db: psycopg.Connection[Any], chunk: Sequence[JobRequest]) -> builtins.list[JobRequest]:
+        """The requests whose request id is neither stored (earlier chunks included) nor earlier in the chunk."""
+        wanted = [r.request_id for r in chunk if r.request_id is not None]
+        seen: set[str] = set()
+        if wanted:
+            seen = {row["request_id"] for row in
+                    db.execute("SELECT request_id FROM jobs WHERE request_id = ANY(%s)", (wanted,))}
+        new = []
+        for request in chunk:
+            if request.request_id is not None:
+                if request.request_id in seen:
+                    continue
+                seen.add(request.request_id)
+            new.append(request)
+        return new
+
+    def add_raw(self, raw: dict[str, Any]) -> Job:
+        """Queue input as a CRM user left it, unvalidated: for rows edited into something invalid (and tests)."""
+        with self.atomic() as db:
+            db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
+            # Input that happens to be valid is kept and ordered like any other job.
+            (seq,) = self._insert(db, [(raw, kinds.try_request(raw))], self._clock())
+            return _job_from_row(db.execute("SELECT * FROM jobs WHERE seq = %s", (seq,)).fetchone())
+
+    def keep(self, records: Sequence[Record]) -> None:
+        now = self._clock()
+        with self.atomic() as db, db.cursor() as cur:
+            cur.executemany(INSERT_ENTRY, [_entry_args(record, "", now) for record in records])
+
+    def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
+        with self.atomic() as db:
+            if job_id is not None:
+                self._check(db, job_id, "retry", semantics.RETRYABLE)
+                ids = [job_id]
+            else:
+                ids = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE status = 'failed' ORDER BY seq")]
+            return self._retry(db, ids, by)
+
+    def _retry(self, db: psycopg.Connection[Any], ids: builtins.list[str], by: Actor) -> builtins.list[str]:
+        if not ids:
+            return []
+        now = self._clock()
+        # Reopening keys: no claim may be deciding on a snapshot from before this (see the module docstring).
+        db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
+        rows = db.execute(RETRY, {**_bound(semantics.retried(now)), "ids": ids}).fetchall()
+        rows.sort(key=lambda row: row["seq"])
+        with db.cursor() as cur:
+            keys = [(key, row["seq"]) for row in rows for key in semantics.keys_of(_job_from_row(row))]
+            if keys:
+                cur.executemany(INSERT_KEY, keys)
+            if rows:
+                cur.executemany(AUDIT, [(row["id"], now, "retry", by.who, by.via) for row in rows])
+        if rows:
+            self._notify(db)
+        return [row["id"] for row in rows]
+
+    def cancel(self, job_id: str, by: Actor) -> Job:
+        now = self._clock()
+        with self.atomic() as db:
+            self._check(db, job_id, "cancel", semantics.CANCELLABLE)
+            self._cancel(db, job_id, now, by)
+        return self.get(job_id)
+
+    def _cancel(self, db: psycopg.Connection[Any], job_id: str, now: float, by: Actor) -> bool:
+        tried = _one(db.execute(TRIED, (job_id,)).fetchone())["n"]
+        row = db.execute(CANCEL, {**_bound(semantics.cancelled(tried)), "now": now, "id": job_id}).fetchone()
+        if row is None:
+            return False  # claimed meanwhile
+        db.execute(CLOSE_KEYS, (row["seq"],))
+        db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
+        return True
+
+    def cancel_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        if query.status not in (None, "pending", "retrying"):
+            return []  # only pending jobs can be cancelled
+        now = self._clock()
+        with self.atomic() as db:
+            found = self._matching(db, dataclasses.replace(query, status=query.status or "pending", after=None),
+                                   lock=True)
+            return [job_id for job_id in found if self._cancel(db, job_id, now, by)]
+
+    def retry_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
+        if query.status not in (None, "failed"):
+            return []  # only failed jobs can be retried
+        with self.atomic() as db:
+            found = self._matching(db, dataclasses.replace(query, status="failed", after=None), lock=True)
+            retried = set(self._retry(db, found, by))
+            return [job_id for job_id in found if job_id in retried]
+
+    def _matching(self, db: psycopg.Connection[Any], query: JobFilter, *, lock: bool) -> builtins.list[str]:
+        """The ids of every job a filter finds, whatever its limit, oldest first; locked for an update."""
+        where, args = _where(query)
+        rows = db.execute(f"SELECT seq, id, payload, raw FROM jobs {where} ORDER BY seq"
+                          f"{' FOR UPDATE' if lock else ''}", args).fetchall()
+        return [row["id"] for row in rows if query.tag is None or _names_tag(row["payload"], row["raw"], query.tag)]
+
+    def _check(self, db: psycopg.Connection[Any], job_id: str, action: str, allowed: frozenset[JobStatus]) -> None:
+        row = db.execute("SELECT * FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        job = _job_from_row(row)
+        if job.status not in allowed:
+            raise NotAllowed(semantics.refusal(action, job))
+
+    # --- what readers ask -----------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        with self._connection() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job_from_row(row)
+
+    def list(self, query: JobFilter) -> Page:
+        where, args = _where(query)
+        found: builtins.list[dict[str, Any]] = []
+        with self._connection() as conn:
+            if query.tag is None:
+                # One row more than asked tells whether a page follows.
+                found = conn.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT {int(query.limit) + 1}",
+                                     args).fetchall()
+            else:
+                found = self._tagged(conn, query, where, args)
+        more = len(found) > query.limit
+        found = found[: query.limit]
+        return Page([_job_from_row(row) for row in found], str(found[-1]["seq"]) if more and found else None)
+
+    def _tagged(self, conn: psycopg.Connection[Any], query: JobFilter, where: str,
+                args: builtins.list[Any]) -> builtins.list[dict[str, Any]]:
+        """Rows the SQL narrowed down, newest first, read a chunk at a time until the page (and one more) is full
+        of jobs that name the tag by `semantics.names_tag`."""
+        found: builtins.list[dict[str, Any]] = []
+        below = None
+        while len(found) <= query.limit:
+            more_where = where + (f"{' AND' if where else 'WHERE'} seq < %s" if below is not None else "")
+            rows = conn.execute(f"SELECT * FROM jobs {more_where} ORDER BY seq DESC LIMIT {SCAN_CHUNK}",
+                                [*args, *([below] if below is not None else [])]).fetchall()
+            found += [row for row in rows if _names_tag(row["payload"], row["raw"], str(query.tag))]
+            if len(rows) < SCAN_CHUNK:
+                break
+            below = rows[-1]["seq"]
+        return found[: query.limit + 1]
+
+    def attempts(self, job_id: str) -> builtins.list[Attempt]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT * FROM attempts WHERE job_id = %s ORDER BY number", (job_id,)).fetchall()
+        return [Attempt(**row) for row in rows]
+
+    def audit(self, job_id: str) -> builtins.list[AuditEntry]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT job_id, at, action, who, via FROM audit WHERE job_id = %s ORDER BY id",
+                                (job_id,)).fetchall()
+        return [AuditEntry(**row) for row in rows]
+
+    def entries(self, stream: str, key: str | None = None) -> builtins.list[Entry]:
+        statement, args = "SELECT * FROM entries WHERE stream = %s", [stream]
+        if key is not None:
+            statement += " AND key = %s"
+            args.append(key)
+        with self._connection() as conn:
+            rows = conn.execute(statement + " ORDER BY id", args).fetchall()
+        return [Entry(stream=row["stream"], key=row["key"], data=json.loads(row["data"]), job_id=row["job_id"],
+                      at=row["at"]) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._connection() as conn:
+            return {row["s"]: row["n"] for row in conn.execute(COUNTS)}
+
+    def oldest_pending(self) -> Job | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE status = 'pending' ORDER BY seq LIMIT 1").fetchone()
+        return _job_from_row(row) if row else None
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        with self._connection() as conn:
+            return {row["result_code"] or "": row["n"] for row in conn.execute(FINISHED_SINCE, (since,))}
+
+    def failed_attempts_since(self, since: float) -> dict[tuple[str, str], int]:
+        with self._connection() as conn:
+            return {(row["kind"], row["result_code"] or ""): row["n"]
+                    for row in conn.execute(FAILED_ATTEMPTS_SINCE, (since,))}
+
+    def heartbeat(self, owner: str) -> None:
+        with self._connection() as conn:
+            conn.execute(HEARTBEAT, (owner, self._clock()))
+
+    def runners(self, since: float) -> builtins.list[RunnerSeen]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT owner, seen_at FROM runners WHERE seen_at >= %s ORDER BY seen_at DESC",
+                                (since,)).fetchall()
+        return [RunnerSeen(row["owner"], row["seen_at"]) for row in rows]
+
+    def waiting(self) -> tuple[int, float | None]:
+        with self._connection() as conn:
+            retrying = _one(conn.execute(
+                "SELECT count(*) AS n FROM jobs WHERE status = 'pending' AND attempts > 0").fetchone())["n"]
+            if not retrying:
+                return 0, None
+            due = _one(conn.execute(NEXT_DUE).fetchone())["due"]
+        return int(retrying), float(due) if due is not None else None
+
+    # --- the runner's side ----------------------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> builtins.list[Job]:
+        now = self._clock()
+        with self.atomic() as db:
+            db.execute(LOCK_SHARED, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
+            expired = db.execute(EXPIRED_LEASES, {"now": now}).fetchall()
+            if expired:
+                with db.cursor() as cur:
+                    cur.executemany(RECORD_ATTEMPT, [
+                        semantics.expired_attempt(row["id"], row["lease_owner"], now).model_dump()
+                        for row in expired])
+                db.execute(REQUEUE_EXPIRED, {"now": now, "ids": [row["id"] for row in expired]})
+            rows = db.execute(CLAIM, {"owner": owner, "expires": now + lease_seconds, "now": now,
+                                      "limit": limit}).fetchall()
+        return [_job_from_row(row) for row in sorted(rows, key=lambda row: row["seq"])]
+
+    def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> builtins.list[str]:
+        if not job_ids:
+            return []
+        with self.atomic() as db:
+            held = {row["id"] for row in db.execute(
+                RENEW, {"expires": self._clock() + lease_seconds, "ids": builtins.list(job_ids), "owner": owner})}
+        return [job_id for job_id in job_ids if job_id not in held]
+
+    def record_attempt(self, owner: str, attempt: Attempt) -> None:
+        with self.atomic() as db:
+            self._record_attempt(db, owner, attempt)
+
+    def _record_attempt(self, db: psycopg.Connection[Any], owner: str, attempt: Attempt) -> None:
+        changed = db.execute(COUNT_ATTEMPT, {"now": self._clock(), "job_id": attempt.job_id, "owner": owner}).rowcount
+        if not changed:
+            raise LeaseLost(f"Job {attempt.job_id} is no longer held by {owner}.")
+        db.execute(RECORD_ATTEMPT, attempt.model_dump())
+
+    def save_progress(
+        self, owner: str, job_id: str, *, score_before: int | None = None, applied: bool = False,
+        posted: bool = False, effects: Effects | None = None,
+    ) -> None:
+        now = self._clock()
+        sets, args = ["updated_at = %(now)s"], {"now": now, "id": job_id, "owner": owner}
+        if score_before is not None:
+            sets.append("score_before = %(score_before)s")
+            args["score_before"] = score_before
+        if applied:
+            sets.append("applied_at = coalesce(applied_at, %(now)s)")
+        if posted:
+            sets.append("posted_at = coalesce(posted_at, %(now)s)")
+        statement = (f"UPDATE jobs SET {', '.join(sets)} "
+                     "WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s")
+        with self.atomic() as db:
+            if db.execute(statement, args).rowcount == 0:
+                raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
+            if effects:
+                if effects.jobs:
+                    # Before the records: ADD_LOCK is always the first thing a transaction waits for after its own
+                    # row, so two writers never wait for each other.
+                    db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
+                with db.cursor() as cur:
+                    cur.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in effects.records])
+                self._add(db, effects.jobs, now)
+
+    def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
+        now = self._clock()
+        with self.atomic() as db:
+            if outcome.attempt is not None:
+                self._record_attempt(db, owner, outcome.attempt)
+            row = db.execute(FINISH, {
+                "status": outcome.status.value, "result_code": outcome.result_code, "message": outcome.message,
+                "http_status": outcome.http_status,
+                "next_attempt_at": outcome.next_attempt_at if outcome.next_attempt_at is not None else now,
+                "now": now, "id": job_id, "owner": owner, "posted": outcome.posted,
+            }).fetchone()
+            if row is None:
+                raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
+            if outcome.status.finished:
+                db.execute(CLOSE_KEYS, (row["seq"],))
+
+    def release(self, owner: str, job_id: str) -> None:
+        with self.atomic() as db:
+            db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id, "owner": owner})
+
+    # --- waking runners -------------------------------------------------------------------------------------
+
+    def wakeups(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` whenever jobs become due by a write of any host (an add, an import, a trigger's
+        actions, a retry); returns the function that stops listening. Listens on a connection of its own, which
+        is opened again after a failure: a lost wake-up costs at most one tick."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._listen, args=(callback, stop), name="job-wakeups", daemon=True)
+        thread.start()
+
+        def stop_listening() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return stop_listening
+
+    def _listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
+        pause = 0.5
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True,
+                                     connect_timeout=max(1, int(self._connect_timeout))) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    callback()  # jobs added while no one listened are found now
+                    pause = 0.5
+                    while not stop.is_set():
+                        # A short timeout, so that stopping takes no longer than this.
+                        if any(True for _ in conn.notifies(timeout=0.5)):
+                            callback()
+            except psycopg.Error as exc:
+                log.warning("Listening for new jobs on %s failed (%s); listening again in %g s", self.where,
+                            self._quiet(exc), pause)
+                stop.wait(pause)
+                pause = min(pause * 2, 30.0)
+            except Exception:
+                log.exception("Waking runners for new jobs failed; listening again")
+                stop.wait(pause)
+
+
+def upgrade(url: str, *, password: str | None = None, connect_timeout: float = 10.0) -> tuple[int, int]:
+    """Bring the database's schema to this connector's version (`connector db upgrade`): (before, after)."""
+    where = shown_url(url)
+    secret = password or urlsplit(url).password
+    conninfo = psycopg.conninfo.make_conninfo(url, **({"password": password} if password else {}))
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(1, int(connect_timeout))) as conn:
+            return schema.upgrade(conn, where)
+    except psycopg.Error as exc:
+        text = " ".join(str(exc).split())
+        if secret:
+            text = text.replace(secret, "**********")
+        kind = StoreUnavailable if isinstance(exc, psycopg.OperationalError) else StoreError
+        raise kind(f"The PostgreSQL job store {where} could not be upgraded ({text}).") from None
+
+
+def _job_from_row(row: Any) -> Job:
+    """A job from its row: the columns are the SQLite store's, read by name."""
+    return _job_of_row(row)
+
+
+def _one(row: Any) -> Any:
+    """The row a statement that always answers one gave."""
+    assert row is not None
+    return row
+
+
+def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
+    """The WHERE clause of a filter: fixed strings, with the values bound. A tag is narrowed down here (a cheap
+    look at the JSON, for ASCII tags: JSON escapes other characters) and decided in Python by the caller."""
+    clauses: builtins.list[str] = []
+    args: builtins.list[Any] = []
+    if query.status == "retrying":
+        clauses.append("status = 'pending' AND attempts > 0")
+    elif query.status is not None:
+        clauses.append("status = %s")
+        args.append(str(query.status))
+    if query.target_id is not None:
+        clauses.append("target_id = %s")
+        args.append(query.target_id)
+    if query.since is not None:
+        clauses.append("created_at >= %s")
+        args.append(query.since)
+    if query.batch is not None:
+        clauses.append("batch_id = %s")
+        args.append(query.batch)
+    if query.request_ids:
+        clauses.append("request_id = ANY(%s)")
+        args.append(builtins.list(query.request_ids))
+    if query.tag is not None and query.tag.isascii():
+        clauses.append("strpos(lower(coalesce(payload, raw)), lower(%s)) > 0")
+        args.append(query.tag.strip())
+    if query.operation is not None:
+        clauses.append("kind = %s")
+        args.append(query.operation)
+    if query.result_code is not None:
+        clauses.append("result_code = %s")
+        args.append(query.result_code)
+    if query.text is not None:
+        clauses.append("(strpos(lower(message), lower(%s)) > 0 OR id = %s)")
+        args.extend([query.text, query.text.strip()])
+    if query.after is not None:
+        clauses.append("seq < %s")
+        args.append(_cursor_seq(query.after))
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
