@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: demo test lint soak mutate fuzz bench bench-brake bench-import clean
+.PHONY: demo test lint soak mutate fuzz bench bench-brake bench-import chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench-import: $(STAMP)
 # drain time, jobs succeeded, and every score checked against the jobs.
 bench-faults: $(STAMP)
 	$(BIN)/python bench/faults.py
+
+# Three runner processes on one PostgreSQL store, killed at random while they drain 5,000 jobs through the faulty
+# Spotler sandbox (CHAOS_JOBS=N for another size); `make test` runs the same with 400. Needs PostgreSQL, as the
+# PostgreSQL tier does (see tests/postgres.py).
+chaos: $(STAMP)
+	CHAOS_JOBS=$${CHAOS_JOBS:-5000} $(BIN)/pytest -q -s -p no:randomly tests/integration/test_postgres_chaos.py
 
 clean:
 	rm -rf $(VENV) .connector .pytest_cache .mypy_cache .ruff_cache mutants
