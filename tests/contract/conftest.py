@@ -39,6 +39,8 @@ class StoreCase:
     another: Callable[[], JobStore]
     _make_record: Callable[[str, str], str]
     _records: dict[tuple[str, str], str] = field(default_factory=dict)
+    # How another process opens the same store (`open_in_process`): picklable, unlike the store itself.
+    opener: tuple[str, ...] = ()
 
     def record(self, name: str = "C-1", kind: str = "contact") -> str:
         """The id of a record of the store's CRM, by a name the test chooses."""
@@ -94,7 +96,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> It
                 stack.callback(store.close)
                 return store
 
-            yield StoreCase("postgres", postgres_store(), clock, postgres_store, lambda name, kind: name)
+            yield StoreCase("postgres", postgres_store(), clock, postgres_store, lambda name, kind: name,
+                            opener=("postgres", url))
             return
         if request.param == "sqlite":
             def sqlite_store() -> JobStore:
@@ -102,7 +105,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> It
                 stack.callback(store.close)
                 return store
 
-            yield StoreCase("sqlite", sqlite_store(), clock, sqlite_store, lambda name, kind: name)
+            yield StoreCase("sqlite", sqlite_store(), clock, sqlite_store, lambda name, kind: name,
+                            opener=("sqlite", str(tmp_path / "jobs.db")))
             return
         sandbox = stack.enter_context(running_sandbox(tmp_path))
         first = stack.enter_context(client_for(sandbox))
@@ -114,4 +118,20 @@ def case(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> It
             names = {"contact": {"lastname": name}, "lead": {"lastname": name}, "account": {"name": name}}[kind]
             return make_record(first, kind, **names)
 
-        yield StoreCase("dataverse", DataverseJobStore(first, TABLE, clock=clock), clock, dataverse_store, make)
+        yield StoreCase("dataverse", DataverseJobStore(first, TABLE, clock=clock), clock, dataverse_store, make,
+                        opener=("dataverse", sandbox.url, str(sandbox.ca_file)))
+
+
+def open_in_process(opener: tuple[str, ...], now: float) -> JobStore:
+    """The store of a case, opened in another process (a runner on another host), its clock standing at `now`."""
+    clock = lambda: now  # noqa: E731  (leases never run out under this clock: no runner here dies)
+    if opener[0] == "sqlite":
+        return SqliteJobStore(opener[1], clock=clock)
+    if opener[0] == "postgres":
+        return PostgresJobStore(opener[1], clock=clock, pool_size=2)
+    from connector.dataverse import connect
+    from connector.sandbox.dataverse import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT
+
+    client = connect(environment_url=opener[1], tenant_id=SANDBOX_TENANT, client_id=SANDBOX_CLIENT_ID,
+                     client_secret=SANDBOX_CLIENT_SECRET, authority_host=opener[1], ca_file=opener[2])
+    return DataverseJobStore(client, TABLE, clock=clock)
