@@ -38,6 +38,20 @@ RETRY_AFTER_CAP = 600.0
 # A 429 without a Retry-After pauses its API this long: long enough to let a burst pass, short enough that a 429
 # at random (not a rate limit) costs every worker little.
 DEFAULT_429_PAUSE = 1.0
+# With `http.max_requests_per_second`, requests are spaced at 97 % of it: spaced at exactly the cap, the few
+# milliseconds between our send and the API's clock put cap + 1 requests in one of its one-second windows now
+# and then, and every such 429 stops every worker for its Retry-After.
+CAP_SHARE = 0.97
+# Without a cap, a 429 that comes after at least LEARN_FROM requests were answered in the second before it teaches
+# the brake that rate as the API's limit: after the pause, requests are spaced at 97 % of it (they resume
+# gradually, not in a burst of every worker at once, which met the next 429 at once), until a minute passes
+# without a 429; then the brake forgets it, and the next 429 teaches it again (a raised limit is found within a
+# minute, at the cost of one 429). A 429 that comes while fewer than 95 % of the rate already learnt are answered
+# is taken for one at random (an API's hiccup, not its limit), and teaches nothing.
+LEARN_FROM = 5
+LEARN_NEAR = 0.95
+LEARNT_SHARE = 0.97
+LEARNT_FORGET_AFTER = 60.0
 # Waits up to this long happen inside the attempt; longer ones put the job back to pending (shown as retrying).
 INLINE_WAIT_MAX = 5.0
 

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,7 +61,10 @@ class Brake:
     """Shared by every worker that talks to one API.
 
     `pause(seconds)` (after a 429) makes every caller of `wait()` hold until the pause is over, so the workers do
-    not each discover the limit by hitting it. `max_per_second`, when set, spaces requests out evenly.
+    not each discover the limit by hitting it. `max_per_second`, when set, spaces requests out evenly, a little
+    under the cap (`CAP_SHARE`). Without it, the rate answered in the second before a 429 is taken as the API's
+    limit: requests are then spaced just under it, so that the workers do not burst into the next 429 when the
+    pause ends, until a minute passes without a 429 (see `LEARN_FROM` in config/defaults.py).
     """
 
     def __init__(
@@ -74,7 +78,7 @@ class Brake:
         stop: threading.Event | None = None,
     ) -> None:
         self.name = name
-        self.interval = 1.0 / max_per_second if max_per_second else 0.0
+        self.interval = 1.0 / (max_per_second * defaults.CAP_SHARE) if max_per_second else 0.0
         self.max_pause = max_pause
         self._clock = clock
         self._sleep = sleep
@@ -83,15 +87,46 @@ class Brake:
         self._paused_until = 0.0
         self._next_slot = 0.0
         self.pauses = 0
+        # When each request of the last second was answered other than 429: the rate a 429 is met at.
+        self._answered: deque[float] = deque()
+        # The rate learnt from a 429 (requests/s; 0: none) and when a 429 last came.
+        self.learnt = 0.0
+        self._last_429 = 0.0
 
     def pause(self, seconds: float) -> None:
         seconds = min(seconds, self.max_pause)
         with self._lock:
-            until = self._clock() + seconds
+            now = self._clock()
+            self._learn(now)
+            until = now + seconds
             if until > self._paused_until:
                 self._paused_until = until
                 self.pauses += 1
                 log.warning("%s asked us to slow down: all workers pause for %.1f s", self.name, seconds)
+
+    def answered(self) -> None:
+        """A request got an answer that was not a 429."""
+        with self._lock:
+            now = self._clock()
+            self._answered.append(now)
+            self._recent(now)
+
+    def _learn(self, now: float) -> None:
+        rate = len(self._recent(now))
+        if rate >= defaults.LEARN_FROM and rate >= defaults.LEARN_NEAR * self._rate(now) / defaults.LEARNT_SHARE:
+            self.learnt = rate * defaults.LEARNT_SHARE
+        self._last_429 = now
+
+    def _recent(self, now: float) -> deque[float]:
+        while self._answered and self._answered[0] <= now - 1.0:
+            self._answered.popleft()
+        return self._answered
+
+    def _rate(self, now: float) -> float:
+        """The rate learnt, while it stands (0 when none is)."""
+        if self.learnt and now - self._last_429 > defaults.LEARNT_FORGET_AFTER:
+            self.learnt = 0.0
+        return self.learnt
 
     def wait(self) -> None:
         while True:
@@ -101,8 +136,10 @@ class Brake:
                     delay, done = self._paused_until - now, False
                 else:
                     # Take the next free slot; concurrent callers queue up behind each other.
+                    rate = self._rate(now)
+                    interval = max(self.interval, 1.0 / rate if rate else 0.0)
                     slot = max(now, self._next_slot)
-                    self._next_slot = slot + self.interval
+                    self._next_slot = slot + interval
                     delay, done = slot - now, True
             if delay > 0:
                 self._sleep(delay)
@@ -199,7 +236,9 @@ class ApiSession(requests.Session):
         self.requests_sent += 1
         with translate_exceptions(self.api):
             response = super().request(method, url, *args, **kwargs)
-        if response.status_code == 429:
+        if response.status_code != 429:
+            self.brake.answered()
+        else:
             self.throttled += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             # The API's Retry-After and no longer, also when it is 0 (or a date already past): a 429 at random is

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from config.defaults import CAP_SHARE
 from config.settings import load_settings
 from connector.http import ApiSession, Brake
 from connector.sandbox.server import Faults, SandboxServer
@@ -81,8 +82,8 @@ def test_the_cap_spaces_requests_evenly(clock: FakeClock) -> None:
     brake = Brake("Spotler", max_per_second=10, clock=clock, sleep=clock.sleep)
     for _ in range(5):
         brake.wait()
-    # Slots at 0.0, 0.1, ... 0.4 s: each caller after the first waited for its slot.
-    assert clock.slept == pytest.approx([0.1, 0.1, 0.1, 0.1])
+    # Slots a tenth of a second apart, a little more (CAP_SHARE): each caller after the first waited for its slot.
+    assert clock.slept == pytest.approx([0.1 / CAP_SHARE] * 4, rel=1e-5)
 
 
 @pytest.mark.parametrize("platform", ["spotler", "mautic"])
@@ -91,7 +92,7 @@ def test_the_settings_cap_applies_to_the_platform_api(tmp_path: Path, platform: 
     with composition.build(settings) as built:
         session = built.platform.session  # type: ignore[attr-defined]
         assert isinstance(session, ApiSession)
-        assert session.brake.interval == pytest.approx(1 / 150)
+        assert session.brake.interval == pytest.approx(1 / (150 * CAP_SHARE))
         assert session.brake.name.lower() == platform
 
 

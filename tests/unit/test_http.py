@@ -8,6 +8,7 @@ import pytest
 import requests
 import responses
 
+from config.defaults import CAP_SHARE, LEARNT_SHARE
 from connector import errors
 from connector.http import ApiSession, Brake, Redactor, error_for_status, parse_retry_after, translate_exceptions
 
@@ -122,12 +123,85 @@ def test_a_pause_holds_every_caller_of_the_brake() -> None:
     assert clock.slept == [5.0]
 
 
-def test_a_cap_on_requests_per_second_spaces_requests_out() -> None:
+def test_a_cap_on_requests_per_second_spaces_requests_out_a_little_under_it() -> None:
     clock = _Clock()
     brake = Brake("API", max_per_second=4, clock=clock, sleep=clock.sleep)
     for _ in range(5):
         brake.wait()
-    assert clock.slept == [0.25, 0.25, 0.25, 0.25]
+    assert clock.slept == pytest.approx([0.25 / CAP_SHARE] * 4)
+
+
+def test_under_a_cap_no_one_second_window_holds_more_requests_than_the_cap() -> None:
+    clock = _Clock()
+    brake = Brake("API", max_per_second=20, clock=clock, sleep=clock.sleep)
+    sent = []
+    for _ in range(200):
+        brake.wait()
+        sent.append(clock.now)
+    # Even with each request arriving up to 20 ms late or early at the API's clock.
+    for n, at in enumerate(sent):
+        assert sum(1 for other in sent[n:] if other - at < 1.0 + 0.02) <= 20
+
+
+def _sent_for(brake: Brake, clock: _Clock, seconds: float, per_second: float) -> list[float]:
+    """Requests sent as fast as `per_second` for `seconds` (or slower, when the brake holds them), each answered
+    at once: their times."""
+    sent, end = [], clock.now + seconds
+    while clock.now < end:
+        brake.wait()
+        brake.answered()
+        sent.append(clock.now)
+        clock.now += 1.0 / per_second
+    return sent
+
+
+def test_a_429_after_a_steady_rate_spaces_requests_just_under_it_after_the_pause() -> None:
+    clock = _Clock()
+    brake = Brake("API", clock=clock, sleep=clock.sleep)
+    _sent_for(brake, clock, 2.0, per_second=40)  # workers answered 40 times a second, then a 429
+    brake.pause(1.0)
+    resumed = clock.now + 1.0
+    after = _sent_for(brake, clock, 3.0, per_second=1000)  # every worker ready at once when the pause ends
+    assert after[0] == pytest.approx(resumed)
+    # No burst: about 40 * 0.97 requests in each second after it, not a thousand.
+    first_second = [t for t in after if t < resumed + 1.0]
+    assert 37 <= len(first_second) <= 39
+    assert brake.learnt == pytest.approx(40 * LEARNT_SHARE, abs=1)
+
+
+def test_a_429_well_below_the_learnt_rate_is_taken_for_one_at_random() -> None:
+    clock = _Clock()
+    brake = Brake("API", clock=clock, sleep=clock.sleep)
+    _sent_for(brake, clock, 2.0, per_second=40)
+    brake.pause(0.0)
+    learnt = brake.learnt
+    _sent_for(brake, clock, 2.0, per_second=10)  # a quiet spell, then a 429 at random
+    brake.pause(0.0)
+    assert brake.learnt == learnt
+
+
+def test_a_429_after_a_few_answers_teaches_no_rate() -> None:
+    clock = _Clock()
+    brake = Brake("API", clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        brake.wait()
+        brake.answered()
+    brake.pause(1.0)
+    assert brake.learnt == 0.0
+    for _ in range(10):
+        brake.wait()  # the first waits out the pause; after it, nothing holds them
+    assert clock.slept == [1.0]
+
+
+def test_the_learnt_rate_is_forgotten_after_a_minute_without_a_429() -> None:
+    clock = _Clock()
+    brake = Brake("API", clock=clock, sleep=clock.sleep)
+    _sent_for(brake, clock, 2.0, per_second=40)
+    brake.pause(0.0)
+    clock.now += 59
+    assert len(_sent_for(brake, clock, 0.5, per_second=1000)) < 25  # still spaced
+    clock.now += 1
+    assert len(_sent_for(brake, clock, 0.5, per_second=1000)) > 400  # free again: a raised limit is found
 
 
 @responses.activate
