@@ -12,11 +12,11 @@ through a `FakeClock`, so none of them sleeps for real (and `inline_wait_max` is
 happens inside the attempt: rounds of "pending, advance the clock, drain again" would serialise the tail of the
 drain; the pending path is covered by test_retries.py). Only the injected timeouts cost real time.
 
-Why `max_attempts` is raised to 100: a Mautic increment is four requests (read the tags, read the group
-scores, tag, change the points), so at 30 % faults only about one try in four gets through; with the default
-five attempts about a quarter of the jobs would fail for lack of attempts, which says nothing about "applied
-once". The retry budget is the operator's setting; what this test checks is that no amount of retrying applies
-a change twice.
+Why the waits are short and `max_attempts` is 100: a Mautic increment is three requests (read the group scores,
+tag, change the points), so at 30 % faults only about one try in three gets through, and the default budget
+(24 h of backoff up to 15 minutes) would move the FakeClock by hours. A job that ran out of tries would say
+nothing about "applied once". The retry budget is the operator's setting; what this test checks is that no
+amount of retrying applies a change twice.
 """
 
 from __future__ import annotations
