@@ -48,8 +48,8 @@ CREATE INDEX IF NOT EXISTS tasks_target ON tasks(target_kind, target_id, created
 
 
 class LocalCrm:
-    """Thread-safe: a connection per thread, so that workers posting at once wait only for SQLite's own write
-    lock, for the moment of one insert."""
+    """Thread-safe: a connection per thread, so that reads never wait; writes of this process queue on one lock
+    (woken the moment it is free, where SQLite's busy handler would sleep in steps of up to 100 ms)."""
 
     name = "local"
 
@@ -58,7 +58,8 @@ class LocalCrm:
         self._path = path
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()  # guards the list of connections only
+        self._lock = threading.Lock()  # guards the list of connections
+        self._writer = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
@@ -75,14 +76,17 @@ class LocalCrm:
                 self._connections.append(conn)
         return conn
 
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._writer:
+            self._conn().executemany(sql, rows)
+
     def identify(self, target_kind: str, target_id: str) -> Contact:
         return Contact(external_id=target_id)
 
     def post(self, *, target_kind: str, target_id: str, job_id: str, text: str, may_exist: bool = True) -> None:
-        now = _now()
-        self._conn().execute(
+        self._write(
             "INSERT OR IGNORE INTO posts (job_id, target_kind, target_id, text, created_at) VALUES (?, ?, ?, ?, ?)",
-            (job_id, target_kind, target_id, text, now),
+            [(job_id, target_kind, target_id, text, _now())],
         )
 
     def timeline(self, target_kind: str, target_id: str) -> list[TimelinePost]:
@@ -94,7 +98,7 @@ class LocalCrm:
         return [TimelinePost(*row) for row in rows]
 
     def update_record(self, target_kind: str, target_id: str, fields: Mapping[str, Any], *, ref: str) -> None:
-        self._conn().executemany(
+        self._write(
             "INSERT INTO record_fields (target_kind, target_id, name, value) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (target_kind, target_id, name) DO UPDATE SET value = excluded.value",
             [(target_kind, target_id, name, json.dumps(value)) for name, value in fields.items()],
@@ -110,9 +114,9 @@ class LocalCrm:
 
     def create_task(self, target_kind: str, target_id: str, *, subject: str, description: str, due: str,
                     ref: str) -> None:
-        self._conn().execute(
+        self._write(
             "INSERT OR IGNORE INTO tasks (job_id, target_kind, target_id, subject, description, due, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", (ref, target_kind, target_id, subject, description, due, _now()),
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [(ref, target_kind, target_id, subject, description, due, _now())],
         )
 
     def tasks(self, target_kind: str, target_id: str) -> list[Task]:

@@ -177,6 +177,7 @@ class SqliteJobStore:
         self._local = threading.local()
         self._connections: builtins.list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         self.upgraded_from = upgrade(conn, self.path)
@@ -202,19 +203,29 @@ class SqliteJobStore:
         """One write transaction. A file that stays locked (a backup, a `sqlite3` shell) or cannot be written
         (a full disk) is StoreUnavailable: the runner treats it like any job store that does not answer."""
         conn = self._conn()
+        # Threads of this process queue on a lock of their own, woken the moment it is free; left to SQLite, each
+        # would sleep in its busy handler (1 ms, 2 ms, ... 100 ms) and wake late. Other processes still meet the
+        # busy timeout.
+        if not self._writer.acquire(timeout=self._busy_timeout):
+            raise StoreUnavailable(f"The job store {self.path} is busy: another write of this process held it "
+                                   f"for {self._busy_timeout:g} s.")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"The job store {self.path} is busy or cannot be written ({exc}).") from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"The job store {self.path} is busy or cannot be written ({exc}).") from exc
-            raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreUnavailable(f"The job store {self.path} is busy or cannot be written ({exc}).") \
+                        from exc
+                raise
+        finally:
+            self._writer.release()
 
     def close(self) -> None:
         with self._lock:
