@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -226,9 +227,24 @@ class ApiSession(requests.Session):
         self.brake = brake or Brake(api)
         self.requests_sent = 0
         self.throttled = 0
+        self._environment: dict[tuple[str, str], Any] = {}
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.mount("http://", adapter)
         self.mount("https://", adapter)
+
+    def merge_environment_settings(self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> Any:
+        """What the environment adds to a request (proxies, a CA bundle), looked up once per scheme and host:
+        `requests` reads the environment and resolves proxy bypasses on every request, a cost each of the
+        thousands of requests of a drain paid again for the same answer. A variable changed while the process
+        runs is not seen."""
+        if proxies or stream is not None or verify is not None or cert is not None or not isinstance(url, str):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        key = urlsplit(url)[:2]
+        found = self._environment.get(key)
+        if found is None:
+            found = self._environment[key] = super().merge_environment_settings(url, {}, None, None, None)
+        return {**found, "proxies": dict(found["proxies"])}
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -278,3 +280,32 @@ def test_redactor_masks_secrets_in_tracebacks() -> None:
     text = logging.Formatter().format(record)
     assert "s3cr3t-value" not in text
     assert "token *** refused" in text
+
+
+def test_a_proxy_set_in_the_environment_is_used_for_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment is read once per host; what it says still applies to every request."""
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # a proxy is asked for the whole URL
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+    try:
+        with ApiSession("API", brake=Brake("API", sleep=lambda _: None)) as session:
+            statuses = [session.get("http://api.example.invalid/contact/1").status_code for _ in range(3)]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert statuses == [200] * 3
+    assert seen == ["http://api.example.invalid/contact/1"] * 3
