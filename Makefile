@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: demo test lint soak mutate fuzz bench bench-brake bench-import chaos clean
+.PHONY: demo test lint soak mutate fuzz bench bench-brake bench-import bench-postgres chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench-faults: $(STAMP)
 # PostgreSQL tier does (see tests/postgres.py).
 chaos: $(STAMP)
 	CHAOS_JOBS=$${CHAOS_JOBS:-5000} $(BIN)/pytest -q -s -p no:randomly tests/integration/test_postgres_chaos.py
+
+# Several runner processes on one PostgreSQL store (a throw-away, durable server): jobs/s with 1, 2 and 3 runners,
+# and claim+complete per second at the store alone.
+bench-postgres: $(STAMP)
+	$(BIN)/python bench/postgres_runners.py
 
 clean:
 	rm -rf $(VENV) .connector .pytest_cache .mypy_cache .ruff_cache mutants

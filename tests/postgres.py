@@ -90,8 +90,9 @@ class Server:
             conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
-def start() -> Server:
-    """The server of this test process: the one CONNECTOR_TEST_POSTGRES_URL names, or a throw-away one."""
+def start(*, durable: bool = False) -> Server:
+    """The server of this test process: the one CONNECTOR_TEST_POSTGRES_URL names, or a throw-away one (`durable`:
+    with PostgreSQL's own fsync and synchronous commits, as a benchmark needs them)."""
     if given := os.environ.get(ENV):
         return Server(url=given, admin=given)
     found = bindir()
@@ -110,8 +111,9 @@ def start() -> Server:
         _run([*as_user, str(found / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
               "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"])
         # Durability is not what these tests are about: no fsync makes the suite's many small commits cheap.
-        options = (f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=300")
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         _run([*as_user, str(found / "pg_ctl"), "-D", str(data), "-l", str(directory / "server.log"), "-w",
               "-t", "60", "-o", options, "start"])
         admin = f"host={sockets} port={port} user=postgres dbname=postgres"
