@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -156,7 +156,7 @@ class Console:
                                              after=request.query_params.get("after") or None))
         except (NotAllowed, ConnectorError) as exc:
             return self.render(request, "error.html", status_code=400, problem=str(exc))
-        next_url = f"/records/{kind}/{record_id}?{urlencode({'after': page.next_cursor})}" \
+        next_url = f"/records/{kind}/{quote(record_id)}?{urlencode({'after': page.next_cursor})}" \
             if page.next_cursor else None
         return self.render(request, "record.html", kind=kind, record_id=record_id, view=view, history=history,
                            chart=charts.score_chart(history), jobs=page.jobs, next_url=next_url,
@@ -167,7 +167,8 @@ class Console:
         record_id = request.query_params.get("id", "").strip()
         if not record_id:
             return RedirectResponse("/", status_code=303)
-        return RedirectResponse(f"/records/{kind}/{record_id}", status_code=303)
+        # Quoted: an id's '#', '?' or '%' would otherwise end the path or be read as an escape.
+        return RedirectResponse(f"/records/{quote(kind, safe='')}/{quote(record_id)}", status_code=303)
 
     def triggers(self, request: Request) -> Response:
         return self.render(request, "triggers.html", triggers=self.parts.rules.triggers,

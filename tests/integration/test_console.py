@@ -8,10 +8,12 @@ import base64
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html import escape, unescape
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
@@ -105,6 +107,28 @@ def test_the_jobs_list_pages_with_a_cursor_keeping_the_filters(tmp_path: Path) -
         assert link and "tag=many" in link.group(1)
         second = client.get(link.group(1).replace("&amp;", "&")).text
         assert second.count('class="job"') == 3 and 'id="next-page"' not in second
+
+
+def test_links_to_a_record_open_that_record_whatever_its_id_holds(tmp_path: Path) -> None:
+    # A CRM id may hold characters a URL gives a meaning to: '#' starts a fragment, '?' a query, '%' an escape.
+    # Over real HTTP: the test client decodes a path twice, which would hide the last one.
+    built = build(Settings(home=tmp_path / "home"))
+    server = ConsoleServer(console_parts(built), "127.0.0.1", 0).start()
+    try:
+        for record_id in ("ACME#42", "C?ref=7", "C-50%41", "EU/C-1"):
+            job = queue(built, operation="add_tag", tags="T", target_id=record_id)
+            pages = [requests.get(server.url + "jobs", params={"record": record_id}, timeout=10).text,
+                     requests.get(f"{server.url}jobs/{job}", timeout=10).text]
+            links = {link for page in pages for link in re.findall(r'href="/(records/contact/[^"]*)"', page)}
+            assert links, record_id
+            for link in links:
+                page = requests.get(server.url + unescape(link), timeout=10).text
+                assert f"<h1>contact {escape(record_id)}</h1>" in page and job in page, (record_id, link)
+            found = requests.get(server.url + "records", params={"kind": "contact", "id": record_id}, timeout=10)
+            assert f"<h1>contact {escape(record_id)}</h1>" in found.text, record_id
+    finally:
+        server.stop()
+        built.close()
 
 
 def test_a_tag_with_markup_shows_as_text(drained: Any) -> None:
