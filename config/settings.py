@@ -293,16 +293,35 @@ class PostgresSettings(_Section):
         can be shown."""
         if self.url is None:
             return self
-        parts = urlsplit(self.url)
-        if parts.password is None:
+        url, password = password_apart(self.url)
+        if password is None:
             return self
         if self.password.get_secret_value():
             raise ValueError("postgres.url holds a password and postgres.password is set too; give it once")
-        host = parts.netloc.rpartition("@")[2]
-        self.password = SecretStr(unquote(parts.password))
-        self.url = urlunsplit((parts.scheme, f"{parts.username or ''}@{host}", parts.path, parts.query,
-                               parts.fragment))
+        self.password = SecretStr(password)
+        self.url = url
         return self
+
+
+def password_apart(url: str) -> tuple[str, str | None]:
+    """A database URL without its password, and the password: libpq reads one after the user name
+    (`postgresql://user:secret@host/db`) or as a parameter (`?password=secret`), percent-decoded either way. The
+    rest of the URL is kept as written."""
+    parts = urlsplit(url)
+    netloc, password = parts.netloc, None
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}@{parts.netloc.rpartition('@')[2]}"
+        password = unquote(parts.password)
+    kept = []
+    for field in parts.query.split("&") if parts.query else []:
+        name, _, value = field.partition("=")
+        if unquote(name) == "password":
+            password = unquote(value)
+        else:
+            kept.append(field)
+    if password is None:
+        return url, None
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(kept), parts.fragment)), password
 
 
 class Settings(BaseSettings):
@@ -457,7 +476,7 @@ class _TomlSource(PydanticBaseSettingsSource):
 
 def _has_password(url: str) -> bool:
     try:
-        return urlsplit(url).password is not None
+        return password_apart(url)[1] is not None
     except ValueError:
         return "@" in url  # not a URL one can read: if it may hold a password, treat it as one
 

@@ -33,13 +33,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from config.settings import password_apart
 from jobs import kinds
 from jobs.model import Attempt, Job, JobRequest, JobStatus
 from jobs.store import (
@@ -195,15 +195,8 @@ SCAN_CHUNK = 500
 
 
 def shown_url(url: str) -> str:
-    """The database's URL as it may be shown: without a password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The database's URL as it may be shown: without a password (after the user name or as a parameter)."""
+    return password_apart(url)[0]
 
 
 class PostgresJobStore:
@@ -218,7 +211,7 @@ class PostgresJobStore:
         pool_size: int = 12, connect_timeout: float = 10.0, check_schema: bool = True,
     ) -> None:
         self.where = shown_url(url)
-        self._secret = password or urlsplit(url).password or None
+        self._secret = password or password_apart(url)[1] or None
         self._conninfo = psycopg.conninfo.make_conninfo(url, **({"password": password} if password else {}))
         self._connect_timeout = connect_timeout
         self._clock = clock
@@ -672,7 +665,7 @@ class PostgresJobStore:
 def upgrade(url: str, *, password: str | None = None, connect_timeout: float = 10.0) -> tuple[int, int]:
     """Bring the database's schema to this connector's version (`connector db upgrade`): (before, after)."""
     where = shown_url(url)
-    secret = password or urlsplit(url).password
+    secret = password or password_apart(url)[1]
     conninfo = psycopg.conninfo.make_conninfo(url, **({"password": password} if password else {}))
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(1, int(connect_timeout))) as conn:

@@ -80,6 +80,28 @@ def test_the_password_is_never_shown(postgres_db: str, tmp_path: Path) -> None:
         assert PASSWORD not in ran
 
 
+def test_a_password_given_as_the_url_parameter_is_a_secret_too(postgres_db: str, tmp_path: Path) -> None:
+    # libpq also reads a password from the URL's query (?password=...): the same secret, written another way.
+    in_query = postgres_db.replace(f":{PASSWORD}@", "@") + f"&password={PASSWORD}"
+    assert "?" in postgres_db and PASSWORD in in_query and f":{PASSWORD}@" not in in_query
+    shown = connector("config", "show", cwd=tmp_path, env=env_of(in_query)).stdout
+    assert 'postgres.password = "**********"' in shown
+    listed = connector("jobs", "list", cwd=tmp_path, env=env_of(in_query))  # the password still logs in
+    wrong = connector("jobs", "list", cwd=tmp_path, check=1,
+                      env=env_of(in_query.replace(PASSWORD, "not-the-password-3f9")))
+    assert "password authentication failed" in wrong.stderr
+    unreachable = connector("jobs", "list", cwd=tmp_path, check=1, env=env_of(
+        "postgresql://connector@127.0.0.1:1/connector?password=not-the-password-3f9",
+        CONNECTOR_POSTGRES__CONNECT_TIMEOUT="1"))
+    assert "did not answer" in unreachable.stderr
+    (tmp_path / "connector.toml").write_text(f'job_store = "postgres"\n[postgres]\nurl = "{in_query}"\n',
+                                             encoding="utf-8")
+    in_file = connector("jobs", "list", cwd=tmp_path, check=2)
+    assert "sets postgres.url with a password in it" in in_file.stderr
+    for ran in (shown, listed.stdout + listed.stderr, wrong.stderr, unreachable.stderr, in_file.stderr):
+        assert PASSWORD not in ran and "not-the-password-3f9" not in ran
+
+
 def test_the_demo_runs_on_a_database_the_user_names(postgres_url: str, tmp_path: Path) -> None:
     demo = connector("demo", "--store", "postgres", cwd=tmp_path, env=env_of(postgres_url))
     assert "Upgraded the PostgreSQL job store's schema from version 0 to 1." in demo.stderr
