@@ -574,7 +574,7 @@ class PostgresJobStore:
         changed = db.execute(COUNT_ATTEMPT, {"now": self._clock(), "job_id": attempt.job_id, "owner": owner}).rowcount
         if not changed:
             raise LeaseLost(f"Job {attempt.job_id} is no longer held by {owner}.")
-        db.execute(RECORD_ATTEMPT, attempt.model_dump())
+        db.execute(RECORD_ATTEMPT, {**attempt.model_dump(), "message": _text(attempt.message)})
 
     def save_progress(
         self, owner: str, job_id: str, *, score_before: int | None = None, applied: bool = False,
@@ -609,8 +609,8 @@ class PostgresJobStore:
             if outcome.attempt is not None:
                 self._record_attempt(db, owner, outcome.attempt)
             row = db.execute(FINISH, {
-                "status": outcome.status.value, "result_code": outcome.result_code, "message": outcome.message,
-                "http_status": outcome.http_status,
+                "status": outcome.status.value, "result_code": outcome.result_code,
+                "message": _text(outcome.message), "http_status": outcome.http_status,
                 "next_attempt_at": outcome.next_attempt_at if outcome.next_attempt_at is not None else now,
                 "now": now, "id": job_id, "owner": owner, "posted": outcome.posted,
             }).fetchone()
@@ -681,6 +681,13 @@ def upgrade(url: str, *, password: str | None = None, connect_timeout: float = 1
 def _job_from_row(row: Any) -> Job:
     """A job from its row: the columns are the SQLite store's, read by name."""
     return _job_of_row(row)
+
+
+def _text(message: str) -> str:
+    """A message as a text column takes it. A platform's error text is quoted into messages as it came, and
+    PostgreSQL refuses a NUL character in text: the outcome would never be written, and the job would run again
+    at each lease expiry. Shown escaped, as `config.text.shown` shows control characters."""
+    return message.replace("\x00", "\\x00")
 
 
 def _one(row: Any) -> Any:

@@ -463,6 +463,28 @@ def test_an_outcome_marks_the_post_only_when_it_was_made_and_keeps_an_earlier_ma
     assert case.store.get(posted.id).posted_at == first
 
 
+def test_an_outcome_whose_message_holds_a_nul_character_is_recorded(case: StoreCase) -> None:
+    # A platform's error text is quoted into the message as it came; a store that refused it would leave the job
+    # running, retried at each lease expiry and refused again, for ever.
+    said = "Spotler: no such field \x00name"
+    retrying, failing = case.add(), case.add(target="C-2")
+    case.store.claim("runner-a", 2, LEASE)
+    case.store.record_attempt("runner-a", Attempt(job_id=retrying.id, started_at=case.clock.now, outcome="retrying",
+                                                  result_code="UNAVAILABLE", message=said))
+    case.store.finish("runner-a", retrying.id, Outcome(JobStatus.PENDING, "UNAVAILABLE", said,
+                                                       next_attempt_at=case.clock.now + 60))
+    attempt = Attempt(job_id=failing.id, started_at=case.clock.now, ended_at=case.clock.now, outcome="failed",
+                      result_code="INVALID_INPUT", http_status=400, message=said)
+    case.store.finish("runner-a", failing.id, Outcome(JobStatus.FAILED, "INVALID_INPUT", said, http_status=400,
+                                                      attempt=attempt))
+    for job_id, status in ((retrying.id, JobStatus.PENDING), (failing.id, JobStatus.FAILED)):
+        job = case.store.get(job_id)
+        [kept] = case.store.attempts(job_id)
+        assert job.status is status
+        for message in (job.message, kept.message):
+            assert message.startswith("Spotler: no such field ") and message.endswith("name"), message
+
+
 def test_every_attempt_counts_on_the_job_and_in_its_log(case: StoreCase) -> None:
     job = case.add()
     case.store.claim("runner-a", 1, LEASE)
