@@ -208,15 +208,25 @@ class Console:
         if action not in ("retry", "cancel"):
             return PlainTextResponse("The action is retry or cancel.", status_code=400)
         by = Actor(who=request.state.who, via="console")
+        verb = "Retried" if action == "retry" else "Cancelled"
         try:
             query = self._bulk_filter(action, {**params})
             ids: list[str] = []
             if query is not None:
+                # The person agreed to the number the confirmation showed. Jobs queued or finished since (or a
+                # "created within" window that moved) change the set: act only on the one that was counted.
+                found = await run_in_threadpool(count_where, self.store, query)
+                counted = str(form.get("count", "")).strip()
+                if str(found) != counted:
+                    said = f", not the {counted} the confirmation counted" if counted.isdigit() else ""
+                    done = (f"Nothing was {verb.lower()}: the filter finds {found} job{'s' if found != 1 else ''} "
+                            f"now{said}. Look at them and confirm again.")
+                    return RedirectResponse(f"/jobs?{urlencode({**_filters(params), 'done': done})}",
+                                            status_code=303)
                 act = self.store.retry_where if action == "retry" else self.store.cancel_where
                 ids = await run_in_threadpool(act, query, by)
         except (UsageProblem, NotAllowed, ConnectorError) as exc:
             return PlainTextResponse(str(exc), status_code=400)
-        verb = "Retried" if action == "retry" else "Cancelled"
         done = f"{verb} {len(ids)} job{'s' if len(ids) != 1 else ''}."
         return RedirectResponse(f"/jobs?{urlencode({**_filters(params), 'done': done})}", status_code=303)
 

@@ -164,14 +164,36 @@ def test_bulk_cancel_says_how_many_first_then_cancels_what_the_filter_finds(tmp_
         other = queue(built, operation="add_tag", tags="Other", target_id="C-9")
         confirm = client.get("/jobs/confirm", params={"action": "cancel", "tag": "vip"}).text
         assert re.search(r'id="bulk-count">3<', confirm)
-        token = re.search(r'name="csrf" value="([^"]+)"', confirm)
-        assert token
-        done = client.post("/jobs/bulk", data={"csrf": token.group(1), "action": "cancel", "tag": "vip"})
+        done = client.post("/jobs/bulk", data=form_of(confirm))
         assert "Cancelled 3 jobs." in done.text
         assert {built.store.get(i).status for i in vip} == {JobStatus.CANCELLED}
         assert built.store.get(other).status is JobStatus.PENDING
         assert [(e.action, e.via) for e in built.store.audit(vip[0])] == [("cancel", "console")]
         assert "nothing to retry" in client.get("/jobs/confirm", params={"action": "retry", "tag": "vip"}).text
+
+
+def form_of(html: str) -> dict[str, str]:
+    """The fields a form on the page posts."""
+    return {unescape(name): unescape(value)
+            for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html)}
+
+
+def test_a_bulk_action_touches_no_job_the_confirmation_did_not_count(tmp_path: Path) -> None:
+    with console(tmp_path) as (built, client):
+        counted = [queue(built, operation="add_tag", tags="VIP", target_id=f"C-{n}") for n in range(3)]
+        confirm = client.get("/jobs/confirm", params={"action": "cancel", "tag": "vip"}).text
+        assert re.search(r'id="bulk-count">3<', confirm)
+        # Read by a person before the click: meanwhile the CRM queues another job the filter finds.
+        later = queue(built, operation="add_tag", tags="VIP", target_id="C-9")
+        refused = client.post("/jobs/bulk", data=form_of(confirm)).text
+        assert "Nothing was cancelled: the filter finds 4 jobs now, not the 3 the confirmation counted." in refused
+        assert {built.store.get(i).status for i in [*counted, later]} == {JobStatus.PENDING}
+        assert built.store.audit(later) == []
+        again = client.get("/jobs/confirm", params={"action": "cancel", "tag": "vip"}).text
+        assert re.search(r'id="bulk-count">4<', again)
+        done = client.post("/jobs/bulk", data=form_of(again))
+        assert "Cancelled 4 jobs." in done.text
+        assert {built.store.get(i).status for i in [*counted, later]} == {JobStatus.CANCELLED}
 
 
 def test_read_only_shows_no_buttons_and_refuses_actions(tmp_path: Path) -> None:
