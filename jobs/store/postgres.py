@@ -224,7 +224,7 @@ class PostgresJobStore:
             self._pool.open(wait=True, timeout=connect_timeout)
         try:
             with self._connection() as conn:
-                self.channel = "connector_jobs:" + _one(conn.execute("SELECT current_schema() AS s").fetchone())["s"]
+                self.channel = "connector_jobs:" + schema.current_schema(conn, self.where)
                 if check_schema:
                     schema.check(conn, self.where)
         except BaseException:

@@ -123,6 +123,19 @@ CREATE TABLE IF NOT EXISTS connector_schema (
 VERSION = "SELECT coalesce(max(version), 0) AS v FROM connector_schema"
 # Whether the version table exists, without creating it: a check at start-up writes nothing.
 HAS_SCHEMA_TABLE = "SELECT to_regclass('connector_schema') IS NOT NULL AS v"
+CURRENT_SCHEMA = "SELECT current_schema() AS v"
+
+
+def current_schema(conn: Any, where: str) -> str:
+    """The schema the connector's tables are in: the first one of the search_path that exists. None exists when
+    the path names a schema not created yet, or misspelt: said here, not found out as a missing table."""
+    name = _value(conn.execute(CURRENT_SCHEMA).fetchone())
+    if name is None:
+        raise StoreError(
+            f"The PostgreSQL job store {where} has no schema to use: no schema on its search_path exists. Create the "
+            f"schema, or name one that exists (options=-csearch_path=... in postgres.url, or the role's search_path)."
+        )
+    return str(name)
 
 
 def version(conn: Any) -> int:
@@ -156,6 +169,7 @@ def upgrade(conn: Any, where: str) -> tuple[int, int]:
     while True:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, MIGRATION_LOCK))
+            current_schema(conn, where)
             conn.execute(SCHEMA_TABLE)
             found = int(_value(conn.execute(VERSION).fetchone()))
             before = found if before is None else before

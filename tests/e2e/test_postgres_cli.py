@@ -5,6 +5,7 @@ new job when it is added, not at its next tick."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +36,17 @@ def test_a_runner_refuses_a_database_without_the_schema_and_names_the_command(po
     assert "is at schema version 1, this connector's; nothing to do." in again.stdout
     for ran in (refused, upgraded, again):
         assert PASSWORD not in ran.stdout + ran.stderr
+
+
+def test_a_url_whose_search_path_names_no_schema_that_exists_is_refused_with_a_sentence(postgres_url: str,
+                                                                                         tmp_path: Path) -> None:
+    # A misspelt schema in options=-csearch_path=...: PostgreSQL then has no current schema at all.
+    misspelt = re.sub(r"search_path%3D\w+", "search_path%3Dno_such_schema", postgres_url)
+    assert misspelt != postgres_url
+    for command in (("jobs", "list"), ("db", "upgrade")):
+        refused = connector(*command, cwd=tmp_path, env=env_of(misspelt), check=1)
+        assert "no schema on its search_path exists" in refused.stderr, command
+        assert "Traceback" not in refused.stderr and PASSWORD not in refused.stderr
 
 
 def test_every_job_command_works_on_postgres(postgres_db: str, tmp_path: Path) -> None:
