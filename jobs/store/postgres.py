@@ -720,7 +720,8 @@ def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
         args.append(builtins.list(query.request_ids))
     if query.tag is not None and query.tag.isascii():
         clauses.append("strpos(lower(coalesce(payload, raw)), lower(%s)) > 0")
-        args.append(query.tag.strip())
+        # As the JSON spells it: a quote or a backslash in a tag is escaped there.
+        args.append(json.dumps(query.tag.strip())[1:-1])
     if query.operation is not None:
         clauses.append("kind = %s")
         args.append(query.operation)

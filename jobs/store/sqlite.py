@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from config.text import shown
 from jobs import kinds
 from jobs.kinds.tagging import raw_tags
 from jobs.model import Attempt, Job, JobRequest, JobStatus, Target, TargetKind
@@ -593,7 +594,8 @@ def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
         if query.tag.isascii():
             # A cheap look at the JSON first; JSON escapes other characters, so it only helps with ASCII.
             clauses.append("instr(lower(coalesce(payload, raw)), lower(?)) > 0")
-            args.append(query.tag.strip())
+            # As the JSON spells it: a quote or a backslash in a tag is escaped there.
+            args.append(json.dumps(query.tag.strip())[1:-1])
         clauses.append("names_tag(payload, raw, ?)")
         args.append(query.tag)
     if query.operation is not None:
@@ -636,10 +638,14 @@ def _origin_json(origin: object) -> str | None:
 
 
 def _cursor_seq(cursor: str) -> int:
+    """A cursor is a job's seq: a positive 64-bit integer (SQLite's and PostgreSQL's), and nothing else."""
     try:
-        return int(cursor)
+        seq = int(cursor)
     except ValueError:
-        raise NotAllowed(f"The page cursor {cursor!r} is not one this store gave out.") from None
+        seq = 0
+    if not 0 < seq < 2**63:
+        raise NotAllowed(f"The page cursor {shown(cursor)} is not one this store gave out.")
+    return seq
 
 
 def _target_of_row(row: sqlite3.Row) -> Target | None:

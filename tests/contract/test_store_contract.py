@@ -843,6 +843,14 @@ def test_list_pages_with_a_cursor(case: StoreCase) -> None:
     assert (ids(first.jobs), first.next_cursor) == (newest_first, None)
 
 
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "99999999999999999999999", "-1|x"])
+def test_a_page_cursor_the_store_never_gave_out_is_refused_with_a_sentence(case: StoreCase, cursor: str) -> None:
+    """A cursor comes back in a URL a person can edit (the console's next-page link)."""
+    case.add()
+    with pytest.raises(NotAllowed, match="is not one this store gave out"):
+        case.store.list(JobFilter(after=cursor))
+
+
 def test_counts_has_every_display_status(case: StoreCase) -> None:
     pending = case.add(target="P")
     retrying, running, succeeded, failed = (case.add(target=name) for name in ("R", "RUN", "S", "F"))

@@ -38,6 +38,13 @@ def test_list_finds_a_tag_exactly_whatever_its_case_among_several(case: StoreCas
     assert listed(case, tag="VIP", target_id=case.record("C-3")) == [scored.id]
 
 
+def test_a_tag_with_a_quote_or_a_backslash_is_found(case: StoreCase) -> None:
+    quoted = case.add("add_tag", 'Say "hi"')
+    slashed = case.add("increase_score", "a\\b", 2, target="C-2")
+    assert listed(case, tag='say "HI"') == [quoted.id]
+    assert listed(case, tag="A\\B") == [slashed.id]
+
+
 def test_list_filters_by_operation_result_code_and_text_combined(case: StoreCase) -> None:
     tagged = case.add("add_tag", "A")
     scored = case.add("set_score", "B", 3, target="C-2")
