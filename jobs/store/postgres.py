@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -224,7 +225,7 @@ class PostgresJobStore:
             self._pool.open(wait=True, timeout=connect_timeout)
         try:
             with self._connection() as conn:
-                self.channel = "connector_jobs:" + schema.current_schema(conn, self.where)
+                self.channel = _channel(schema.current_schema(conn, self.where))
                 if check_schema:
                     schema.check(conn, self.where)
         except BaseException:
@@ -676,6 +677,15 @@ def upgrade(url: str, *, password: str | None = None, connect_timeout: float = 1
             text = text.replace(secret, "**********")
         kind = StoreUnavailable if isinstance(exc, psycopg.OperationalError) else StoreError
         raise kind(f"The PostgreSQL job store {where} could not be upgraded ({text}).") from None
+
+
+def _channel(schema_name: str) -> str:
+    """The NOTIFY channel of the jobs in a schema. PostgreSQL cuts names at 63 bytes (and pg_notify refuses a
+    longer one): a long schema name is stood for by a digest of it, the same for every runner."""
+    channel = f"connector_jobs:{schema_name}"
+    if len(channel.encode()) > 63:
+        channel = f"connector_jobs:{hashlib.sha256(schema_name.encode()).hexdigest()[:40]}"
+    return channel
 
 
 def _job_from_row(row: Any) -> Job:
