@@ -664,7 +664,6 @@ class DataverseJobStore:
             filter=f"{self._pending_clause()} and ({t.next_attempt_at} le {cutoff} or {t.next_attempt_at} eq null)")
         running = f"statuscode eq {self._reason[JobStatus.RUNNING][0]}"
         read: builtins.list[Row] = []
-        offers: builtins.list[tuple[Job, Row]] = []
         for _ in range(CLAIM_PAGES):
             page = builtins.list(itertools.islice(window, size))
             read += page
@@ -674,7 +673,7 @@ class DataverseJobStore:
             others = self._rows(running + waiting)
             # A row read twice (it changed between the two reads) counts as its last reading.
             unfinished = sorted({self._key(row): row for row in [*read, *others]}.values(), key=self._order)
-            offers = []
+            offers: builtins.list[tuple[Job, Row]] = []
             for job, row in self._unblocked(now, [(self._job(row), row) for row in unfinished]):
                 due_now = job.status is JobStatus.PENDING and job.next_attempt_at <= now
                 expired = job.status is JobStatus.RUNNING and not semantics.holds_lease(job, now)

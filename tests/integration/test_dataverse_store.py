@@ -305,3 +305,49 @@ def test_a_window_smaller_than_the_backlog_keeps_every_key_in_creation_order(cli
     assert sum(len(v) for v in ran.values()) == len(jobs)
     for key, numbers in ran.items():
         assert numbers == sorted(numbers), key
+
+
+def test_a_claim_reads_the_next_window_only_while_it_has_found_too_few_jobs(client, clock):
+    store = DataverseJobStore(client, TABLE, clock=clock, claim_window=4)
+    contacts = [make_record(client, lastname=f"C{n}") for n in range(6)]
+
+    def queue(contact: str, tag: str) -> str:
+        clock.advance(1)
+        return store.add([JobRequest.from_input(operation="add_tag", tags=tag, target_kind="contact",
+                                                target_id=contact)])[0].id
+
+    def windows_read(claim: Callable[[], Any]) -> tuple[Any, int]:
+        listed = _listing_requests(client)
+        found = claim()
+        return found, len([url for url, _ in listed if "orderby" in url])
+
+    # Four free keys fill the first window: enough for a claim of four, and no second window is read.
+    free = [queue(contacts[n], "B") for n in range(4)]
+    queue(contacts[4], "B")
+    clock.advance(1)
+    claimed, windows = windows_read(lambda: store.claim("runner-a", 4, 30.0))
+    assert ([j.id for j in claimed], windows) == (free, 1)
+    for job in claimed:
+        store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "Done."))
+    # Now the first window holds the job left and three more of its key; the next one the jobs of other keys.
+    held = [queue(contacts[4], "B") for _ in range(3)]
+    others = [queue(contacts[n], "A") for n in (0, 5)]
+    clock.advance(1)
+    claimed, windows = windows_read(lambda: store.claim("runner-a", 10, 30.0))
+    assert len(claimed) == 3 and set(others) <= {j.id for j in claimed} and not set(held) & {j.id for j in claimed}
+    assert windows == 2
+
+
+def test_a_table_whose_pending_jobs_are_inactive_rows_still_has_them_claimed(tmp_path, clock):
+    """A status mapping is the organisation's: pending jobs may be kept as inactive rows with a reason of their
+    own. Claims find them by that reason."""
+    reasons = DataverseTableSettings().status_reasons.model_copy(
+        update={"pending": 100_000_009, "pending_state": 1})
+    table = DataverseTableSettings(status_reasons=reasons)
+    with running_sandbox(tmp_path / "own", table=table) as sandbox, client_for(sandbox) as own:
+        store = DataverseJobStore(own, table, clock=clock)
+        contact = make_record(own)
+        (job,) = store.add([JobRequest.from_input(operation="add_tag", tags="VIP", target_kind="contact",
+                                                  target_id=contact)])
+        clock.advance(1)
+        assert [j.id for j in store.claim("runner-a", 5, 30.0)] == [job.id]

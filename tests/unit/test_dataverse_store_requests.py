@@ -93,6 +93,7 @@ def test_claim_reads_the_due_window_and_what_could_hold_it_back_then_patches_eac
     window, others, batch = (call.request for call in api_calls(rsps))
     window_query = unquote(window.url)
     assert "$orderby=createdon asc,cr_sequence asc,cr_connectorjobid asc" in window_query
+    assert "$select=cr_connectorjobid,statecode,statuscode," in window_query  # every column the job needs
     assert "and (cr_nextattemptat le 2027-01-15T08:00:00Z or cr_nextattemptat eq null)" in window_query
     assert window.headers["Prefer"] == "odata.maxpagesize=100"  # ten rows per job the claim may take
     assert ("$filter=statuscode eq 100000001 or ((statuscode eq 1 or (statecode eq 0 and statuscode ne 100000001)) "
