@@ -49,9 +49,10 @@ CAP_SHARE = 0.97
 # Without a cap, a 429 that comes after at least LEARN_FROM requests were answered in the second before it teaches
 # the brake that rate as the API's limit: after the pause, requests are spaced at 97 % of it (they resume
 # gradually, not in a burst of every worker at once, which met the next 429 at once), until a minute passes
-# without a 429; then the brake forgets it, and the next 429 teaches it again (a raised limit is found within a
-# minute, at the cost of one 429). A 429 that comes while fewer than 95 % of the rate already learnt are answered
-# is taken for one at random (an API's hiccup, not its limit), and teaches nothing.
+# without a 429 that teaches a rate; then the brake forgets it, and the next 429 teaches it again (a raised or a
+# lowered limit is found within a minute or so, at the cost of a few 429s). A 429 that comes while fewer than 95 %
+# of the rate already learnt are answered is taken for one at random (an API's hiccup, not its limit), and
+# teaches nothing.
 LEARN_FROM = 5
 LEARN_NEAR = 0.95
 LEARNT_SHARE = 0.97

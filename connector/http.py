@@ -65,7 +65,7 @@ class Brake:
     not each discover the limit by hitting it. `max_per_second`, when set, spaces requests out evenly, a little
     under the cap (`CAP_SHARE`). Without it, the rate answered in the second before a 429 is taken as the API's
     limit: requests are then spaced just under it, so that the workers do not burst into the next 429 when the
-    pause ends, until a minute passes without a 429 (see `LEARN_FROM` in config/defaults.py).
+    pause ends, until a minute passes without a 429 that teaches one (see `LEARN_FROM` in config/defaults.py).
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class Brake:
         self.pauses = 0
         # When each request of the last second was answered other than 429: the rate a 429 is met at.
         self._answered: deque[float] = deque()
-        # The rate learnt from a 429 (requests/s; 0: none) and when a 429 last came.
+        # The rate learnt from a 429 (requests/s; 0: none) and when a 429 last taught it.
         self.learnt = 0.0
         self._last_429 = 0.0
 
@@ -115,8 +115,9 @@ class Brake:
     def _learn(self, now: float) -> None:
         rate = len(self._recent(now))
         if rate >= defaults.LEARN_FROM and rate >= defaults.LEARN_NEAR * self._rate(now) / defaults.LEARNT_SHARE:
-            self.learnt = rate * defaults.LEARNT_SHARE
-        self._last_429 = now
+            # Only a 429 that teaches keeps the rate: one at random must not hold on to a limit that has since
+            # gone down (another runner sharing the API), or every later 429 would be met at the old rate.
+            self.learnt, self._last_429 = rate * defaults.LEARNT_SHARE, now
 
     def _recent(self, now: float) -> deque[float]:
         while self._answered and self._answered[0] <= now - 1.0:
@@ -144,6 +145,10 @@ class Brake:
                     delay, done = slot - now, True
             if delay > 0:
                 self._sleep(delay)
+                if done:
+                    # A 429 that came while this caller waited for its slot pauses it too.
+                    with self._lock:
+                        done = self._clock() >= self._paused_until
             if self._stop is not None and self._stop.is_set() and not done:
                 # Shutting down: do not sit out the API's pause; the caller's job goes back to the queue.
                 raise errors.RateLimited(f"{self.name} asked us to wait, and the connector is stopping.")

@@ -77,8 +77,16 @@ class LocalCrm:
         return conn
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """The rows in one transaction: a record update of several fields is seen whole or not at all."""
         with self._writer:
-            self._conn().executemany(sql, rows)
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(sql, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def identify(self, target_kind: str, target_id: str) -> Contact:
         return Contact(external_id=target_id)

@@ -145,14 +145,25 @@ def _interrupted(file: Path, store: JobStore, batch_id: str) -> Iterator[None]:
         yield
     except (KeyboardInterrupt, _Signalled) as exc:
         signum = exc.signum if isinstance(exc, _Signalled) else signal.SIGINT
-        if store.atomic_batches:
-            what = "nothing was queued (an import is one transaction); run it again to queue the file"
+        if store.atomic_batches or not _queued_any(store, batch_id):
+            what = "nothing was queued" + (" (an import is one transaction)" if store.atomic_batches else "") + \
+                "; run it again to queue the file"
         else:
             what = (f"the jobs queued before it stay queued, as batch {batch_id}: see them with connector jobs list "
-                    f"--batch {batch_id}, or withdraw them with connector jobs cancel --batch {batch_id}")
+                    f"--batch {batch_id}, or withdraw them with connector jobs cancel --batch {batch_id}; the "
+                    f"file is not recorded as imported, so running it again queues its rows again")
         fail(f"The import of {file} was interrupted by {signal.Signals(signum).name}: {what}.", 128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _queued_any(store: JobStore, batch_id: str) -> bool:
+    """Whether an interrupted import had queued some of its jobs (a store without one transaction per import);
+    when the store cannot say, it may have."""
+    try:
+        return bool(store.list(JobFilter(batch=batch_id, limit=1)).jobs)
+    except Exception:  # the store's answer is what was interrupted: say what may be left
+        return True
 
 
 @app.command("batches")
