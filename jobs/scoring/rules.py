@@ -97,6 +97,9 @@ class Action(BaseModel):
         return {"operation": self.do, **(self.model_extra or {})}
 
 
+MAX_ACTIONS = 20
+
+
 class Trigger(BaseModel):
     """When a tag's score reaches a threshold, queue the actions."""
 
@@ -107,7 +110,9 @@ class Trigger(BaseModel):
     at_least: int
     rearm: Literal["once", "every_crossing"] = "once"
     cooldown: float | None = None  # seconds
-    actions: list[Action] = Field(min_length=1)
+    # A crossing does a few things (tag, score, task, webhook); twenty is far more than any trigger needs, and what
+    # a job's page lists of a firing.
+    actions: list[Action] = Field(min_length=1, max_length=MAX_ACTIONS)
 
     @field_validator("at_least", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from jobs.kinds import request_from_raw
 from jobs.model import Job, JobRequest, Origin, Target
 from jobs.scoring.changes import Change, Op, crossed, fold
 from jobs.scoring.history import history_of, record_key
-from jobs.scoring.rules import RuleSet, Trigger
+from jobs.scoring.rules import MAX_ACTIONS, RuleSet, Trigger
 from jobs.store import Effects, Entry, JobFilter, ReaderStore, Record
 
 STREAM = "firings"
@@ -124,6 +124,7 @@ def fired_by(store: ReaderStore, job: Job) -> list[tuple[Firing, list[str]]]:
     fired = []
     for firing in firings_of(store, job.request.target):
         if firing.job_id == job.id:
-            queued = store.list(JobFilter(request_ids=firing.actions, limit=len(firing.actions) or 1)).jobs
+            # A trigger has one to twenty actions (`rules.MAX_ACTIONS`): one page holds every job a firing queued.
+            queued = store.list(JobFilter(request_ids=firing.actions, limit=MAX_ACTIONS)).jobs
             fired.append((firing, [j.id for j in queued]))
     return fired

@@ -191,7 +191,7 @@ WHERE j.status = 'pending'
       WHERE mine.seq = j.seq
   )
 """
-# Rows read at a time while a filter on tags is applied in Python (the rule is `semantics.names_tag`).
+# Rows read at a time while a filter on tags is applied in Python (the rule is `semantics.tag_among`).
 SCAN_CHUNK = 500
 
 
@@ -471,7 +471,7 @@ class PostgresJobStore:
     def _tagged(self, conn: psycopg.Connection[Any], query: JobFilter, where: str,
                 args: builtins.list[Any]) -> builtins.list[dict[str, Any]]:
         """Rows the SQL narrowed down, newest first, read a chunk at a time until the page (and one more) is full
-        of jobs that name the tag by `semantics.names_tag`."""
+        of jobs that name the tag by `semantics.tag_among`."""
         found: builtins.list[dict[str, Any]] = []
         below = None
         while len(found) <= query.limit:

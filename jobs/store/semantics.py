@@ -80,12 +80,7 @@ def refusal(action: str, job: Job) -> str:
     return f"Job {job.id} is {job.display_status}; only {allowed}."
 
 
-def names_tag(job: Job, tag: str) -> bool:
-    """Whether a job names `tag` (case ignored, as the ordering keys ignore it): a valid job's tags, or the tags of
-    input that is not valid, as given. What `JobFilter.tag` finds."""
-    return tag_among(job.to_json().get("tags") or [], tag)
-
-
 def tag_among(tags: Sequence[object], tag: str) -> bool:
+    """Whether `tag` is among `tags`, case and surrounding spaces ignored, as the ordering keys ignore them."""
     wanted = tag.strip().casefold()
     return any(str(name).strip().casefold() == wanted for name in tags)

@@ -614,7 +614,8 @@ def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
 
 
 def _names_tag(payload: str | None, raw: str, tag: str) -> bool:
-    """`semantics.names_tag` on a row's columns: the payload's tags, or the tags of input that is not valid."""
+    """Whether a row names `tag` (`semantics.tag_among`, case ignored): the payload's tags, or the tags of input
+    that is not valid, as given. What `JobFilter.tag` finds."""
     if payload is not None:
         tags = json.loads(payload).get("tags") or []
     else:

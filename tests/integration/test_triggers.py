@@ -11,9 +11,9 @@ import pytest
 
 from connector.sandbox.spotler import SpotlerSandbox
 from connector.spotler import SpotlerPlatform
-from jobs.model import JobStatus, Target, TargetKind
+from jobs.model import JobRequest, JobStatus, Target, TargetKind
 from jobs.scoring.rules import RuleSet, load_rules
-from jobs.scoring.triggers import firings_of
+from jobs.scoring.triggers import fired_by, firings_of
 from jobs.store import JobFilter
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
@@ -113,6 +113,31 @@ def test_a_crossing_fires_once_and_its_actions_run_as_jobs_linked_to_it(rig: Rig
     score(rig, "Nutrition", 5, op="decrease_score")
     score(rig, "Nutrition", 5)  # below 3 and back above it: a `once` trigger does not fire again
     assert [t for t, _, _ in fired(rig)] == ["Prospect", "Hand over"]
+
+
+def test_a_job_shows_what_its_change_fired_and_the_action_jobs_each_firing_queued(rig: Rig) -> None:
+    """What `jobs show` and the console's job page read: only this job's firings, each with its action jobs."""
+    score(rig, "Nutrition", 2)
+    score(rig, "Nutrition", 1)
+    jobs = rig.store.list(JobFilter(limit=20)).jobs
+    crossing = next(j for j in jobs if j.request and j.request.kind.name == "increase_score"
+                    and j.request.payload.tags == ["Nutrition"] and j.request.payload.score == 1)
+    ((firing, action_ids),) = fired_by(rig.store, crossing)
+    assert (firing.trigger, firing.before, firing.after, firing.job_id) == ("Prospect", 2, 3, crossing.id)
+    actions = {j.id: j for j in jobs if j.request and j.request.request_id in firing.actions}
+    assert sorted(action_ids) == sorted(actions) and len(action_ids) == 2
+    # The action job whose +50 crossed "Hand over" shows that firing, with its own single action.
+    sales = next(j for j in actions.values() if j.request and j.request.kind.name == "increase_score")
+    ((cascade, cascade_ids),) = fired_by(rig.store, sales)
+    assert (cascade.trigger, len(cascade_ids)) == ("Hand over", 1)
+    earlier = next(j for j in jobs if j.request and j.request.payload.tags == ["Nutrition"]
+                   and j.request.payload.score == 2)
+    assert fired_by(rig.store, earlier) == []  # its change fired nothing
+    tag_only = rig.store.add([JobRequest.from_input(operation="add_tag", tags="Spring")])[0]
+    assert fired_by(rig.store, tag_only) == []  # no record: nothing to look up
+    unreadable = rig.store.add_raw({"operation": "Increase Score", "target_kind": "contact", "target_id": "C-1",
+                                    "tags": "Nutrition", "score": -5})
+    assert unreadable.request is None and fired_by(rig.store, unreadable) == []  # input that is not valid
 
 
 def test_each_record_has_its_own_firings(rig: Rig, clock: FakeClock) -> None:

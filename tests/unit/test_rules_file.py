@@ -88,6 +88,8 @@ def test_no_rules_file_means_no_rules() -> None:
     ('[[rules]]\nevent = "visit"\ntag = "A"\nchange = "+1"\nweight = 2\n',
      "rules[0] 'visit' weight: is not a key of the rules file here"),
     ('[[triggers]]\nname = "T"\ntag = "A"\nat_least = 3\n', "triggers[0] 'T' actions: is missing"),
+    ('[[triggers]]\nname = "T"\ntag = "A"\nat_least = 3\n' + '[[triggers.actions]]\ndo = "add_tag"\ntags = "X"\n' * 21,
+     "triggers[0] 'T' actions: List should have at most 20 items after validation, not 21"),
     ('[[rules]]\nevent = "v"\ntag = "A"\nchange = "+1"\n[[rules]]\nevent = "v"\ntag = "B"\nchange = "+2"\n',
      "rules.toml: the file: event 'v' has more than one rule; an event becomes at most one job"),
     ('triggers = [{ name = "T", tag = "A", at_least = 3, actions = ["add_tag"] }]\n',
