@@ -6,21 +6,13 @@ Queues N jobs (a mix of every operation over 100 contacts) with `connector jobs 
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-OPERATIONS = [
-    ("Add Tag", "Webinar", ""),
-    ("Increase Score", "Lead", "5"),
-    ("Decrease Score", "Lead", "2"),
-    ("Set Score", "Engagement", "40"),
-    ("Remove Tag", "Trial; Event", ""),
-    ("Remove Score", "Churn", ""),
-]
+from throughput import write_jobs
 
 
 def main() -> None:
@@ -29,12 +21,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         jobs = work / "jobs.csv"
-        with jobs.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["operation", "contact", "tags", "score"])
-            for i in range(count):
-                op, tags, score = OPERATIONS[i % len(OPERATIONS)]
-                writer.writerow([op, f"C-{i % 100:03d}", tags, score])
+        write_jobs(jobs, count, contacts=100)
         command = [sys.executable, "-m", "jobs.cli"]
         subprocess.run([*command, "jobs", "import", str(jobs)], cwd=work, check=True, capture_output=True)
         run = [*command, "run", "--once"] + (["--workers", workers] if workers else [])

@@ -7,7 +7,6 @@ Usage: python bench/imports.py [N]   (default 1,000,000)
 
 from __future__ import annotations
 
-import csv
 import resource
 import subprocess
 import sys
@@ -15,12 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-OPERATIONS = [
-    ("Add Tag", "Webinar", ""),
-    ("Increase Score", "Lead", "5"),
-    ("Set Score", "Engagement", "40"),
-    ("Remove Tag", "Trial; Event", ""),
-]
+from throughput import write_jobs
 
 
 def main() -> None:
@@ -28,12 +22,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         jobs = work / "jobs.csv"
-        with jobs.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["operation", "contact", "tags", "score"])
-            for i in range(count):
-                op, tags, score = OPERATIONS[i % len(OPERATIONS)]
-                writer.writerow([op, f"C-{i % 1000:03d}", tags, score])
+        write_jobs(jobs, count, contacts=1000)
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "jobs.cli", "jobs", "import", str(jobs)], cwd=work,
                                 capture_output=True, text=True)
