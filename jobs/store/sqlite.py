@@ -578,15 +578,12 @@ def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
     elif query.status is not None:
         clauses.append("status = ?")
         args.append(str(query.status))
-    if query.target_id is not None:
-        clauses.append("target_id = ?")
-        args.append(query.target_id)
-    if query.since is not None:
-        clauses.append("created_at >= ?")
-        args.append(query.since)
-    if query.batch is not None:
-        clauses.append("batch_id = ?")
-        args.append(query.batch)
+    for clause, value in (("target_id = ?", query.target_id), ("created_at >= ?", query.since),
+                          ("batch_id = ?", query.batch), ("kind = ?", query.operation),
+                          ("result_code = ?", query.result_code)):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
     if query.request_ids:
         clauses.append(f"request_id IN ({', '.join('?' * len(query.request_ids))})")
         args.extend(query.request_ids)
@@ -598,12 +595,6 @@ def _where(query: JobFilter) -> tuple[str, builtins.list[Any]]:
             args.append(json.dumps(query.tag.strip())[1:-1])
         clauses.append("names_tag(payload, raw, ?)")
         args.append(query.tag)
-    if query.operation is not None:
-        clauses.append("kind = ?")
-        args.append(query.operation)
-    if query.result_code is not None:
-        clauses.append("result_code = ?")
-        args.append(query.result_code)
     if query.text is not None:
         clauses.append("(instr(lower(message), lower(?)) > 0 OR id = ?)")
         args.extend([query.text, query.text.strip()])
