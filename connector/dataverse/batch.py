@@ -56,16 +56,24 @@ class BatchResult:
 
 def build_batch(parts: Sequence[BatchPart], *, boundary: str, base_url: str, changeset: bool) -> bytes:
     """The body of a `$batch` POST. With `changeset`, every part goes into one atomic change set."""
-    lines: list[str] = []
     if changeset:
+        return build_change_sets([parts], boundary=boundary, base_url=base_url)
+    lines: list[str] = []
+    for part in parts:
+        lines += [f"--{boundary}", *_request_part(part, base_url, part.content_id)]
+    lines += [f"--{boundary}--", ""]
+    return CRLF.join(lines).encode()
+
+
+def build_change_sets(sets: Sequence[Sequence[BatchPart]], *, boundary: str, base_url: str) -> bytes:
+    """The body of a `$batch` POST holding each of `sets` as its own atomic change set."""
+    lines: list[str] = []
+    for parts in sets:
         inner = f"changeset_{uuid.uuid4()}"
         lines += [f"--{boundary}", f"Content-Type: multipart/mixed; boundary={inner}", ""]
         for number, part in enumerate(parts, start=1):
             lines += [f"--{inner}", *_request_part(part, base_url, part.content_id or str(number))]
         lines += [f"--{inner}--", ""]
-    else:
-        for part in parts:
-            lines += [f"--{boundary}", *_request_part(part, base_url, part.content_id)]
     lines += [f"--{boundary}--", ""]
     return CRLF.join(lines).encode()
 
@@ -136,17 +144,23 @@ def _lookup(headers: Mapping[str, str], name: str) -> str | None:
 
 def parse_batch(body: bytes, content_type: str) -> list[BatchResult]:
     """The answers of a `$batch` response, change sets flattened, in order."""
+    return [result for answer in parse_change_sets(body, content_type) for result in answer]
+
+
+def parse_change_sets(body: bytes, content_type: str) -> list[list[BatchResult]]:
+    """The answers of a `$batch` response, one list per top-level part: a change set's answers, or the one answer
+    of a request outside any change set, or of the part that made a change set fail."""
     boundary = boundary_of(content_type)
     if not boundary:
         raise ValueError(f"a $batch response needs a multipart boundary, got Content-Type {content_type!r}")
-    results: list[BatchResult] = []
+    answers: list[list[BatchResult]] = []
     for headers, content in split_multipart(body, boundary):
         part_type = _lookup(headers, "Content-Type") or ""
         if part_type.lower().startswith("multipart/mixed"):
-            results.extend(parse_batch(content, part_type))
+            answers.append(parse_batch(content, part_type))
             continue
-        results.append(_parse_http_response(content, _lookup(headers, "Content-ID")))
-    return results
+        answers.append([_parse_http_response(content, _lookup(headers, "Content-ID"))])
+    return answers
 
 
 def _parse_http_response(content: bytes, content_id: str | None) -> BatchResult:

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 from connector import errors
 from connector.crm import Task, TimelinePost
+from connector.dataverse.batch import BatchPart, BatchResult
+from connector.dataverse.changesets import shared_writes
 from connector.dataverse.client import DataverseClient, guid, odata_literal, row_url
 from connector.platform import Contact
 
@@ -41,6 +43,23 @@ POST_SOURCE_AUTO = 1
 POST_TYPE_STATUS = 7
 POST_MAX_LENGTH = 2000
 _JOB_MARK = re.compile(r"\(job ([^()\s]+)\)")
+
+
+class _Create:
+    """A new row as a write that may share a `$batch` (`changesets.Writes`)."""
+
+    def __init__(self, client: DataverseClient, entity_set: str, row: dict[str, Any]) -> None:
+        self.client = client
+        self.entity_set = entity_set
+        self.row = row
+        self.parts = (BatchPart("POST", entity_set, body=row),)
+
+    def alone(self) -> None:
+        self.client.create(self.entity_set, self.row)
+
+    def answer(self, results: list[BatchResult]) -> None:
+        if not results[0].ok:
+            raise self.client.batch_error(results[0])
 
 
 def job_mark(job_id: str) -> str:
@@ -112,14 +131,19 @@ class DataverseCrm:
                 "type": POST_TYPE_STATUS,
                 f"regardingobjectid_{target_kind}@odata.bind": record,
             }
-            self.client.create("posts", row)
+            self._create("posts", row)
         else:
-            self.client.create("annotations", {
+            self._create("annotations", {
                 "subject": f"{self.note_subject} {mark}",
                 "notetext": text,
                 f"objectid_{target_kind}@odata.bind": record,
             })
         log.info("job %s: wrote a timeline %s on %s %s", job_id, self.timeline_kind, target_kind, target_id)
+
+    def _create(self, entity_set: str, row: dict[str, Any]) -> None:
+        # Posts leave in the `$batch` of whatever else is being written at the moment (the job store's writes,
+        # when the jobs are Dataverse rows too), in a change set of their own.
+        shared_writes(self.client)(_Create(self.client, entity_set, row))
 
     def _existing(self, target_kind: str, target_id: str, job_id: str) -> bool:
         record = _guid(target_kind, target_id)

@@ -60,6 +60,7 @@ from config.settings import DataverseEntriesSettings, DataverseTableSettings
 from config.text import shown
 from connector import errors
 from connector.dataverse.batch import BatchPart, BatchResult
+from connector.dataverse.changesets import shared_writes
 from connector.dataverse.client import (
     MAX_PAGE_SIZE,
     DataverseClient,
@@ -109,6 +110,31 @@ RUNNER_STREAM = "runner"
 # Jobs per change set of an import: Dataverse's limit for one `$batch` change set.
 BATCH_CHUNK = 1000
 TARGET_SETS = {"contact": "contacts", "lead": "leads", "account": "accounts"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _RowWrite:
+    """A PATCH of a job's row under its lease, and the parts that must be written with it: one change set."""
+
+    store: DataverseJobStore
+    job_id: str
+    parts: tuple[BatchPart, ...]
+
+    def alone(self) -> Row:
+        """With nothing else to send: a plain PATCH, or a change set when entries go with it."""
+        client = self.store.client
+        patch, *also = self.parts
+        if not also:
+            updated = client.update(self.store.t.entity_set, self.job_id, patch.body, etag=patch.headers["If-Match"],
+                                    select=self.store.columns)
+            assert updated is not None
+            return updated
+        return self.answer(client.batch(self.parts, changeset=True))
+
+    def answer(self, results: builtins.list[BatchResult]) -> Row:
+        if not all(result.ok for result in results):
+            raise self.store.refusal(results, f"Dataverse refused job {self.job_id}'s outcome")
+        return dict(results[0].json())
 
 
 def _iso(ts: float | None) -> str | None:
@@ -173,6 +199,8 @@ class DataverseJobStore:
         # The last version of each row this store holds a lease on: its ETag makes the next write conditional.
         self._held: dict[str, Row] = {}
         self._lock = threading.Lock()
+        # Writes of jobs running at once leave together: one `$batch` per round trip, not one request per write.
+        self._writes = shared_writes(client)
 
     def _all_columns(self) -> list[str]:
         t = self.t
@@ -714,15 +742,22 @@ class DataverseJobStore:
         return results
 
     def _refused(self, results: Sequence[BatchResult], what: str) -> NoReturn:
-        """The answer to a change set that failed (the client makes sure it names the part that did): a
+        raise self.refusal(results, what)
+
+    def refusal(self, results: Sequence[BatchResult], what: str) -> Exception:
+        """The error for a change set that failed (the client makes sure it names the part that did): a
         throttled or unavailable service is worth asking again later."""
         error = self.client.batch_error(next(r for r in results if not r.ok))
         message = f"{what}: {error.message}"
-        if isinstance(error, errors.TransientError):
-            raise StoreUnavailable(message, http_status=error.http_status, retry_after=error.retry_after) from error
         if isinstance(error, errors.Conflict):
-            raise error
-        raise StoreError(message, http_status=error.http_status) from error
+            return error
+        refusal: StoreError
+        if isinstance(error, errors.TransientError):
+            refusal = StoreUnavailable(message, http_status=error.http_status, retry_after=error.retry_after)
+        else:
+            refusal = StoreError(message, http_status=error.http_status)
+        refusal.__cause__ = error
+        return refusal
 
     def _columns(self, fields: dict[str, Any]) -> Row:
         """Job fields (as `semantics` names them) as the table's columns."""
@@ -771,16 +806,9 @@ class DataverseJobStore:
         raise LeaseLost(f"Job {job_id} kept changing under {owner}; giving it up.")
 
     def _patch(self, job_id: str, changes: Row, etag: str, also: Sequence[BatchPart]) -> Row:
-        if not also:
-            updated = self.client.update(self.t.entity_set, job_id, changes, etag=etag, select=self.columns)
-            assert updated is not None
-            return updated
         path = f"{self.t.entity_set}({job_id})?{encode_query({'$select': ','.join(self.columns)})}"
         patch = BatchPart("PATCH", path, body=changes, headers={"If-Match": etag, "Prefer": "return=representation"})
-        results = self.client.batch([patch, *also], changeset=True)
-        if not all(result.ok for result in results):
-            self._refused(results, f"Dataverse refused job {job_id}'s outcome")
-        return dict(results[0].json())
+        return self._writes(_RowWrite(self, job_id, (patch, *also)))
 
     def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> builtins.list[str]:
         expires = _iso(self._clock() + lease_seconds)

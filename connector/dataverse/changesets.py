@@ -1,0 +1,155 @@
+"""Change sets from many threads in one `$batch`: group commit for Dataverse writes.
+
+Each worker's write (a job row's PATCH, with the entries that must be kept with it) is one change set: atomic on
+its own, independent of the others. While one `$batch` is on the wire, the writes that arrive wait and leave
+together in the next one, so a busy runner sends one request per round trip instead of one per write, and a write
+that finds nothing on the wire leaves at once, alone, as it would without this module. A change set that fails
+fails its own write only (`Prefer: odata.continue-on-error`); a `$batch` that fails as a whole (throttled,
+unavailable, cut off) fails every write in it, each caller seeing the error as its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from connector import errors
+from connector.dataverse.batch import BatchPart, BatchResult, build_change_sets, parse_change_sets
+
+if TYPE_CHECKING:
+    from connector.dataverse.client import DataverseClient
+
+# Dataverse's cap on the requests of one `$batch`, change sets included.
+MAX_PARTS = 1000
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class ChangeSet(Protocol[R_co]):
+    """One caller's write: its parts, atomic together, and how to read the answer."""
+
+    @property
+    def parts(self) -> Sequence[BatchPart]: ...
+
+    def alone(self) -> R_co:
+        """Send the write by itself, as it would be sent without grouping."""
+
+    def answer(self, results: list[BatchResult]) -> R_co:
+        """The write's result from its change set's answers; raises the caller's error when it failed."""
+
+
+@dataclass
+class _Ticket:
+    change: ChangeSet[Any]
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Writes:
+    """Change sets from many threads, sent in groups: at most one `$batch` on the wire at a time."""
+
+    def __init__(self, client: DataverseClient) -> None:
+        self.client = client
+        self._cond = threading.Condition()
+        self._queue: list[_Ticket] = []
+        self._sending = False
+        # Requests sent and the writes they carried: what grouping saved.
+        self.requests = 0
+        self.writes = 0
+
+    def __call__(self, change: ChangeSet[R]) -> R:
+        ticket = _Ticket(change)
+        with self._cond:
+            self._queue.append(ticket)
+            while not ticket.done:
+                if self._sending:
+                    self._cond.wait()
+                    continue
+                # Nothing on the wire: this thread sends what waits, oldest first (its own write among them,
+                # unless older ones fill the `$batch`; then it goes round again).
+                self._sending = True
+                group = self._take()
+                self._cond.release()
+                try:
+                    self._send(group)
+                finally:
+                    self._cond.acquire()
+                    self._sending = False
+                    self._cond.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        value: R = ticket.value
+        return value
+
+    def _take(self) -> list[_Ticket]:
+        taken, used = 0, 0
+        for ticket in self._queue:
+            used += len(ticket.change.parts)
+            if taken and used > MAX_PARTS:
+                break
+            taken += 1
+        group, self._queue = self._queue[:taken], self._queue[taken:]
+        return group
+
+    def _send(self, group: list[_Ticket]) -> None:
+        self.requests += 1
+        self.writes += len(group)
+        try:
+            if len(group) == 1:
+                group[0].value = group[0].change.alone()
+                return
+            answers = send_change_sets(self.client, [ticket.change.parts for ticket in group])
+            for ticket, results in zip(group, answers, strict=True):
+                try:
+                    ticket.value = ticket.change.answer(results)
+                except Exception as exc:
+                    ticket.error = exc
+        except BaseException as exc:
+            # The `$batch` failed as a whole: every write in it failed, each caller sees why.
+            for ticket in group:
+                ticket.error = exc
+        finally:
+            for ticket in group:
+                ticket.done = True
+
+
+_shared: weakref.WeakKeyDictionary[DataverseClient, Writes] = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def shared_writes(client: DataverseClient) -> Writes:
+    """The one `Writes` of `client`: the job store's writes and the timeline's posts leave together."""
+    with _shared_lock:
+        writes = _shared.get(client)
+        if writes is None:
+            writes = _shared[client] = Writes(client)
+        return writes
+
+
+def send_change_sets(client: DataverseClient, sets: Sequence[Sequence[BatchPart]]) -> list[list[BatchResult]]:
+    """Run each of `sets` as its own change set, all in one `$batch`. Each set is answered with the results of
+    all its parts, or with the one result of the part that failed (the set then changed nothing)."""
+    if sum(len(parts) for parts in sets) > MAX_PARTS:
+        raise ValueError(f"a $batch holds at most {MAX_PARTS} requests")
+    boundary = f"batch_{uuid.uuid4()}"
+    body = build_change_sets(sets, boundary=boundary, base_url=client.base_url)
+    response = client.send(
+        "POST", "$batch", data=body,
+        headers={"Content-Type": f"multipart/mixed; boundary={boundary}", "Prefer": "odata.continue-on-error"},
+    )
+    answers = parse_change_sets(response.content, response.headers.get("Content-Type", ""))
+    # An answer cut short on the way leaves the outcome of the sets it does not cover unknown: asking again is the
+    # only safe reading, as for a single change set answered in part.
+    if len(answers) != len(sets) or any(
+        len(found) != len(parts) and all(result.ok for result in found)
+        for found, parts in zip(answers, sets, strict=True)
+    ):
+        raise errors.Unavailable(f"Dataverse answered {len(sets)} change sets with {len(answers)} answers, some "
+                                 "cut short; their outcome is unknown.")
+    return answers
