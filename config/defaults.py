@@ -1,5 +1,7 @@
 """Every default in one place, each with the reason for its value."""
 
+from typing import Final
+
 # The embedded default keeps all its state under one directory of the working directory.
 HOME = ".connector"
 # Looked up in the working directory; CONNECTOR_CONFIG points elsewhere.
@@ -57,6 +59,16 @@ LEARN_FROM = 5
 LEARN_NEAR = 0.95
 LEARNT_SHARE = 0.97
 LEARNT_FORGET_AFTER = 60.0
+# An API that says how much of its limit is left (Dataverse: x-ms-ratelimit-burst-remaining-xrm-requests and
+# -time-remaining-) is met at full speed while a fifth or more is left, so that a short drain is not slowed at
+# all; below that, requests are spaced so the rest lasts the API's window. A fifth of Dataverse's 6,000 is 1,200
+# requests: far more than the workers can have in flight while the next answer brings a fresher count.
+BUDGET_LOW = 0.2
+# Dataverse's service protection limits count over a sliding window of five minutes, per user and web server.
+DATAVERSE_LIMIT_WINDOW = 300.0
+# Whether each part of a $batch counts toward Dataverse's 6,000 requests is not settled in public sources: the
+# cautious reading is that it does, so the brake counts a batch of N parts as N requests unless told otherwise.
+DATAVERSE_PACE_BY: Final = "parts"
 # Waits up to this long happen inside the attempt; longer ones put the job back to pending (shown as retrying).
 INLINE_WAIT_MAX = 5.0
 

@@ -261,8 +261,22 @@ class DataverseSettings(_Section):
     # How the platform knows a record: its CRM id (empty) or the value of a column such as emailaddress1.
     identify_column: str = ""
     identify_as: Literal["external_id", "email"] = "external_id"
+    pace_by: Literal["parts", "requests"] = Field(
+        defaults.DATAVERSE_PACE_BY, description="what the brake counts of a $batch: each of its parts "
+        "(the cautious reading of Dataverse's limits) or the one HTTP request"
+    )
     jobs: DataverseTableSettings = DataverseTableSettings()
     entries: DataverseEntriesSettings = DataverseEntriesSettings()
+
+    @field_validator("pace_by", mode="before")
+    @classmethod
+    def _pace_by(cls, value: Any) -> Any:
+        choices = ("parts", "requests")
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(f"dataverse.pace_by is {shown(value)}; use \"parts\" (each part of a $batch counts as "
+                         f"a request toward Dataverse's limits, the cautious reading) or \"requests\" (a $batch "
+                         f"counts once)")
 
 
 class PostgresSettings(_Section):

@@ -66,6 +66,11 @@ class Brake:
     under the cap (`CAP_SHARE`). Without it, the rate answered in the second before a 429 is taken as the API's
     limit: requests are then spaced just under it, so that the workers do not burst into the next 429 when the
     pause ends, until a minute passes without a 429 that teaches one (see `LEARN_FROM` in config/defaults.py).
+
+    A request may cost more than one slot (`wait(cost)`, `answered(count)`): a Dataverse `$batch` of N parts
+    counts as N requests where the API may count it so. `budget()` takes the API's own count of what is left of
+    its limit: while little is left, requests are spaced so that the rest lasts the API's window, which slows the
+    workers down before a 429 rather than after it.
     """
 
     def __init__(
@@ -86,13 +91,22 @@ class Brake:
         self._stop = stop
         self._lock = threading.Lock()
         self._paused_until = 0.0
-        self._next_slot = 0.0
+        # The last slot taken and how many requests it was for: the next one is that many intervals later, at
+        # the interval that stands when it is taken, so a fresher reading of the API's budget counts at once.
+        self._last_slot = float("-inf")
+        self._last_cost = 0
         self.pauses = 0
-        # When each request of the last second was answered other than 429: the rate a 429 is met at.
-        self._answered: deque[float] = deque()
+        # When the requests of the last second were answered other than 429, and how many each counted for: the
+        # rate a 429 is met at.
+        self._answered: deque[tuple[float, int]] = deque()
+        self._answered_count = 0
         # The rate learnt from a 429 (requests/s; 0: none) and when a 429 last taught it.
         self.learnt = 0.0
         self._last_429 = 0.0
+        # The spacing the API's own count of what is left asks for (seconds per request; 0: none), and until when
+        # that reading stands.
+        self.budget_interval = 0.0
+        self._budget_until = 0.0
 
     def pause(self, seconds: float) -> None:
         seconds = min(seconds, self.max_pause)
@@ -105,24 +119,45 @@ class Brake:
                 self.pauses += 1
                 log.warning("%s asked us to slow down: all workers pause for %.1f s", self.name, seconds)
 
-    def answered(self) -> None:
-        """A request got an answer that was not a 429."""
+    def answered(self, count: int = 1) -> None:
+        """A request that counted for `count` got an answer that was not a 429."""
         with self._lock:
             now = self._clock()
-            self._answered.append(now)
+            self._answered.append((now, count))
+            self._answered_count += count
             self._recent(now)
 
+    def budget(self, left: float, *, share: float, window: float) -> None:
+        """The API says `left` requests remain of its limit over a sliding window of `window` seconds, `share` of
+        that limit. While the share is under `BUDGET_LOW`, requests are spaced `window / left` apart: then no
+        more than `left` go out in the next window, whatever the window already holds, and as its old requests
+        age out the API reports more left and the spacing eases. Below one request left, that is a pause of a
+        whole window (at most `max_pause`)."""
+        with self._lock:
+            now = self._clock()
+            if share >= defaults.BUDGET_LOW:
+                self.budget_interval = 0.0
+                return
+            interval = min(window / max(left, 1.0), self.max_pause)
+            if not self.budget_interval:
+                log.info("%s has %.0f requests left of its limit (%.0f %%): requests are spaced %.2f s apart so "
+                         "that they last its %g s window", self.name, max(left, 0.0), 100 * share, interval, window)
+            self.budget_interval = interval
+            # A reading older than the window says nothing about it any more.
+            self._budget_until = now + window
+
     def _learn(self, now: float) -> None:
-        rate = len(self._recent(now))
+        rate = self._recent(now)
         if rate >= defaults.LEARN_FROM and rate >= defaults.LEARN_NEAR * self._rate(now) / defaults.LEARNT_SHARE:
             # Only a 429 that teaches keeps the rate: one at random must not hold on to a limit that has since
             # gone down (another runner sharing the API), or every later 429 would be met at the old rate.
             self.learnt, self._last_429 = rate * defaults.LEARNT_SHARE, now
 
-    def _recent(self, now: float) -> deque[float]:
-        while self._answered and self._answered[0] <= now - 1.0:
-            self._answered.popleft()
-        return self._answered
+    def _recent(self, now: float) -> int:
+        """Requests answered in the last second."""
+        while self._answered and self._answered[0][0] <= now - 1.0:
+            self._answered_count -= self._answered.popleft()[1]
+        return self._answered_count
 
     def _rate(self, now: float) -> float:
         """The rate learnt, while it stands (0 when none is)."""
@@ -130,18 +165,25 @@ class Brake:
             self.learnt = 0.0
         return self.learnt
 
-    def wait(self) -> None:
+    def _budgeted(self, now: float) -> float:
+        """The spacing the API's count of what is left asks for, while its reading stands (0 when none does)."""
+        if self.budget_interval and now > self._budget_until:
+            self.budget_interval = 0.0
+        return self.budget_interval
+
+    def wait(self, cost: int = 1) -> None:
+        """Holds the caller until its request may go out; `cost` is how many requests the API counts it for."""
         while True:
             with self._lock:
                 now = self._clock()
                 if now < self._paused_until:
                     delay, done = self._paused_until - now, False
                 else:
-                    # Take the next free slot; concurrent callers queue up behind each other.
+                    # Take the next free slots; concurrent callers queue up behind each other.
                     rate = self._rate(now)
-                    interval = max(self.interval, 1.0 / rate if rate else 0.0)
-                    slot = max(now, self._next_slot)
-                    self._next_slot = slot + interval
+                    interval = max(self.interval, 1.0 / rate if rate else 0.0, self._budgeted(now))
+                    slot = max(now, self._last_slot + interval * self._last_cost)
+                    self._last_slot, self._last_cost = slot, cost
                     delay, done = slot - now, True
             if delay > 0:
                 self._sleep(delay)
@@ -232,6 +274,10 @@ class ApiSession(requests.Session):
         self.brake = brake or Brake(api)
         self.requests_sent = 0
         self.throttled = 0
+        # Requests sent and not answered yet (as the API counts them, see `cost`): what an API's count of what is
+        # left of its limit does not include yet.
+        self.in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self._environment: dict[tuple[str, str], Any] = {}
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.mount("http://", adapter)
@@ -251,14 +297,23 @@ class ApiSession(requests.Session):
             found = self._environment[key] = super().merge_environment_settings(url, {}, None, None, None)
         return {**found, "proxies": dict(found["proxies"])}
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, cost: int = 1,
+                **kwargs: Any) -> requests.Response:
+        """As `requests.Session.request`; `cost` is how many requests the API counts this one for (the parts of
+        a Dataverse `$batch`), in the brake's slots and in the rate it learns."""
         kwargs.setdefault("timeout", self.timeout)
-        self.brake.wait()
+        self.brake.wait(cost)
         self.requests_sent += 1
-        with translate_exceptions(self.api):
-            response = super().request(method, url, *args, **kwargs)
+        with self._in_flight_lock:
+            self.in_flight += cost
+        try:
+            with translate_exceptions(self.api):
+                response = super().request(method, url, *args, **kwargs)
+        finally:
+            with self._in_flight_lock:
+                self.in_flight -= cost
         if response.status_code != 429:
-            self.brake.answered()
+            self.brake.answered(cost)
         else:
             self.throttled += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After"))

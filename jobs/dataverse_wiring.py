@@ -64,12 +64,12 @@ def dataverse_client(
         return connect(
             environment_url=sandbox_url, tenant_id=SANDBOX_TENANT, client_id=SANDBOX_CLIENT_ID,
             client_secret=SANDBOX_CLIENT_SECRET, authority_host=sandbox_url, ca_file=str(sandbox_ca_file(settings)),
-            pool_size=settings.runner.workers, timeout=timeout, brake=brake, sleep=sleep,
+            pool_size=settings.runner.workers, timeout=timeout, brake=brake, sleep=sleep, pace_by=dv.pace_by,
         )
     return connect(
         environment_url=dv.environment_url, tenant_id=dv.tenant_id, client_id=dv.client_id,
         client_secret=dv.client_secret.get_secret_value(), authority_host=dv.authority_host,
-        pool_size=settings.runner.workers, timeout=timeout, brake=brake, sleep=sleep,
+        pool_size=settings.runner.workers, timeout=timeout, brake=brake, sleep=sleep, pace_by=dv.pace_by,
     )
 
 

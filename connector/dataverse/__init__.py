@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from config import defaults
 from connector.dataverse.auth import DataverseAuth
 from connector.dataverse.client import DataverseClient
 from connector.http import CONNECT_TIMEOUT, READ_TIMEOUT, ApiSession, Brake
@@ -29,11 +30,14 @@ def connect(
     timeout: tuple[float, float] | None = None,
     brake: Brake | None = None,
     sleep: Callable[[float], Any] = time.sleep,
+    pace_by: str = defaults.DATAVERSE_PACE_BY,
+    limit_window: float = defaults.DATAVERSE_LIMIT_WINDOW,
 ) -> DataverseClient:
     """A client for `environment_url`, authenticated as the app registration `client_id` in `tenant_id`.
 
     `ca_file` makes both the API session and MSAL's session trust that CA alone (the sandbox's); it also makes
     them ignore REQUESTS_CA_BUNDLE, which would otherwise override it. Close the client to close both sessions.
+    `pace_by` and `limit_window` are the client's (see `DataverseClient`).
     """
     environment_url = environment_url.rstrip("/")
     timeout = timeout or (CONNECT_TIMEOUT, READ_TIMEOUT)
@@ -54,7 +58,7 @@ def connect(
         # Instance discovery asks Microsoft whether the authority host is known: never for a loopback sandbox.
         instance_discovery=not sandbox,
     )
-    return DataverseClient(api, environment_url, sleep=sleep)
+    return DataverseClient(api, environment_url, sleep=sleep, pace_by=pace_by, limit_window=limit_window)
 
 
 __all__ = ["DataverseAuth", "DataverseClient", "connect"]

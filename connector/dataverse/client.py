@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from urllib.parse import quote
 
 import requests
 
+from config import defaults
 from connector import errors
 from connector.dataverse.batch import BatchPart, BatchResult, build_batch, parse_batch
 from connector.http import ApiSession, error_for_status
@@ -36,6 +38,13 @@ MAX_PAGE_SIZE = 5000
 DEFAULT_PAGE_SIZE = 1000
 # Dataverse caps a $batch at 1000 requests.
 MAX_BATCH = 1000
+
+# What Dataverse says of its service protection limits on each answer (per user and web server): the requests
+# left of the 6,000 per five minutes, the seconds left of the 1,200 s of combined execution time per five minutes
+# (written with a thousands separator: "1,199.46"), and the degree of parallelism it recommends.
+BURST_REMAINING = "x-ms-ratelimit-burst-remaining-xrm-requests"
+TIME_REMAINING = "x-ms-ratelimit-time-remaining-xrm-requests"
+DOP_HINT = "x-ms-dop-hint"
 
 ROW_NOT_FOUND = "0x80040217"
 CONCURRENCY_MISMATCH = "0x80060882"
@@ -78,6 +87,11 @@ class DataverseClient:
     `session` carries the auth (`DataverseAuth`) and, for the sandbox, trusts its CA. `retries` bounds the
     resends after a 429 / 503 / refused connection; a wait longer than `max_wait` seconds is not done inline.
     `sleep` is injectable so tests never wait for real (the session's brake has its own `sleep`).
+
+    `pace_by` says what the session's brake counts of a `$batch`: each of its `"parts"` or the one HTTP request
+    (`"requests"`). The limits Dataverse reports on its answers (`BURST_REMAINING`, `TIME_REMAINING`, over its
+    sliding `limit_window`) go to the brake, which spaces requests out when little is left; `dop_hint` keeps the
+    degree of parallelism Dataverse recommends, once it has said so.
     """
 
     def __init__(
@@ -89,7 +103,11 @@ class DataverseClient:
         max_wait: float = 30.0,
         backoff: float = 0.5,
         sleep: Callable[[float], Any] = time.sleep,
+        pace_by: str = defaults.DATAVERSE_PACE_BY,
+        limit_window: float = defaults.DATAVERSE_LIMIT_WINDOW,
     ) -> None:
+        if pace_by not in ("parts", "requests"):
+            raise ValueError(f"pace_by is {pace_by!r}; use 'parts' or 'requests'")
         self.session = session
         self.environment_url = environment_url.rstrip("/")
         self.base_url = self.environment_url + API_PATH
@@ -97,6 +115,16 @@ class DataverseClient:
         self.max_wait = max_wait
         self.backoff = backoff
         self._sleep = sleep
+        self.pace_by = pace_by
+        self.limit_window = limit_window
+        self.dop_hint: int | None = None
+        self._limits_lock = threading.Lock()
+        # The most Dataverse has said is left: its limit, as far as this client can tell.
+        self._most_requests_left = 0.0
+        self._most_seconds_left = 0.0
+        # Seconds an answer takes per request it counts for, on average: what turns the execution time left into
+        # requests left. The time on the wire is counted as execution, which errs on the side of caution.
+        self._seconds_per_request = 0.0
         session.headers.update(
             {
                 "Accept": "application/json",
@@ -128,8 +156,10 @@ class DataverseClient:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         data: bytes | None = None,
+        cost: int = 1,
     ) -> requests.Response:
-        """One request, resent only while Dataverse certainly did not run it; errors mapped onto our tree."""
+        """One request, resent only while Dataverse certainly did not run it; errors mapped onto our tree. `cost`
+        is how many requests the brake counts it for."""
         request_headers = dict(headers or {})
         if body is not None:
             data = json.dumps(body).encode()
@@ -141,7 +171,8 @@ class DataverseClient:
         while True:
             attempt += 1
             try:
-                response = self.session.request(method, url, data=data, headers=request_headers)
+                response = self.session.request(method, url, data=data, headers=request_headers, cost=cost)
+                self._read_limits(response, cost)
                 if response.status_code < 400:
                     return response
                 raise self.error(response)
@@ -158,6 +189,36 @@ class DataverseClient:
                 # A Retry-After is about the API, not this request: the shared brake makes every worker wait.
                 # (The session has already paused it for a 429; pausing again for the same time is a no-op.)
                 self.session.brake.pause(wait)
+
+    def _read_limits(self, response: requests.Response, cost: int) -> None:
+        """What Dataverse says is left of its limits, for the brake; and its recommended parallelism."""
+        hint = _number(response.headers.get(DOP_HINT))
+        if hint is not None and hint >= 1 and int(hint) != self.dop_hint:
+            if self.dop_hint is None:
+                log.info("Dataverse recommends %d requests in parallel (x-ms-dop-hint)", int(hint))
+            self.dop_hint = int(hint)
+        if response.status_code == 429:
+            return  # its Retry-After has paused the brake already; what is left once that is over, the next says
+        requests_left = _number(response.headers.get(BURST_REMAINING))
+        seconds_left = _number(response.headers.get(TIME_REMAINING))
+        if requests_left is None and seconds_left is None:
+            return
+        facets: list[tuple[float, float]] = []  # (requests left, share of the limit left)
+        with self._limits_lock:
+            took = response.elapsed.total_seconds() / max(cost, 1)
+            average = self._seconds_per_request
+            self._seconds_per_request = took if not average else 0.9 * average + 0.1 * took
+            if requests_left is not None:
+                self._most_requests_left = max(self._most_requests_left, requests_left)
+                facets.append((requests_left, requests_left / self._most_requests_left if requests_left else 0.0))
+            if seconds_left is not None and self._seconds_per_request > 0:
+                self._most_seconds_left = max(self._most_seconds_left, seconds_left)
+                facets.append((seconds_left / self._seconds_per_request,
+                               seconds_left / self._most_seconds_left if seconds_left else 0.0))
+        if facets:
+            # Requests still on their way were not counted in this answer; they will be.
+            left = min(f[0] for f in facets) - self.session.in_flight
+            self.session.brake.budget(left, share=min(f[1] for f in facets), window=self.limit_window)
 
     def _may_resend(self, exc: errors.TransientError, attempt: int) -> bool:
         if attempt > self.retries:
@@ -290,7 +351,8 @@ class DataverseClient:
         headers = {"Content-Type": f"multipart/mixed; boundary={boundary}"}
         if continue_on_error:
             headers["Prefer"] = "odata.continue-on-error"
-        response = self.send("POST", "$batch", data=body, headers=headers)
+        cost = len(parts) if self.pace_by == "parts" else 1
+        response = self.send("POST", "$batch", data=body, headers=headers, cost=cost)
         results = parse_batch(response.content, response.headers.get("Content-Type", ""))
         # Dataverse answers a change set with every part, or with the one that failed. Anything else (an answer
         # cut short on the way) leaves its outcome unknown: asking again is the only safe reading.
@@ -325,6 +387,25 @@ def entity_id(header: str) -> str:
 def row_url(entity_set: str, row_id: str) -> str:
     """The reference for an `@odata.bind`: `/contacts(<guid>)`."""
     return f"/{quote(entity_set)}({guid(row_id)})"
+
+
+def _number(text: str | None) -> float | None:
+    """A number as Dataverse writes it in a header, with a thousands separator (`1,199.46`, `5993`); None when
+    absent or unreadable."""
+    if not text:
+        return None
+    text = text.strip().replace(" ", "").replace("\u00a0", "")
+    if "," in text and "." in text:
+        decimal = "." if text.rfind(".") > text.rfind(",") else ","
+        text = text.replace("," if decimal == "." else ".", "").replace(",", ".")
+    elif "," in text:
+        whole, _, fraction = text.rpartition(",")
+        text = text.replace(",", "") if len(fraction) == 3 else whole.replace(",", "") + "." + fraction
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
 
 
 def _error_body(response: requests.Response) -> tuple[str, str]:

@@ -45,7 +45,7 @@ from connector.sandbox.dataverse_query import (
     select_columns,
     sort_rows,
 )
-from connector.sandbox.server import App, Faults, HttpError, Request, Response, SandboxServer, Store
+from connector.sandbox.server import App, Budget, Faults, HttpError, Request, Response, SandboxServer, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ DEFAULT_PAGE_SIZE = 5000
 AGGREGATE_LIMIT = 50_000
 TOKEN_LIFETIME = 3600
 SYSTEM_COLUMNS = ("createdon", "modifiedon", "versionnumber")
+
+# Dataverse allows 1,200 s of combined execution time per 300 s window: four seconds for each second of it.
+EXECUTION_PER_WINDOW_SECOND = 4.0
+_BATCH_PART = re.compile(rb"^content-type:[ \t]*application/http[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 SANDBOX_TENANT = "sandbox-tenant"
 SANDBOX_CLIENT_ID = "00000000-0000-4000-8000-00000000c0de"
@@ -188,7 +192,14 @@ def _now_iso() -> str:
 
 
 class DataverseApp(App):
-    """The routes of the emulator. `tables` adds custom tables (the job table) to the standard ones."""
+    """The routes of the emulator. `tables` adds custom tables (the job table) to the standard ones.
+
+    With a windowed rate limit on its server (`Faults.rate_window`), every Web API answer says what is left of it
+    as Dataverse does: requests in `x-ms-ratelimit-burst-remaining-xrm-requests`, seconds of execution time in
+    `x-ms-ratelimit-time-remaining-xrm-requests` (unless `report_limits` is off), and past it the 429 carries
+    Dataverse's error code. `batch_counts_parts` makes each part of a `$batch` count as a request (the cautious
+    reading of Dataverse's limits); `dop_hint`, when set, is sent as `x-ms-dop-hint`.
+    """
 
     name = "dataverse"
 
@@ -207,6 +218,9 @@ class DataverseApp(App):
         self.tenant_id = tenant_id
         self.clients = dict(clients or {SANDBOX_CLIENT_ID: SANDBOX_CLIENT_SECRET})
         self.token_lifetime = token_lifetime
+        self.report_limits = True
+        self.batch_counts_parts = True
+        self.dop_hint: int | None = None
         self._tx_local = threading.local()
         self.requests_by_method: dict[str, int] = {}
         self._count_lock = threading.Lock()
@@ -284,6 +298,31 @@ class DataverseApp(App):
     @property
     def api_requests(self) -> int:
         return sum(self.requests_by_method.values())
+
+    # -- service protection limits -------------------------------------------------------------------------
+
+    def cost(self, request: Request) -> int:
+        if not request.path.startswith(API):
+            return 0  # the identity provider is not Dataverse: its limits are not Dataverse's
+        if self.batch_counts_parts and request.method == "POST" and request.path == API + "$batch":
+            return max(1, len(_BATCH_PART.findall(request.body)))
+        return 1
+
+    def too_many(self, request: Request, faults: Faults) -> Response:
+        limit, window = f"{faults.rate_limit:g}", f"{faults.rate_window or 1:g}"
+        return error(429, f"Number of requests exceeded the limit of {limit} over time window of {window} seconds.",
+                     "0x80072322").response
+
+    def limit_headers(self, request: Request, budget: Budget | None) -> dict[str, str]:
+        if not request.path.startswith(API):
+            return {}
+        headers = {"x-ms-dop-hint": str(self.dop_hint)} if self.dop_hint else {}
+        if budget is not None and self.report_limits:
+            seconds_left = max(0.0, EXECUTION_PER_WINDOW_SECOND * budget.window - budget.seconds_executed)
+            headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = f"{budget.requests_left:.0f}"
+            # Written as Dataverse writes it: "1,199.46".
+            headers["x-ms-ratelimit-time-remaining-xrm-requests"] = f"{seconds_left:,.2f}"
+        return headers
 
     # -- the Web API ---------------------------------------------------------------------------------------
 

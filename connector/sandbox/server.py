@@ -103,6 +103,18 @@ class App:
     def not_found(self, request: Request) -> Response:
         return Response(404, {"message": f"No route for {request.method} {request.path}"})
 
+    def cost(self, request: Request) -> int:
+        """How many requests `request` counts for toward the rate limit."""
+        return 1
+
+    def too_many(self, request: Request, faults: Faults) -> Response:
+        """The answer past the rate limit (the server adds the Retry-After)."""
+        return Response(429, {"message": "Too many requests"})
+
+    def limit_headers(self, request: Request, budget: Budget | None) -> dict[str, str]:
+        """Headers that tell the client what is left of its limits (`budget`: None without a windowed limit)."""
+        return {}
+
     def dispatch(self, request: Request) -> Response:
         denied = self.authenticate(request)
         if denied is not None:
@@ -173,7 +185,11 @@ class Faults(BaseModel):
 
     latency_ms: float = Field(0.0, ge=0)
     jitter_ms: float = Field(0.0, ge=0)
-    rate_limit: float | None = Field(None, gt=0, description="requests per second before answering 429")
+    rate_limit: float | None = Field(None, gt=0, description="requests per second (or per rate_window) before "
+                                     "answering 429")
+    rate_window: float | None = Field(None, gt=0, description="seconds of the sliding window rate_limit counts "
+                                      "over, as Dataverse's five minutes; unset: one second. With a window, the "
+                                      "Dataverse sandbox says on each answer what is left of the limit")
     retry_after: float = Field(1.0, ge=0, description="seconds in the Retry-After of a 429")
     throttle_rate: float = Field(0.0, ge=0, le=1, description="429 answers at random, whatever the request rate")
     error_rate: float = Field(0.0, ge=0, le=1, description="500 / 502 / 503 answers")
@@ -191,6 +207,16 @@ class Faults(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What is left of a windowed rate limit: requests, and seconds of the handlers' combined execution time."""
+
+    requests_left: float
+    limit: float
+    window: float
+    seconds_executed: float
+
+
 class FaultInjector:
     """Draws, per request, which fault (if any) it gets. Thread-safe; seeded for repeatable tests."""
 
@@ -199,7 +225,12 @@ class FaultInjector:
         self._random = random.Random(faults.seed)
         self._lock = threading.Lock()
         self._clock = clock
-        self._recent: deque[float] = deque()
+        # (when, how many requests it counted for) of the requests let through within the window
+        self._recent: deque[tuple[float, int]] = deque()
+        self._recent_count = 0
+        # (when, seconds) the handlers took within the window
+        self._executed: deque[tuple[float, float]] = deque()
+        self._executed_seconds = 0.0
         self._script: deque[str | None] = deque()
         self.counts: dict[str, int] = {}
         self.requests = 0  # every request drawn for, faulty or not: what a benchmark divides by
@@ -212,8 +243,36 @@ class FaultInjector:
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    def draw(self, mutating: bool) -> tuple[float, str | None]:
-        """(delay in seconds, fault): fault is None, '429', '500', '502', '503', 'reset', 'timeout' or 'drop'."""
+    def _age(self, now: float) -> None:
+        window = self.faults.rate_window or 1.0
+        while self._recent and now - self._recent[0][0] > window:
+            self._recent_count -= self._recent.popleft()[1]
+        while self._executed and now - self._executed[0][0] > window:
+            self._executed_seconds -= self._executed.popleft()[1]
+
+    def executed(self, seconds: float) -> None:
+        """A handler took `seconds` to answer: what a windowed limit reports as execution time spent."""
+        if not (self.faults.rate_limit and self.faults.rate_window):
+            return
+        with self._lock:
+            now = self._clock()
+            self._age(now)
+            self._executed.append((now, seconds))
+            self._executed_seconds += seconds
+
+    def budget(self) -> Budget | None:
+        """What is left of the windowed rate limit; None without one."""
+        f = self.faults
+        if not (f.rate_limit and f.rate_window):
+            return None
+        with self._lock:
+            self._age(self._clock())
+            return Budget(max(0.0, f.rate_limit - self._recent_count), f.rate_limit, f.rate_window,
+                          max(0.0, self._executed_seconds))
+
+    def draw(self, mutating: bool, cost: int = 1) -> tuple[float, str | None]:
+        """(delay in seconds, fault): fault is None, '429', '500', '502', '503', 'reset', 'timeout' or 'drop'.
+        `cost` is how many requests this one counts for toward the rate limit."""
         f = self.faults
         with self._lock:
             self.requests += 1
@@ -223,14 +282,14 @@ class FaultInjector:
                 if scripted is not None:
                     self._count(scripted)
                 return delay, scripted
-            if f.rate_limit:
+            if f.rate_limit and cost:
                 now = self._clock()
-                while self._recent and now - self._recent[0] > 1.0:
-                    self._recent.popleft()
-                if len(self._recent) >= f.rate_limit:
+                self._age(now)
+                if self._recent_count + cost - 1 >= f.rate_limit:
                     self._count("429")
                     return delay, "429"
-                self._recent.append(now)
+                self._recent.append((now, cost))
+                self._recent_count += cost
             roll = self._random.random()
             for name, rate in (
                 ("429", f.throttle_rate),
@@ -316,7 +375,7 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 body=body,
                 url=f"{server.url}{self.path}",
             )
-            delay, fault = server.injector.draw(self.command in server.app.mutating)
+            delay, fault = server.injector.draw(self.command in server.app.mutating, server.app.cost(request))
             if delay:
                 time.sleep(delay)
             if fault == "reset":
@@ -327,27 +386,32 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 self._reset()
                 return
             if fault == "429":
-                self._send(Response(429, {"message": "Too many requests"},
-                                    {"Retry-After": f"{server.injector.faults.retry_after:g}"}))
+                throttled = server.app.too_many(request, server.injector.faults)
+                throttled.headers["Retry-After"] = f"{server.injector.faults.retry_after:g}"
+                self._send(throttled, request)
                 return
             if fault in ("500", "502", "503"):
                 self._send(Response(int(fault), {"message": HTTPStatus(int(fault)).phrase}))
                 return
+            started = time.perf_counter()
             try:
                 response = server.app.dispatch(request)
             except Exception:
                 log.exception("%s sandbox failed on %s %s", server.app.name, self.command, self.path)
                 response = Response(500, {"message": "sandbox internal error"})
+            server.injector.executed(time.perf_counter() - started)
             if fault == "drop" and response.status < 400:
                 self._reset()
                 return
-            self._send(response)
+            self._send(response, request)
 
-        def _send(self, response: Response) -> None:
+        def _send(self, response: Response, request: Request | None = None) -> None:
             payload = response.encode()
             self.send_response(response.status)
             headers = {"Content-Type": "application/json; charset=utf-8"} if payload and response.raw is None else {}
             headers.update(response.headers)
+            if request is not None:
+                headers.update(server.app.limit_headers(request, server.injector.budget()))
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
