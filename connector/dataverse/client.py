@@ -45,6 +45,8 @@ MAX_BATCH = 1000
 BURST_REMAINING = "x-ms-ratelimit-burst-remaining-xrm-requests"
 TIME_REMAINING = "x-ms-ratelimit-time-remaining-xrm-requests"
 DOP_HINT = "x-ms-dop-hint"
+# The head of each request inside a `$batch` body, change sets included.
+_BATCH_PART = re.compile(rb"^Content-Type: application/http\r?$", re.MULTILINE)
 
 ROW_NOT_FOUND = "0x80040217"
 CONCURRENCY_MISMATCH = "0x80060882"
@@ -156,10 +158,8 @@ class DataverseClient:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         data: bytes | None = None,
-        cost: int = 1,
     ) -> requests.Response:
-        """One request, resent only while Dataverse certainly did not run it; errors mapped onto our tree. `cost`
-        is how many requests the brake counts it for."""
+        """One request, resent only while Dataverse certainly did not run it; errors mapped onto our tree."""
         request_headers = dict(headers or {})
         if body is not None:
             data = json.dumps(body).encode()
@@ -167,6 +167,7 @@ class DataverseClient:
         url = self.url(path)
         if params:
             url += "?" + encode_query(params)
+        cost = self.cost(path, data)
         attempt = 0
         while True:
             attempt += 1
@@ -189,6 +190,13 @@ class DataverseClient:
                 # A Retry-After is about the API, not this request: the shared brake makes every worker wait.
                 # (The session has already paused it for a 429; pausing again for the same time is a no-op.)
                 self.session.brake.pause(wait)
+
+    def cost(self, path: str, data: bytes | None) -> int:
+        """How many requests the brake counts a request for: a `$batch` paced by parts counts its parts, read from
+        the body, so that every way of building one (`batch`, change sets of several jobs) is counted alike."""
+        if self.pace_by != "parts" or path != "$batch" or not data:
+            return 1
+        return max(1, len(_BATCH_PART.findall(data)))
 
     def _read_limits(self, response: requests.Response, cost: int) -> None:
         """What Dataverse says is left of its limits, for the brake; and its recommended parallelism."""
@@ -351,8 +359,7 @@ class DataverseClient:
         headers = {"Content-Type": f"multipart/mixed; boundary={boundary}"}
         if continue_on_error:
             headers["Prefer"] = "odata.continue-on-error"
-        cost = len(parts) if self.pace_by == "parts" else 1
-        response = self.send("POST", "$batch", data=body, headers=headers, cost=cost)
+        response = self.send("POST", "$batch", data=body, headers=headers)
         results = parse_batch(response.content, response.headers.get("Content-Type", ""))
         # Dataverse answers a change set with every part, or with the one that failed. Anything else (an answer
         # cut short on the way) leaves its outcome unknown: asking again is the only safe reading.

@@ -14,6 +14,7 @@ from config.defaults import BUDGET_LOW, CAP_SHARE, DATAVERSE_LIMIT_WINDOW, LEARN
 from config.settings import SettingsError, load_settings
 from connector.dataverse import connect
 from connector.dataverse.batch import BatchPart
+from connector.dataverse.changesets import send_change_sets
 from connector.dataverse.client import DataverseClient
 from connector.http import Brake
 from tests.conftest import FakeClock
@@ -140,6 +141,31 @@ def test_a_batch_takes_a_slot_of_the_cap_per_part_unless_paced_by_requests(
     finally:
         client.close()
     assert clock.slept == pytest.approx([slots * 0.1 / CAP_SHARE], rel=1e-5)
+
+
+def change_set_answers() -> str:
+    def part(status: str) -> str:
+        return ("--changesetresponse_2\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+                f"\r\nHTTP/1.1 {status}\r\n\r\n\r\n")
+    return ("--batchresponse_1\r\nContent-Type: multipart/mixed; boundary=changesetresponse_2\r\n\r\n"
+            + part("204 No Content") * 2 + "--changesetresponse_2--\r\n"
+            "--batchresponse_1\r\nContent-Type: multipart/mixed; boundary=changesetresponse_2\r\n\r\n"
+            + part("204 No Content") + "--changesetresponse_2--\r\n--batchresponse_1--\r\n")
+
+
+def test_a_batch_of_several_change_sets_counts_every_part_of_each(rsps: responses.RequestsMock,
+                                                                  clock: FakeClock) -> None:
+    rsps.post(f"{API}$batch", body=change_set_answers(), content_type="multipart/mixed; boundary=batchresponse_1")
+    answer_with(rsps)
+    client = make_client(clock, cap=10)
+    try:
+        patch = BatchPart("PATCH", f"contacts({ROW})", body={"description": "x"}, headers={"If-Match": "*"})
+        answers = send_change_sets(client, [[patch, patch], [patch]])
+        assert [[r.status for r in answer] for answer in answers] == [[204, 204], [204]]
+        client.get("contacts", ROW)
+    finally:
+        client.close()
+    assert clock.slept == pytest.approx([3 * 0.1 / CAP_SHARE], rel=1e-5)
 
 
 def test_pace_by_is_a_setting_that_defaults_to_parts_and_names_the_choices_when_wrong() -> None:
