@@ -1,10 +1,12 @@
 """The embedded job store: one SQLite file in WAL mode, safe for several runner processes on one machine.
 
 Claims are one `UPDATE ... RETURNING` inside `BEGIN IMMEDIATE`, so two processes can never take the same job.
-Per-key order lives in `open_keys`, which holds a row per (job, key) only while the job is unfinished: a job is
-claimable when no earlier job appears under one of its keys (the rule of `semantics.claimable`, in SQL). Because
-finished jobs leave that table and the pending-job index is partial, a claim costs the same with a million
-finished jobs as with ten. The schema is versioned (`jobs.store.sqlite_schema`); opening a file upgrades it.
+Per-key order lives in `open_keys`, which holds a row per (job, key) only while the job is unfinished, and in each
+job's `head` mark: no earlier unfinished job shares one of its keys, and no other running job does (the rule of
+`semantics.claimable`, in SQL). Every write that changes either fact refreshes the marks it can change, in its own
+transaction, and the claim's index holds only pending heads: a claim costs the same with a million finished jobs,
+or thousands of due jobs waiting behind one whose retry is not due, as with ten. The schema is versioned
+(`jobs.store.sqlite_schema`); opening a file upgrades it.
 """
 
 from __future__ import annotations
@@ -48,17 +50,44 @@ from jobs.store.sqlite_schema import upgrade
 
 INSERT_JOB = """
 INSERT INTO jobs (seq, id, kind, target_kind, target_id, payload, raw, request_id, origin, batch_id, status,
-                  created_at, updated_at, next_attempt_at)
+                  created_at, updated_at, next_attempt_at, head)
 VALUES (:seq, :id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, :origin, :batch_id, 'pending', :now,
-        :now, :now)
+        :now, :now, :head)
 """  # seq NULL: the next one
 # Rows of an import go in chunks of this many: large enough that each statement's overhead is spread thin.
 IMPORT_CHUNK = 500
 INSERT_KEY = "INSERT OR IGNORE INTO open_keys (key, seq) VALUES (?, ?)"
+# Which of some keys (a JSON list) an unfinished job holds: a new job is a head unless one does, since every
+# unfinished job came before it.
+OPEN_AMONG = "SELECT DISTINCT key FROM open_keys WHERE key IN (SELECT value FROM json_each(?))"
+
+# Whether the job `jobs.seq` is at the head of its keys. The running jobs are read through their own small index,
+# never the jobs waiting behind a key (a long queue on one key would make each refresh read all of it): the only
+# running job it can meet is a later one, after a failed job was retried by hand.
+HEAD = """(
+    NOT EXISTS (SELECT 1 FROM open_keys mine
+                JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
+                WHERE mine.seq = jobs.seq)
+    AND NOT EXISTS (SELECT 1 FROM jobs running INDEXED BY jobs_leased
+                    JOIN open_keys theirs ON theirs.seq = running.seq
+                    JOIN open_keys mine ON mine.key = theirs.key AND mine.seq = jobs.seq
+                    WHERE running.status = 'running' AND running.seq != jobs.seq)
+)"""
+# Only the first unfinished job on a key can become a head when a job on it finishes or stops running (every other
+# one has an earlier job on that key): these refresh the first job on the keys given, or on a job's own keys.
+REFRESH_FIRST = f"UPDATE jobs SET head = {HEAD} WHERE seq = (SELECT min(seq) FROM open_keys WHERE key = ?)"
+REFRESH_FIRSTS_OF = f"""
+UPDATE jobs SET head = {HEAD}
+WHERE seq IN (SELECT (SELECT min(first.seq) FROM open_keys first WHERE first.key = mine.key)
+              FROM open_keys mine WHERE mine.seq = ?)
+"""
+REFRESH = f"UPDATE jobs SET head = {HEAD} WHERE seq = ?"
+# A failed job retried by hand comes before the jobs queued on its keys since: the first of each is a head no more.
+BEHIND = "UPDATE jobs SET head = 0 WHERE seq = (SELECT min(seq) FROM open_keys WHERE key = ? AND seq > ?) AND head = 1"
 
 # Leases that ran out: the runner that held them died or hung. Recorded as an attempt, then pending again.
 EXPIRED_LEASES = """
-SELECT id, lease_owner FROM jobs WHERE status = 'running' AND lease_expires_at < :now
+SELECT seq, id, lease_owner FROM jobs WHERE status = 'running' AND lease_expires_at < :now
 """
 REQUEUE_EXPIRED = """
 UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = :now,
@@ -69,16 +98,8 @@ WHERE status = 'running' AND lease_expires_at < :now
 CLAIM = """
 UPDATE jobs SET status = 'running', lease_owner = :owner, lease_expires_at = :expires, updated_at = :now
 WHERE seq IN (
-    SELECT j.seq FROM jobs j INDEXED BY jobs_due  -- else the planner may pick jobs_status and sort every pending job
-    WHERE j.status = 'pending' AND j.next_attempt_at <= :now
-      AND NOT EXISTS (
-          -- an earlier unfinished job on one of its keys, or a later one already running (a failed job retried
-          -- by hand after later jobs started must not run beside them)
-          SELECT 1 FROM open_keys mine
-          JOIN open_keys other ON other.key = mine.key AND other.seq != mine.seq
-          JOIN jobs o ON o.seq = other.seq
-          WHERE mine.seq = j.seq AND (other.seq < mine.seq OR o.status = 'running')
-      )
+    SELECT j.seq FROM jobs j INDEXED BY jobs_ready  -- else the planner may pick jobs_status and sort every pending job
+    WHERE j.status = 'pending' AND j.head = 1 AND j.next_attempt_at <= :now
     ORDER BY j.next_attempt_at, j.seq
     LIMIT :limit
 )
@@ -108,7 +129,7 @@ UPDATE jobs SET status = :status, result_code = :result_code, message = :message
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
 RETURNING seq
 """
-CLOSE_KEYS = "DELETE FROM open_keys WHERE seq = ?"
+CLOSE_KEYS = "DELETE FROM open_keys WHERE seq = ? RETURNING key"
 INSERT_ENTRY = """
 INSERT OR IGNORE INTO entries (stream, key, job_id, at, data, uniq) VALUES (:stream, :key, :job_id, :at, :data, :uniq)
 """
@@ -116,6 +137,7 @@ INSERT OR IGNORE INTO entries (stream, key, job_id, at, data, uniq) VALUES (:str
 RELEASE = """
 UPDATE jobs SET status = :status, lease_owner = :lease_owner, lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
+RETURNING seq
 """
 
 RETRY = """
@@ -151,14 +173,7 @@ INSERT INTO runners (owner, seen_at) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE
 """
 # When the next job can run: a pending job that waits behind an earlier unfinished job on its key cannot run at
 # its own next_attempt_at (long past, often), only after that job; it must not make the queue look due now.
-NEXT_DUE = """
-SELECT min(j.next_attempt_at) FROM jobs j
-WHERE j.status = 'pending'
-  AND NOT EXISTS (
-      SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
-      WHERE mine.seq = j.seq
-  )
-"""
+NEXT_DUE = "SELECT min(next_attempt_at) FROM jobs INDEXED BY jobs_ready WHERE status = 'pending' AND head = 1"
 
 
 class SqliteJobStore:
@@ -278,11 +293,27 @@ class SqliteJobStore:
 
     @staticmethod
     def _insert(db: sqlite3.Connection, raw: dict[str, Any], request: JobRequest | None, now: float) -> int:
-        seq = db.execute(INSERT_JOB, _insert_args(raw, request, now)).lastrowid
-        assert seq is not None
         # Invalid input has no keys to wait on: it fails without touching anything.
-        db.executemany(INSERT_KEY, [(key, seq) for key in (request.keys if request else [])])
+        keys = request.keys if request else []
+        seq = db.execute(INSERT_JOB, _insert_args(raw, request, now, head=not _open_among(db, keys))).lastrowid
+        assert seq is not None
+        db.executemany(INSERT_KEY, [(key, seq) for key in keys])
         return seq
+
+    @staticmethod
+    def _close(db: sqlite3.Connection, seq: int) -> None:
+        """The job `seq` is finished: it leaves its keys, and the first job left on each may be a head now."""
+        keys = [(row[0],) for row in db.execute(CLOSE_KEYS, (seq,))]
+        db.executemany(REFRESH_FIRST, keys)
+
+    @staticmethod
+    def _reopen(db: sqlite3.Connection, row: sqlite3.Row) -> None:
+        """A failed job retried by hand is unfinished again, before every job queued on its keys since."""
+        seq = row["seq"]
+        keys = semantics.keys_of(_job_from_row(row))
+        db.executemany(INSERT_KEY, [(key, seq) for key in keys])
+        db.executemany(BEHIND, [(key, seq) for key in keys])
+        db.execute(REFRESH, (seq,))
 
     def add_batch(self, batch: Batch, requests: BatchRows) -> Batch:
         """One transaction however long the file: a runner on the same file waits for it (its writes are
@@ -298,10 +329,17 @@ class SqliteJobStore:
             for chunk in _chunks(requests, IMPORT_CHUNK):
                 new = self._not_stored(db, chunk)
                 already += len(chunk) - len(new)
-                db.executemany(INSERT_JOB, [_insert_args(kinds.raw_of(request), request, now, seq)
-                                            for seq, request in enumerate(new, start=next_seq)])
-                db.executemany(INSERT_KEY, [(key, seq) for seq, request in enumerate(new, start=next_seq)
-                                            for key in request.keys])
+                keys = [request.keys for request in new]
+                # A row is a head unless an unfinished job holds one of its keys: one stored, or an earlier row.
+                held = _open_among(db, [key for row_keys in keys for key in row_keys])
+                heads = []
+                for row_keys in keys:
+                    heads.append(held.isdisjoint(row_keys))
+                    held.update(row_keys)
+                db.executemany(INSERT_JOB, [_insert_args(kinds.raw_of(request), request, now, seq, head)
+                                            for seq, request, head in zip(itertools.count(next_seq), new, heads)])
+                db.executemany(INSERT_KEY, [(key, seq) for seq, row_keys in enumerate(keys, start=next_seq)
+                                            for key in row_keys])
                 next_seq += len(new)
                 queued += len(new)
             kept = dataclasses.replace(batch, at=now, rows=requests.rows, invalid=requests.invalid, queued=queued,
@@ -346,7 +384,7 @@ class SqliteJobStore:
                 self._check(db, job_id, "retry", semantics.RETRYABLE)
             rows = db.execute(RETRY, {**_bound(semantics.retried(now)), "id": job_id}).fetchall()
             for row in rows:
-                db.executemany(INSERT_KEY, [(key, row["seq"]) for key in semantics.keys_of(_job_from_row(row))])
+                self._reopen(db, row)
                 db.execute(AUDIT, (row["id"], now, "retry", by.who, by.via))
         return [row["id"] for row in rows]
 
@@ -356,7 +394,7 @@ class SqliteJobStore:
             self._check(db, job_id, "cancel", semantics.CANCELLABLE)
             tried = db.execute("SELECT count(*) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()[0]
             row = db.execute(CANCEL, {**_bound(semantics.cancelled(tried)), "now": now, "id": job_id}).fetchone()
-            db.execute(CLOSE_KEYS, (row["seq"],))
+            self._close(db, row["seq"])
             db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return self.get(job_id)
 
@@ -370,7 +408,7 @@ class SqliteJobStore:
             for seq, job_id in rows:
                 tried = db.execute("SELECT count(*) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()[0]
                 db.execute(CANCEL, {**_bound(semantics.cancelled(tried)), "now": now, "id": job_id}).fetchall()
-                db.execute(CLOSE_KEYS, (seq,))
+                self._close(db, seq)
                 db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return [row["id"] for row in rows]
 
@@ -383,7 +421,7 @@ class SqliteJobStore:
             found = [row[0] for row in db.execute(f"SELECT id FROM jobs {where} ORDER BY seq", args)]
             for job_id in found:
                 for row in db.execute(RETRY, {**_bound(semantics.retried(now)), "id": job_id}).fetchall():
-                    db.executemany(INSERT_KEY, [(key, row["seq"]) for key in semantics.keys_of(_job_from_row(row))])
+                    self._reopen(db, row)
                     db.execute(AUDIT, (row["id"], now, "retry", by.who, by.via))
         return found
 
@@ -475,6 +513,8 @@ class SqliteJobStore:
                 db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (row["id"],))
             if expired:
                 db.execute(REQUEUE_EXPIRED, {"now": now})
+                # Not running any more: a job retried by hand that waited for one of them may be a head again.
+                db.executemany(REFRESH_FIRSTS_OF, [(row["seq"],) for row in expired])
             rows = db.execute(
                 CLAIM, {"owner": owner, "expires": now + lease_seconds, "now": now, "limit": limit}
             ).fetchall()
@@ -536,16 +576,20 @@ class SqliteJobStore:
             if row is None:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             if outcome.status.finished:
-                db.execute(CLOSE_KEYS, (row["seq"],))
+                self._close(db, row["seq"])
+            else:
+                db.execute(REFRESH_FIRSTS_OF, (row["seq"],))
 
     def release(self, owner: str, job_id: str) -> None:
         with self.atomic() as db:
-            db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id,
-                                 "owner": owner})
+            row = db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id,
+                                       "owner": owner}).fetchone()
+            if row is not None:
+                db.execute(REFRESH_FIRSTS_OF, (row["seq"],))
 
 
-def _insert_args(raw: dict[str, Any], request: JobRequest | None, now: float,
-                 seq: int | None = None) -> dict[str, Any]:
+def _insert_args(raw: dict[str, Any], request: JobRequest | None, now: float, seq: int | None = None,
+                 head: bool = True) -> dict[str, Any]:
     """The values of a new job's row, from its input as given and (when valid) its request."""
     target = request.target if request else None
     return {
@@ -560,7 +604,15 @@ def _insert_args(raw: dict[str, Any], request: JobRequest | None, now: float,
         "origin": _origin_json(request.origin.to_json() if request else raw.get("origin")),
         "batch_id": request.origin.batch if request else None,
         "now": now,
+        "head": head,
     }
+
+
+def _open_among(db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
+    """Those of `keys` that an unfinished job holds."""
+    if not keys:
+        return set()
+    return {row[0] for row in db.execute(OPEN_AMONG, (json.dumps(keys),))}
 
 
 def _chunks(items: Iterable[JobRequest], size: int) -> Iterator[builtins.list[JobRequest]]:

@@ -165,6 +165,24 @@ CREATE TABLE runners (
 );
 """
 
+# 6: a claim reads only the jobs that may run. `head` is 1 when no earlier unfinished job shares one of the job's
+# keys and no other running job does (the rule of `semantics.claimable`), kept by every write that changes either;
+# the claim's index holds only pending heads, so due jobs waiting behind an unfinished job cost it nothing.
+V6 = """
+ALTER TABLE jobs ADD COLUMN head INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET head = (
+    NOT EXISTS (SELECT 1 FROM open_keys mine
+                JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
+                WHERE mine.seq = jobs.seq)
+    AND NOT EXISTS (SELECT 1 FROM jobs running
+                    JOIN open_keys theirs ON theirs.seq = running.seq
+                    JOIN open_keys mine ON mine.key = theirs.key AND mine.seq = jobs.seq
+                    WHERE running.status = 'running' AND running.seq != jobs.seq)
+) WHERE status IN ('pending', 'running');
+DROP INDEX jobs_due;
+CREATE INDEX jobs_ready ON jobs(next_attempt_at, seq) WHERE status = 'pending' AND head = 1;
+"""
+
 Step = str | Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[list[Step]] = [
     [V1],
@@ -172,6 +190,7 @@ MIGRATIONS: list[list[Step]] = [
     [V3],
     [V4],
     [V5],
+    [V6],
 ]
 LATEST = len(MIGRATIONS)
 
