@@ -13,6 +13,10 @@ CONFIG_FILE = "connector.toml"
 # the lease renewer and the heartbeat beside them; a rate-limited API is held back by its brake, not by fewer
 # workers.
 WORKERS = 16
+# A runner holds claimed jobs for its workers and half as many more, and claims when half its workers' worth of
+# places is free: a worker that finishes starts the next job at once instead of waiting for the claim (on
+# Dataverse a claim is two or three round trips), and each claim takes several jobs.
+CLAIM_AHEAD_DIVISOR = 2
 # A claim of a few hundred rows is one short transaction and keeps the pool fed between ticks.
 BATCH_SIZE = 200
 # Long enough for a slow attempt with its retries; renewed every third of it while a job runs.

@@ -52,6 +52,10 @@ class RetrySettings(_Section):
 
 class RunnerSettings(_Section):
     workers: int = Field(defaults.WORKERS, ge=1, le=256)
+    claim_ahead: int | None = Field(
+        None, ge=0, le=256,
+        description="claimed jobs held beyond the workers, so none waits for a claim; unset: half the workers",
+    )
     batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=5000)
     lease_seconds: float = Field(defaults.LEASE_SECONDS, gt=0)
     tick_seconds: float = Field(defaults.TICK_SECONDS, gt=0)

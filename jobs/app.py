@@ -254,7 +254,8 @@ def build(
             stop=parts.stop, observer=make_observer(rules, store, clock), services=services,
         )
         runner = Runner(
-            store, executor, workers=settings.runner.workers, batch_size=settings.runner.batch_size,
+            store, executor, workers=settings.runner.workers, ahead=settings.runner.claim_ahead,
+            batch_size=settings.runner.batch_size,
             lease_seconds=settings.runner.lease_seconds,
         )
     except BaseException:

@@ -1,8 +1,10 @@
 """Claim due jobs, run them on a bounded worker pool, keep their leases alive, and stop cleanly.
 
 The store's claim already guarantees that no two claimed jobs share a key, so the runner can run whatever it
-claims concurrently. It claims only as many jobs as it has free workers: a claimed job waiting in a queue would
-hold a lease for nothing.
+claims concurrently. It holds at most `ahead` claimed jobs beyond its workers, so that a worker that finishes
+takes the next job at once instead of waiting for the next claim (a claim is a round trip or more on Dataverse),
+and it claims once at least `ahead` places are free, so each claim brings several jobs; a job waits in that short
+line for at most the time a worker takes to free up, its lease renewed like the running ones.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Runner:
         executor: Executor,
         *,
         workers: int = defaults.WORKERS,
+        ahead: int | None = None,
         batch_size: int = defaults.BATCH_SIZE,
         lease_seconds: float = defaults.LEASE_SECONDS,
         owner: str | None = None,
@@ -57,6 +60,7 @@ class Runner:
         self.store = store
         self.executor = executor
         self.workers = workers
+        self.ahead = max(1, workers // defaults.CLAIM_AHEAD_DIVISOR) if ahead is None else ahead
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -73,12 +77,14 @@ class Runner:
     # --- claiming and running -------------------------------------------------------------------------------
 
     def tick(self) -> list[Future[JobStatus | None]]:
-        """Claim as many due jobs as there are free workers and start them."""
+        """Claim due jobs for the free places (workers and the line ahead of them) and start them."""
         if self.stop_event.is_set():
             return []
         with self._lock:
-            free = self.workers - len(self._inflight)
-        if free <= 0:
+            held = len(self._inflight)
+        free = self.workers + self.ahead - held
+        # With jobs in hand, wait until a claim can bring several: each claim costs the store a round trip.
+        if free <= 0 or (held and free < self.ahead):
             return []
         jobs = self.store.claim(self.owner, min(free, self.batch_size), self.lease_seconds)
         if jobs:

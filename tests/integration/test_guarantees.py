@@ -2,7 +2,7 @@
 
 - an increment whose timeline post is refused, then retried by hand, is applied once (`applied_at`);
 - a defect in a kind fails that job with INTERNAL_ERROR and no other;
-- a runner never holds more claimed jobs than it has free workers;
+- a runner never holds more claimed jobs than its workers and the short line ahead of them (`claim_ahead`);
 - a stop, mid-drain or during an inline backoff, leaves nothing running and spends no attempt.
 """
 
@@ -85,11 +85,12 @@ def test_a_defect_fails_only_its_own_job_with_internal_error(
         rig.close()
 
 
-def test_a_runner_never_holds_more_claimed_jobs_than_free_workers(
+def test_a_runner_never_holds_more_claimed_jobs_than_its_workers_and_the_line_ahead(
     tmp_path: Path, store: SqliteJobStore, spotler: SpotlerPlatform, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = threading.Event()
     rig = make_rig(tmp_path, store, spotler, clock, workers=3)
+    assert rig.runner.ahead == 1  # half the workers, rounded down, at least one
     held: set[str] = set()
     most = 0
     lock = threading.Lock()
@@ -117,16 +118,17 @@ def test_a_runner_never_holds_more_claimed_jobs_than_free_workers(
             store.add([request_from_raw({"operation": "slow"}) for _ in range(10)])
             drainer = threading.Thread(target=rig.drain)
             drainer.start()
-            wait_until(lambda: store.counts().get("running") == 3, "three jobs running")
+            # Three on the workers, one claimed and waiting for the first worker to free up.
+            wait_until(lambda: store.counts().get("running") == 4, "four jobs claimed")
             # The drain loop goes on ticking while every worker is busy: two more ticks, one of them wholly after
-            # the third claim, had their chance to claim.
+            # the fourth claim, had their chance to claim.
             seen = ticks[0]
             wait_until(lambda: ticks[0] >= seen + 2, "two more ticks")
-            assert store.counts() == {"running": 3, "pending": 7}
+            assert store.counts() == {"running": 4, "pending": 6}
             gate.set()
             drainer.join(timeout=30)
         assert store.counts() == {"succeeded": 10}
-        assert most == 3
+        assert most == 4
     finally:
         gate.set()
         rig.close()
@@ -177,7 +179,8 @@ def test_jobs_claimed_but_not_yet_started_when_a_stop_comes_are_given_back_untri
     finally:
         rig.close()
     assert store.counts() == {"pending": 5}  # nothing running, nothing run
-    assert sorted(released) == sorted(j.id for j in jobs[:3])  # the three claimed ones, given back
+    # The four claimed ones (three for the workers, one waiting ahead of them), given back.
+    assert sorted(released) == sorted(j.id for j in jobs[:4])
     assert [(store.get(j.id).attempts, store.get(j.id).lease_owner, store.attempts(j.id)) for j in jobs] == \
         [(0, None, [])] * 5
 

@@ -36,9 +36,11 @@ def crm(tmp_path: Path) -> Iterator[LocalCrm]:
     crm.close()
 
 
-def runner_on(store: Any, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock, workers: int = 1) -> Runner:
+def runner_on(store: Any, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock, workers: int = 1,
+              ahead: int = 0) -> Runner:
+    """One job claimed at a time unless `ahead` says otherwise: each claim of these tests is one job."""
     executor = Executor(spotler, crm, RetrySettings(max_attempts=1), clock=clock, sleep=clock.sleep)
-    return Runner(store, executor, workers=workers, lease_seconds=30, sleep=clock.sleep)
+    return Runner(store, executor, workers=workers, ahead=ahead, lease_seconds=30, sleep=clock.sleep)
 
 
 def queue(store: SqliteJobStore, *contacts: str) -> list[Job]:
@@ -100,18 +102,18 @@ def test_a_runner_closed_twice_is_closed_once(
     runner.close()  # as `with` blocks and signal handlers may both do
 
 
-def test_a_runner_whose_workers_are_all_busy_asks_the_store_for_nothing(
+def test_a_runner_whose_workers_and_line_ahead_are_full_asks_the_store_for_nothing(
     store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
 ) -> None:
     counted = FaultyStore(store)
-    runner = runner_on(counted, spotler, crm, clock)
+    runner = runner_on(counted, spotler, crm, clock, ahead=1)
     gate = threading.Event()
     try:
         with registered(TestKind("held", gate)):
-            store.add([request_from_raw({"operation": "held"}) for _ in range(2)])
-            assert len(runner.tick()) == 1
+            store.add([request_from_raw({"operation": "held"}) for _ in range(3)])
+            assert len(runner.tick()) == 2  # one for the worker, one waiting for it
             assert (runner.tick(), runner.tick()) == ([], [])
-            assert counted.claims == 1  # a claim for no free worker would be a request for nothing (Dataverse)
+            assert counted.claims == 1  # a claim with no free place would be a request for nothing (Dataverse)
             gate.set()
     finally:
         gate.set()
