@@ -5,15 +5,33 @@ Every guarantee of `jobs.store` holds as on SQLite, in the same transactions; wh
 - **Claims** lock the rows they take with `FOR UPDATE SKIP LOCKED`: runners on any host claim at once, none waits
   for another, and a row one claim holds is passed over by the others. A claim is one statement (`CLAIM`), so it
   decides on one snapshot.
-- **Per-key order** is the claim's own condition, on `open_keys` as on SQLite (the rule of
-  `semantics.claimable`): a row per (job, key) while the job is unfinished, so a claim reads the due rows and
-  their keys, never the finished jobs. Two facts make that condition safe without serialising claims:
+- **Per-key order** is the claim's own condition (the rule of `semantics.claimable`), on `open_keys`: a row per
+  (job, key) while the job is unfinished, marked `running` while the job holds a lease. A claim reads only the
+  pending *heads* (`jobs.head`: no earlier unfinished job shares one of the job's keys) that are due, through a
+  partial index, and checks each one's order itself (no earlier row on its keys, no other running row): a few
+  index probes per job taken, whatever the backlog behind a job waiting for its retry. Two facts make that check
+  safe without serialising claims:
   1. every transaction that inserts jobs holds the advisory `ADD_LOCK`, so creation order (`seq`) is the order in
      which jobs become visible: a claim that sees a job sees every earlier job of its keys;
   2. a retry by hand, the only write that reopens a finished job's keys, holds `REOPEN_LOCK` exclusively, and
      claims hold it shared: no claim decides on a snapshot taken before a retry and commits after it.
   So of the jobs on one key, at most one is claimable in any snapshot a claim can act on, and the row lock makes
   it one claim's.
+- **Heads** are kept in the transactions that change which job comes first on a key. A head that is not one only
+  costs a claim one look (the claim checks); a job that should be a head and is not would never run, so every
+  way to become one is covered:
+  - an add computes its jobs' heads from what it sees. A job waiting behind an older one is settled again at the
+    end of the add, under the locks a close takes (`_settle`): a close that committed meanwhile is seen then, and
+    a later one waits for the add and then sees the new job;
+  - a close (a finish, a cancel) holds `REOPEN_LOCK` shared and the advisory lock of each of its keys (sorted, so
+    closes wait in one order), so the first unfinished job of a key is decided by one close at a time; it locks
+    that job's row before deciding, so two closes that each freed one key of a job with several keys decide one
+    after the other, the second seeing the first;
+  - a retry and a bulk cancel hold `ADD_LOCK` and `REOPEN_LOCK` exclusively (a bulk cancel only the latter): no
+    other write of heads runs meanwhile.
+  A running job's head is left as the claim found it (true); when it is back to pending the claim checks it. The
+  locks are taken in one order (`ADD_LOCK`, `REOPEN_LOCK`, key locks, rows), and a close waits only for pending
+  rows, which no transaction holds while waiting for a lock.
 - **Wake-ups**: every write that makes a job due (an add, an import, a job a trigger queues, a retry) sends
   `NOTIFY` in its transaction; `wakeups()` listens on a connection of its own, so a runner that waits for its next
   tick starts a new job at once (the scheduler's hook) without polling faster.
@@ -79,40 +97,91 @@ log = logging.getLogger(__name__)
 NEXT_SEQS = "SELECT nextval(pg_get_serial_sequence('jobs', 'seq')) FROM generate_series(1, %s)"
 INSERT_JOB = """
 INSERT INTO jobs (seq, id, kind, target_kind, target_id, payload, raw, request_id, origin, batch_id, status,
-                  created_at, updated_at, next_attempt_at)
+                  created_at, updated_at, next_attempt_at, head)
 VALUES (%(seq)s, %(id)s, %(kind)s, %(target_kind)s, %(target_id)s, %(payload)s, %(raw)s, %(request_id)s,
-        %(origin)s, %(batch_id)s, 'pending', %(now)s, %(now)s, %(now)s)
+        %(origin)s, %(batch_id)s, 'pending', %(now)s, %(now)s, %(now)s, %(head)s)
 """
 INSERT_KEY = "INSERT INTO open_keys (key, seq) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+# The first unfinished job of each of these keys, when it is older than this transaction's first new job.
+OPEN_BEFORE = "SELECT key, min(seq) AS first FROM open_keys WHERE key = ANY(%s) GROUP BY key"
 LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s, %s)"
+# In the order of the lock ids, the same in every transaction, so that two never wait for each other.
+KEY_LOCKS = """
+SELECT count(pg_advisory_xact_lock(%(ns)s, h)) AS n
+FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) k ORDER BY h) sorted
+"""
+JOB_KEY_LOCKS = """
+SELECT count(pg_advisory_xact_lock(%(ns)s, h)) AS n
+FROM (SELECT DISTINCT hashtext(o.key) AS h FROM open_keys o JOIN jobs j ON j.seq = o.seq WHERE j.id = %(id)s
+      ORDER BY h) sorted
+"""
+EARLIER = """
+SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
+WHERE mine.seq = j.seq
+"""
+# New jobs that waited behind an older job when they were inserted, and no longer do (see `_settle`).
+SETTLE = f"""
+UPDATE jobs j SET head = true
+WHERE j.seq >= %s AND NOT j.head AND j.status = 'pending' AND NOT EXISTS ({EARLIER})
+"""
+# After a close: the first unfinished job of each key the closed job held, when pending and not a head yet,
+# locked (in seq order) before `BECOME_HEADS` decides, in a statement of its own, with what committed meanwhile.
+CLOSE_KEYS = """
+WITH closed AS (DELETE FROM open_keys WHERE seq = %(seq)s RETURNING key)
+SELECT j.seq FROM jobs j
+WHERE j.seq IN (SELECT (SELECT o.seq FROM open_keys o WHERE o.key = closed.key AND o.seq <> %(seq)s
+                        ORDER BY o.seq LIMIT 1) FROM closed)
+  AND j.status = 'pending' AND NOT j.head
+ORDER BY j.seq
+FOR UPDATE OF j
+"""
+BECOME_HEADS = f"UPDATE jobs j SET head = true WHERE j.seq = ANY(%s) AND NOT EXISTS ({EARLIER})"
+# After a retry, under its exclusive locks: the reopened jobs, and the job that came first after each on each key.
+REOPENED_HEADS = f"""
+UPDATE jobs j SET head = NOT EXISTS ({EARLIER})
+WHERE j.status = 'pending' AND (j.seq = ANY(%(seqs)s) OR j.seq IN (
+    SELECT (SELECT o.seq FROM open_keys o WHERE o.key = r.key AND o.seq > r.seq ORDER BY o.seq LIMIT 1)
+    FROM open_keys r WHERE r.seq = ANY(%(seqs)s)
+))
+"""
+# Keys on which more of a new transaction's jobs wait behind older ones than this are settled under REOPEN_LOCK
+# taken exclusively instead of one lock per key (the server's lock table is shared and small).
+SETTLE_KEYS = 64
 
 EXPIRED_LEASES = """
 SELECT id, lease_owner FROM jobs WHERE status = 'running' AND lease_expires_at < %(now)s
 ORDER BY seq FOR UPDATE SKIP LOCKED
 """
 REQUEUE_EXPIRED = """
-UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = %(now)s,
-                updated_at = %(now)s, attempts = attempts + 1
-WHERE id = ANY(%(ids)s)
+WITH requeued AS (
+    UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = %(now)s,
+                    updated_at = %(now)s, attempts = attempts + 1
+    WHERE id = ANY(%(ids)s)
+    RETURNING seq
+)
+UPDATE open_keys SET running = false WHERE seq IN (SELECT seq FROM requeued)
 """
 
-# The ordering condition is the SQLite store's; the due index keeps the scan to due pending rows.
-CLAIM = """
+# The ordering rule of `semantics.claimable`, read from the due heads only (the partial index `jobs_heads`), each
+# checked by a few index probes: no earlier unfinished job on one of its keys (a head is rarely not one, see the
+# module docstring), and no other job of its keys running (a failed job retried by hand after later jobs started
+# must not run beside them).
+CLAIM = f"""
 WITH picked AS (
     SELECT j.seq FROM jobs j
-    WHERE j.status = 'pending' AND j.next_attempt_at <= %(now)s
+    WHERE j.status = 'pending' AND j.head AND j.next_attempt_at <= %(now)s
+      AND NOT EXISTS ({EARLIER})
       AND NOT EXISTS (
-          -- an earlier unfinished job on one of its keys, or a later one already running (a failed job retried
-          -- by hand after later jobs started must not run beside them)
           SELECT 1 FROM open_keys mine
-          JOIN open_keys other ON other.key = mine.key AND other.seq <> mine.seq
-          JOIN jobs o ON o.seq = other.seq
-          WHERE mine.seq = j.seq AND (other.seq < mine.seq OR o.status = 'running')
+          JOIN open_keys other ON other.key = mine.key AND other.running AND other.seq <> mine.seq
+          WHERE mine.seq = j.seq
       )
     ORDER BY j.next_attempt_at, j.seq
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
+), marked AS (
+    UPDATE open_keys SET running = true WHERE seq IN (SELECT seq FROM picked)
 )
 UPDATE jobs SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s, updated_at = %(now)s
 FROM picked WHERE jobs.seq = picked.seq
@@ -135,23 +204,31 @@ VALUES (%(job_id)s, (SELECT coalesce(max(number), 0) + 1 FROM attempts WHERE job
         %(started_at)s, %(ended_at)s, %(outcome)s, %(result_code)s, %(http_status)s, %(message)s)
 """
 FINISH = """
-UPDATE jobs SET status = %(status)s, result_code = %(result_code)s, message = %(message)s,
-                http_status = %(http_status)s, next_attempt_at = %(next_attempt_at)s, lease_owner = NULL,
-                lease_expires_at = NULL, updated_at = %(now)s,
-                posted_at = CASE WHEN %(posted)s THEN coalesce(posted_at, %(now)s) ELSE posted_at END
-WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
-RETURNING seq
+WITH done AS (
+    UPDATE jobs SET status = %(status)s, result_code = %(result_code)s, message = %(message)s,
+                    http_status = %(http_status)s, next_attempt_at = %(next_attempt_at)s, lease_owner = NULL,
+                    lease_expires_at = NULL, updated_at = %(now)s,
+                    posted_at = CASE WHEN %(posted)s THEN coalesce(posted_at, %(now)s) ELSE posted_at END
+    WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
+    RETURNING seq
+), stopped AS (
+    UPDATE open_keys SET running = false WHERE seq IN (SELECT seq FROM done)
+)
+SELECT seq FROM done
 """
-CLOSE_KEYS = "DELETE FROM open_keys WHERE seq = %s"
 INSERT_ENTRY = """
 INSERT INTO entries (stream, key, job_id, at, data, uniq)
 VALUES (%(stream)s, %(key)s, %(job_id)s, %(at)s, %(data)s, %(uniq)s)
 ON CONFLICT DO NOTHING
 """
 RELEASE = """
-UPDATE jobs SET status = %(status)s, lease_owner = %(lease_owner)s, lease_expires_at = %(lease_expires_at)s,
-                updated_at = %(now)s
-WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
+WITH released AS (
+    UPDATE jobs SET status = %(status)s, lease_owner = %(lease_owner)s, lease_expires_at = %(lease_expires_at)s,
+                    updated_at = %(now)s
+    WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
+    RETURNING seq
+)
+UPDATE open_keys SET running = false WHERE seq IN (SELECT seq FROM released)
 """
 RETRY = """
 UPDATE jobs SET status = %(status)s, next_attempt_at = %(next_attempt_at)s, updated_at = %(next_attempt_at)s,
@@ -183,13 +260,9 @@ WHERE a.started_at >= %s AND a.outcome <> 'succeeded' GROUP BY j.kind, a.result_
 HEARTBEAT = """
 INSERT INTO runners (owner, seen_at) VALUES (%s, %s) ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at
 """
-NEXT_DUE = """
+NEXT_DUE = f"""
 SELECT min(j.next_attempt_at) AS due FROM jobs j
-WHERE j.status = 'pending'
-  AND NOT EXISTS (
-      SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
-      WHERE mine.seq = j.seq
-  )
+WHERE j.status = 'pending' AND j.head AND NOT EXISTS ({EARLIER})
 """
 # Rows read at a time while a filter on tags is applied in Python (the rule is `semantics.tag_among`).
 SCAN_CHUNK = 500
@@ -273,14 +346,18 @@ class PostgresJobStore:
 
     def add(self, requests: Sequence[JobRequest]) -> builtins.list[Job]:
         with self.atomic() as db:
-            seqs = self._add(db, requests, self._clock())
+            new = _NewJobs()
+            seqs = self._add(db, requests, self._clock(), new)
+            self._settle(db, new)
             if not seqs:
                 return []
             rows = {row["seq"]: row for row in db.execute("SELECT * FROM jobs WHERE seq = ANY(%s)", (seqs,))}
             return [_job_from_row(rows[seq]) for seq in seqs]
 
-    def _add(self, db: psycopg.Connection[Any], requests: Sequence[JobRequest], now: float) -> builtins.list[int]:
-        """Insert the requests not stored yet; the seq of each request's job, new or already stored."""
+    def _add(self, db: psycopg.Connection[Any], requests: Sequence[JobRequest], now: float,
+             new_jobs: _NewJobs) -> builtins.list[int]:
+        """Insert the requests not stored yet; the seq of each request's job, new or already stored. The caller
+        settles `new_jobs` before it commits."""
         if not requests:
             return []
         db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
@@ -295,7 +372,7 @@ class PostgresJobStore:
                 new.append(request)
                 if request.request_id is not None:
                     known[request.request_id] = -1  # given its seq below
-        seqs = self._insert(db, [(kinds.raw_of(r), r) for r in new], now)
+        seqs = self._insert(db, [(kinds.raw_of(r), r) for r in new], now, new_jobs)
         slots, fresh = [], iter(seqs)
         for request in requests:
             if request.request_id is None:
@@ -307,37 +384,65 @@ class PostgresJobStore:
         return slots
 
     def _insert(self, db: psycopg.Connection[Any], items: Sequence[tuple[dict[str, Any], JobRequest | None]],
-                now: float) -> builtins.list[int]:
-        """Insert jobs in the order given (the caller holds ADD_LOCK); returns their seqs."""
+                now: float, new_jobs: _NewJobs) -> builtins.list[int]:
+        """Insert jobs in the order given (the caller holds ADD_LOCK), each a head when no unfinished job shares
+        one of its keys, older or earlier in `items`; returns their seqs."""
         if not items:
             return []
         seqs = [row["nextval"] for row in db.execute(NEXT_SEQS, (len(items),))]
+        if new_jobs.first is None:
+            new_jobs.first = seqs[0]
+        # Invalid input has no keys to wait on: it fails without touching anything.
+        keys_of = [sorted(set(request.keys)) if request else [] for _, request in items]
+        wanted = sorted({key for keys in keys_of for key in keys})
+        taken: set[str] = set()
+        for row in db.execute(OPEN_BEFORE, (wanted,)) if wanted else []:
+            taken.add(row["key"])
+            if row["first"] < new_jobs.first:
+                new_jobs.behind_older(row["key"])
+        rows = []
+        for seq, (raw, request), keys in zip(seqs, items, keys_of, strict=True):
+            rows.append({**_insert_args(raw, request, now, seq), "head": taken.isdisjoint(keys)})
+            taken.update(keys)
         with db.cursor() as cur:
-            cur.executemany(INSERT_JOB, [_insert_args(raw, request, now, seq)
-                                         for seq, (raw, request) in zip(seqs, items, strict=True)])
-            # Invalid input has no keys to wait on: it fails without touching anything.
-            keys = [(key, seq) for seq, (_, request) in zip(seqs, items, strict=True)
-                    for key in (request.keys if request else [])]
-            if keys:
-                cur.executemany(INSERT_KEY, keys)
+            cur.executemany(INSERT_JOB, rows)
+            pairs = [(key, seq) for seq, keys in zip(seqs, keys_of, strict=True) for key in keys]
+            if pairs:
+                cur.executemany(INSERT_KEY, pairs)
         self._notify(db)
         return seqs
+
+    def _settle(self, db: psycopg.Connection[Any], new_jobs: _NewJobs) -> None:
+        """Make heads of the new jobs that waited behind an older job when inserted and no longer do: that job was
+        closed since. Under the locks a close takes, so a close that committed before is seen here, and one that
+        commits after waited for this transaction and sees its jobs (see the module docstring)."""
+        if new_jobs.first is None or not (new_jobs.keys or new_jobs.many):
+            return
+        if new_jobs.many:
+            db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
+        else:
+            db.execute(LOCK_SHARED, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
+            db.execute(KEY_LOCKS, {"ns": schema.KEY_NAMESPACE, "keys": sorted(new_jobs.keys)})
+        db.execute(SETTLE, (new_jobs.first,))
 
     def add_batch(self, batch: Batch, requests: BatchRows) -> Batch:
         """One transaction however long the file, rows inserted a chunk at a time as they are read, so memory
         stays flat. Other adds wait for it (ADD_LOCK); runners go on claiming and finishing meanwhile."""
         now = self._clock()
         queued = already = 0
+        new_jobs = _NewJobs()
         with self.atomic() as db:
             db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
             for chunk in _chunks(requests, IMPORT_CHUNK):
                 new = self._not_stored(db, chunk)
                 already += len(chunk) - len(new)
-                self._insert(db, [(kinds.raw_of(request), request) for request in new], now)
+                self._insert(db, [(kinds.raw_of(request), request) for request in new], now, new_jobs)
                 queued += len(new)
             kept = dataclasses.replace(batch, at=now, rows=requests.rows, invalid=requests.invalid, queued=queued,
                                        already=already)
             db.execute(INSERT_ENTRY, _entry_args(kept.record(), "", now))
+            # Last, so that closes of older jobs of the file's keys wait for the settling only, not the import.
+            self._settle(db, new_jobs)
         return kept
 
     @staticmethod
@@ -362,7 +467,9 @@ class PostgresJobStore:
         with self.atomic() as db:
             db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
             # Input that happens to be valid is kept and ordered like any other job.
-            (seq,) = self._insert(db, [(raw, kinds.try_request(raw))], self._clock())
+            new_jobs = _NewJobs()
+            (seq,) = self._insert(db, [(raw, kinds.try_request(raw))], self._clock(), new_jobs)
+            self._settle(db, new_jobs)
             return _job_from_row(db.execute("SELECT * FROM jobs WHERE seq = %s", (seq,)).fetchone())
 
     def keep(self, records: Sequence[Record]) -> None:
@@ -372,6 +479,7 @@ class PostgresJobStore:
 
     def retry(self, job_id: str | None, by: Actor) -> builtins.list[str]:
         with self.atomic() as db:
+            self._reopening(db)
             if job_id is not None:
                 self._check(db, job_id, "retry", semantics.RETRYABLE)
                 ids = [job_id]
@@ -379,12 +487,17 @@ class PostgresJobStore:
                 ids = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE status = 'failed' ORDER BY seq")]
             return self._retry(db, ids, by)
 
+    @staticmethod
+    def _reopening(db: psycopg.Connection[Any]) -> None:
+        """The locks of a retry, before any row: reopening keys, no claim may be deciding on a snapshot from before
+        this, and no add, close or settling may be deciding heads meanwhile (see the module docstring)."""
+        db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
+        db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
+
     def _retry(self, db: psycopg.Connection[Any], ids: builtins.list[str], by: Actor) -> builtins.list[str]:
         if not ids:
             return []
         now = self._clock()
-        # Reopening keys: no claim may be deciding on a snapshot from before this (see the module docstring).
-        db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
         rows = db.execute(RETRY, {**_bound(semantics.retried(now)), "ids": ids}).fetchall()
         rows.sort(key=lambda row: row["seq"])
         with db.cursor() as cur:
@@ -394,12 +507,14 @@ class PostgresJobStore:
             if rows:
                 cur.executemany(AUDIT, [(row["id"], now, "retry", by.who, by.via) for row in rows])
         if rows:
+            db.execute(REOPENED_HEADS, {"seqs": [row["seq"] for row in rows]})
             self._notify(db)
         return [row["id"] for row in rows]
 
     def cancel(self, job_id: str, by: Actor) -> Job:
         now = self._clock()
         with self.atomic() as db:
+            self._closing(db, job_id)
             self._check(db, job_id, "cancel", semantics.CANCELLABLE)
             self._cancel(db, job_id, now, by)
         return self.get(job_id)
@@ -409,15 +524,31 @@ class PostgresJobStore:
         row = db.execute(CANCEL, {**_bound(semantics.cancelled(tried)), "now": now, "id": job_id}).fetchone()
         if row is None:
             return False  # claimed meanwhile
-        db.execute(CLOSE_KEYS, (row["seq"],))
+        self._close_keys(db, row["seq"])
         db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return True
+
+    @staticmethod
+    def _closing(db: psycopg.Connection[Any], job_id: str) -> None:
+        """The locks of a close, before any row (see the module docstring)."""
+        db.execute(LOCK_SHARED, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
+        db.execute(JOB_KEY_LOCKS, {"ns": schema.KEY_NAMESPACE, "id": job_id})
+
+    @staticmethod
+    def _close_keys(db: psycopg.Connection[Any], seq: int) -> None:
+        """The job of `seq` is finished: its keys are free, and the job that now comes first on one of them may be
+        a head."""
+        firsts = [row["seq"] for row in db.execute(CLOSE_KEYS, {"seq": seq})]
+        if firsts:
+            db.execute(BECOME_HEADS, (firsts,))
 
     def cancel_where(self, query: JobFilter, by: Actor) -> builtins.list[str]:
         if query.status not in (None, "pending", "retrying"):
             return []  # only pending jobs can be cancelled
         now = self._clock()
         with self.atomic() as db:
+            # Exclusive: closing any number of keys at once, no other close or settling may decide meanwhile.
+            db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
             found = self._matching(db, dataclasses.replace(query, status=query.status or "pending", after=None),
                                    lock=True)
             return [job_id for job_id in found if self._cancel(db, job_id, now, by)]
@@ -426,6 +557,7 @@ class PostgresJobStore:
         if query.status not in (None, "failed"):
             return []  # only failed jobs can be retried
         with self.atomic() as db:
+            self._reopening(db)
             found = self._matching(db, dataclasses.replace(query, status="failed", after=None), lock=True)
             retried = set(self._retry(db, found, by))
             return [job_id for job_id in found if job_id in retried]
@@ -602,11 +734,15 @@ class PostgresJobStore:
                     db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
                 with db.cursor() as cur:
                     cur.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in effects.records])
-                self._add(db, effects.jobs, now)
+                new_jobs = _NewJobs()
+                self._add(db, effects.jobs, now, new_jobs)
+                self._settle(db, new_jobs)
 
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         now = self._clock()
         with self.atomic() as db:
+            if outcome.status.finished:
+                self._closing(db, job_id)
             if outcome.attempt is not None:
                 self._record_attempt(db, owner, outcome.attempt)
             row = db.execute(FINISH, {
@@ -618,7 +754,7 @@ class PostgresJobStore:
             if row is None:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             if outcome.status.finished:
-                db.execute(CLOSE_KEYS, (row["seq"],))
+                self._close_keys(db, row["seq"])
 
     def release(self, owner: str, job_id: str) -> None:
         with self.atomic() as db:
@@ -661,6 +797,24 @@ class PostgresJobStore:
             except Exception:
                 log.exception("Waking runners for new jobs failed; listening again")
                 stop.wait(pause)
+
+
+class _NewJobs:
+    """What a transaction that adds jobs must settle before it commits: its first seq, and the keys on which a new
+    job waits behind an older unfinished one (`many` past `SETTLE_KEYS` of them, which are then not kept)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.keys: set[str] = set()
+        self.many = False
+
+    def behind_older(self, key: str) -> None:
+        if self.many:
+            return
+        self.keys.add(key)
+        if len(self.keys) > SETTLE_KEYS:
+            self.keys.clear()
+            self.many = True
 
 
 def upgrade(url: str, *, password: str | None = None, connect_timeout: float = 10.0) -> tuple[int, int]:

@@ -8,7 +8,9 @@ A migration is never edited once released: a new table or column is a new migrat
 
 The tables mirror the SQLite store's (`jobs.store.sqlite_schema`, version 5): times are seconds since the epoch
 (`double precision`), JSON is kept as text exactly as written (a job's raw input comes back as given), and
-`open_keys` holds a row per (job, ordering key) while the job is unfinished, which is what the claim reads.
+`open_keys` holds a row per (job, ordering key) while the job is unfinished. Version 2 adds what lets a claim read
+only the jobs it may take: `jobs.head` (no earlier unfinished job shares one of the job's keys) with a partial index
+of the pending heads in due order, and `open_keys.running` (the job holds a lease) with a partial index by key.
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ MIGRATION_LOCK = 0
 # visible, which per-key order rests on (see `jobs.store.postgres`).
 ADD_LOCK = 1
 # Claims hold it shared, a retry by hand exclusive: a retry reopens a job's keys, and no claim may be deciding on
-# a snapshot taken before it (see `jobs.store.postgres`).
+# a snapshot taken before it (see `jobs.store.postgres`). Writes that close jobs (finish, cancel) and adds settling
+# their heads hold it shared too; a retry and a bulk cancel exclusive.
 REOPEN_LOCK = 2
+# Per ordering key: (KEY_NAMESPACE, hashtext(key)), held by a write that closes a job of the key or settles the head
+# of a new one, so that the first unfinished job of a key is decided by one transaction at a time. Two keys with
+# the same hash only wait for each other.
+KEY_NAMESPACE = 0x636F6E6B  # "conk"
 
 V1 = """
 CREATE TABLE jobs (
@@ -111,7 +118,24 @@ CREATE TABLE runners (
 );
 """
 
-MIGRATIONS: list[str] = [V1]
+# Heads. `head` is true while no earlier unfinished job shares one of the job's keys (a job without keys is always
+# one); `running` mirrors the job's status on its key rows, so that "a later job of my key holds a lease" is a look
+# at a handful of rows. Existing rows get both computed here; the default is true because a head that is not one
+# only costs a claim one look (the claim checks the order itself), while one that is wrongly false would never run.
+V2 = """
+ALTER TABLE jobs ADD COLUMN head boolean NOT NULL DEFAULT true;
+ALTER TABLE open_keys ADD COLUMN running boolean NOT NULL DEFAULT false;
+UPDATE open_keys o SET running = true FROM jobs j WHERE j.seq = o.seq AND j.status = 'running';
+UPDATE jobs j SET head = false
+WHERE EXISTS (
+    SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
+    WHERE mine.seq = j.seq
+);
+CREATE INDEX jobs_heads ON jobs (next_attempt_at, seq) WHERE status = 'pending' AND head;
+CREATE INDEX open_keys_running ON open_keys (key) WHERE running;
+"""
+
+MIGRATIONS: list[str] = [V1, V2]
 LATEST = len(MIGRATIONS)
 
 SCHEMA_TABLE = """

@@ -27,13 +27,13 @@ def test_a_runner_refuses_a_database_without_the_schema_and_names_the_command(po
                                                                                tmp_path: Path) -> None:
     env = env_of(postgres_url)
     refused = connector("run", "--once", cwd=tmp_path, env=env, check=1)
-    assert "has no connector tables yet; this connector needs version 1. Run `connector db upgrade`" in refused.stderr
+    assert "has no connector tables yet; this connector needs version 2. Run `connector db upgrade`" in refused.stderr
     assert "postgresql://connector@127.0.0.1:" in refused.stderr  # the database, named without its password
     assert connector("jobs", "list", cwd=tmp_path, env=env, check=1).stderr == refused.stderr
     upgraded = connector("db", "upgrade", cwd=tmp_path, env=env)
-    assert "is upgraded from schema version 0 to 1." in upgraded.stdout
+    assert "is upgraded from schema version 0 to 2." in upgraded.stdout
     again = connector("db", "upgrade", cwd=tmp_path, env=env)
-    assert "is at schema version 1, this connector's; nothing to do." in again.stdout
+    assert "is at schema version 2, this connector's; nothing to do." in again.stdout
     for ran in (refused, upgraded, again):
         assert PASSWORD not in ran.stdout + ran.stderr
 
@@ -116,7 +116,7 @@ def test_a_password_given_as_the_url_parameter_is_a_secret_too(postgres_db: str,
 
 def test_the_demo_runs_on_a_database_the_user_names(postgres_url: str, tmp_path: Path) -> None:
     demo = connector("demo", "--store", "postgres", cwd=tmp_path, env=env_of(postgres_url))
-    assert "Upgraded the PostgreSQL job store's schema from version 0 to 1." in demo.stderr
+    assert "Upgraded the PostgreSQL job store's schema from version 0 to 2." in demo.stderr
     assert "16 succeeded, 1 failed" in demo.stdout
     assert "CONNECTOR_JOB_STORE=postgres connector jobs list --status failed" in demo.stdout
     assert PASSWORD not in demo.stdout + demo.stderr
