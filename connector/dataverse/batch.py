@@ -8,6 +8,7 @@ round (`parse_batch_request`, `build_batch_response`), so both sides agree on on
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
@@ -68,11 +69,13 @@ def build_batch(parts: Sequence[BatchPart], *, boundary: str, base_url: str, cha
 def build_change_sets(sets: Sequence[Sequence[BatchPart]], *, boundary: str, base_url: str) -> bytes:
     """The body of a `$batch` POST holding each of `sets` as its own atomic change set."""
     lines: list[str] = []
+    # Content-IDs are unique in the whole request, not only in their change set, as OData asks.
+    numbers = itertools.count(1)
     for parts in sets:
         inner = f"changeset_{uuid.uuid4()}"
         lines += [f"--{boundary}", f"Content-Type: multipart/mixed; boundary={inner}", ""]
-        for number, part in enumerate(parts, start=1):
-            lines += [f"--{inner}", *_request_part(part, base_url, part.content_id or str(number))]
+        for part in parts:
+            lines += [f"--{inner}", *_request_part(part, base_url, part.content_id or str(next(numbers)))]
         lines += [f"--{inner}--", ""]
     lines += [f"--{boundary}--", ""]
     return CRLF.join(lines).encode()
