@@ -120,6 +120,28 @@ def test_a_runner_whose_workers_and_line_ahead_are_full_asks_the_store_for_nothi
         runner.close()
 
 
+def test_a_runner_claims_again_once_a_line_ahead_s_worth_of_places_is_free(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+) -> None:
+    counted = FaultyStore(store)
+    runner = runner_on(counted, spotler, crm, clock, workers=2, ahead=1)
+    gate, done = threading.Event(), threading.Event()
+    done.set()
+    try:
+        with registered(TestKind("quick", done)), registered(TestKind("held", gate)):
+            store.add([request_from_raw({"operation": "quick"})])
+            store.add([request_from_raw({"operation": "held"}) for _ in range(4)])
+            first = runner.tick()
+            assert len(first) == 3  # two workers and one place ahead
+            first[0].result(timeout=30)  # the quick one is done: one place is free, as many as the line ahead
+            assert len(runner.tick()) == 1
+            assert runner.tick() == []
+            assert counted.claims == 2
+    finally:
+        gate.set()
+        runner.close()
+
+
 def test_a_job_whose_attempts_ran_out_with_dead_runners_fails_without_another_try(
     store: SqliteJobStore, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, crm: LocalCrm, clock: FakeClock
 ) -> None:
