@@ -1,9 +1,9 @@
 """Change sets from many threads in one `$batch`: group commit for Dataverse writes.
 
 Each worker's write (a job row's PATCH, with the entries that must be kept with it) is one change set: atomic on
-its own, independent of the others. While one `$batch` is on the wire, the writes that arrive wait and leave
-together in the next one, so a busy runner sends one request per round trip instead of one per write, and a write
-that finds nothing on the wire leaves at once, alone, as it would without this module. A change set that fails
+its own, independent of the others. While `PARALLEL` requests are on the wire, the writes that arrive wait and
+leave together in the next one, so a busy runner sends a few requests per round trip instead of one per write, and
+a write that finds room on the wire leaves at once, alone, as it would without this module. A change set that fails
 fails its own write only (`Prefer: odata.continue-on-error`); a `$batch` that fails as a whole (throttled,
 unavailable, cut off) fails every write in it, each caller seeing the error as its own.
 """
@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 # Dataverse's cap on the requests of one `$batch`, change sets included.
 MAX_PARTS = 1000
+# Requests of grouped writes on the wire at once. Dataverse runs the parts of a `$batch` one after the other, so one
+# `$batch` at a time would queue every write behind the others'; its service protection allows 1,200 s of execution
+# time per 300 s and user, four requests running at all times, so four at once use what it gives and no more, while
+# each still carries the writes that arrived meanwhile.
+PARALLEL = 4
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -52,13 +57,14 @@ class _Ticket:
 
 
 class Writes:
-    """Change sets from many threads, sent in groups: at most one `$batch` on the wire at a time."""
+    """Change sets from many threads, sent in groups: at most `parallel` requests on the wire at a time."""
 
-    def __init__(self, client: DataverseClient) -> None:
+    def __init__(self, client: DataverseClient, *, parallel: int = PARALLEL) -> None:
         self.client = client
+        self.parallel = parallel
         self._cond = threading.Condition()
         self._queue: list[_Ticket] = []
-        self._sending = False
+        self._sending = 0
         # Requests sent and the writes they carried: what grouping saved.
         self.requests = 0
         self.writes = 0
@@ -68,19 +74,19 @@ class Writes:
         with self._cond:
             self._queue.append(ticket)
             while not ticket.done:
-                if self._sending:
+                if self._sending >= self.parallel or ticket not in self._queue:
                     self._cond.wait()
                     continue
-                # Nothing on the wire: this thread sends what waits, oldest first (its own write among them,
+                # Room on the wire: this thread sends what waits, oldest first (its own write among them,
                 # unless older ones fill the `$batch`; then it goes round again).
-                self._sending = True
+                self._sending += 1
                 group = self._take()
                 self._cond.release()
                 try:
                     self._send(group)
                 finally:
                     self._cond.acquire()
-                    self._sending = False
+                    self._sending -= 1
                     self._cond.notify_all()
         if ticket.error is not None:
             raise ticket.error
