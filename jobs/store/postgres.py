@@ -5,33 +5,33 @@ Every guarantee of `jobs.store` holds as on SQLite, in the same transactions; wh
 - **Claims** lock the rows they take with `FOR UPDATE SKIP LOCKED`: runners on any host claim at once, none waits
   for another, and a row one claim holds is passed over by the others. A claim is one statement (`CLAIM`), so it
   decides on one snapshot.
-- **Per-key order** is the claim's own condition (the rule of `semantics.claimable`), on `open_keys`: a row per
-  (job, key) while the job is unfinished, marked `running` while the job holds a lease. A claim reads only the
-  pending *heads* (`jobs.head`: no earlier unfinished job shares one of the job's keys) that are due, through a
-  partial index, and checks each one's order itself (no earlier row on its keys, no other running row): a few
-  index probes per job taken, whatever the backlog behind a job waiting for its retry. Two facts make that check
-  safe without serialising claims:
+- **Per-key order** is the claim's own condition (the rule of `semantics.claimable`), kept ahead of time as a flag:
+  `jobs.head` is true while a pending job may run as far as order goes (no earlier unfinished job shares one of its
+  keys, no other job of its keys is running; `IS_HEAD`). A claim reads the due heads in due order from their
+  partial index and nothing else, so its cost does not grow with the jobs waiting behind a job whose retry is not
+  due. `open_keys` holds a row per (job, key) while the job is unfinished, marked `running` while the job holds a
+  lease, which is what deciding a head reads. Two facts make one flag read on one snapshot safe without serialising
+  claims:
   1. every transaction that inserts jobs holds the advisory `ADD_LOCK`, so creation order (`seq`) is the order in
-     which jobs become visible: a claim that sees a job sees every earlier job of its keys;
+     which jobs become visible: a new job's head is decided against every earlier job of its keys;
   2. a retry by hand, the only write that reopens a finished job's keys, holds `REOPEN_LOCK` exclusively, and
      claims hold it shared: no claim decides on a snapshot taken before a retry and commits after it.
-  So of the jobs on one key, at most one is claimable in any snapshot a claim can act on, and the row lock makes
-  it one claim's.
-- **Heads** are kept in the transactions that change which job comes first on a key. A head that is not one only
-  costs a claim one look (the claim checks); a job that should be a head and is not would never run, so every
-  way to become one is covered:
-  - an add computes its jobs' heads from what it sees. A job waiting behind an older one is settled again at the
+  Of the jobs of one key at most one is a head (the first, when nothing of its keys runs), and the row lock makes
+  it one claim's; a claim changes no other job's flag (the jobs after it on its keys were not heads).
+- **Heads** are decided again by the transactions that change them, under locks that make the one that commits
+  second see the first (a flag wrongly false would leave its job waiting forever, wrongly true would break order):
+  - an add decides its jobs' heads from what it sees. A job waiting behind an older one is settled again at the
     end of the add, under the locks a close takes (`_settle`): a close that committed meanwhile is seen then, and
     a later one waits for the add and then sees the new job;
-  - a close (a finish, a cancel) holds `REOPEN_LOCK` shared and the advisory lock of each of its keys (sorted, so
-    closes wait in one order), so the first unfinished job of a key is decided by one close at a time; it locks
-    that job's row before deciding, so two closes that each freed one key of a job with several keys decide one
-    after the other, the second seeing the first;
+  - a job that leaves running (a finish, a release, an expired lease) or is cancelled holds `REOPEN_LOCK` shared
+    and the advisory lock of each of its keys (sorted, so they wait in one order): the first job of a key is
+    decided by one transaction at a time. It locks that job's row before deciding, so two of them that each freed
+    one key of a job with several decide one after the other, the second seeing the first;
   - a retry and a bulk cancel hold `ADD_LOCK` and `REOPEN_LOCK` exclusively (a bulk cancel only the latter): no
-    other write of heads runs meanwhile.
-  A running job's head is left as the claim found it (true); when it is back to pending the claim checks it. The
-  locks are taken in one order (`ADD_LOCK`, `REOPEN_LOCK`, key locks, rows), and a close waits only for pending
-  rows, which no transaction holds while waiting for a lock.
+    other decision is under way meanwhile.
+  The locks are taken in one order (`ADD_LOCK`, `REOPEN_LOCK`, key locks, rows); a transaction holding key locks
+  waits only for its own job's row and for rows of pending jobs that are not heads, which no transaction holds
+  while it waits for a lock.
 - **Wake-ups**: every write that makes a job due (an add, an import, a job a trigger queues, a retry) sends
   `NOTIFY` in its transaction; `wakeups()` listens on a connection of its own, so a runner that waits for its next
   tick starts a new job at once (the scheduler's hook) without polling faster.
@@ -120,26 +120,44 @@ EARLIER = """
 SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
 WHERE mine.seq = j.seq
 """
+# The rule of `semantics.claimable` for the job `j`: no earlier unfinished job shares one of its keys, and no other
+# job of its keys is running (a failed job retried by hand after later jobs started must not run beside them).
+# A few index probes per key: the running rows have an index of their own.
+IS_HEAD = f"""
+NOT EXISTS ({EARLIER}) AND NOT EXISTS (
+    SELECT 1 FROM open_keys mine
+    JOIN open_keys other ON other.key = mine.key AND other.running AND other.seq <> mine.seq
+    WHERE mine.seq = j.seq
+)
+"""
 # New jobs that waited behind an older job when they were inserted, and no longer do (see `_settle`).
 SETTLE = f"""
 UPDATE jobs j SET head = true
-WHERE j.seq >= %s AND NOT j.head AND j.status = 'pending' AND NOT EXISTS ({EARLIER})
+WHERE j.seq >= %s AND NOT j.head AND j.status = 'pending' AND {IS_HEAD}
 """
-# After a close: the first unfinished job of each key the closed job held, when pending and not a head yet,
-# locked (in seq order) before `BECOME_HEADS` decides, in a statement of its own, with what committed meanwhile.
-CLOSE_KEYS = """
-WITH closed AS (DELETE FROM open_keys WHERE seq = %(seq)s RETURNING key)
+# After a job leaves running: the first unfinished job of each of its keys (the job itself too, when it is back
+# to pending), when pending and not a head yet, locked (in seq order) before `BECOME_HEADS` decides, in a statement
+# of its own, with what committed meanwhile. A job finished for good is taken out of `open_keys` first (`closed`
+# removes its rows: the statement's snapshot still shows them, hence `<>`).
+FREED_FIRSTS = """
+WITH freed AS ({keys})
 SELECT j.seq FROM jobs j
-WHERE j.seq IN (SELECT (SELECT o.seq FROM open_keys o WHERE o.key = closed.key AND o.seq <> %(seq)s
-                        ORDER BY o.seq LIMIT 1) FROM closed)
+WHERE j.seq IN (SELECT (SELECT o.seq FROM open_keys o WHERE o.key = freed.key {skip}
+                        ORDER BY o.seq LIMIT 1) FROM freed)
   AND j.status = 'pending' AND NOT j.head
 ORDER BY j.seq
 FOR UPDATE OF j
 """
-BECOME_HEADS = f"UPDATE jobs j SET head = true WHERE j.seq = ANY(%s) AND NOT EXISTS ({EARLIER})"
+CLOSE_KEYS = FREED_FIRSTS.format(keys="DELETE FROM open_keys WHERE seq = %(seq)s RETURNING key",
+                                 skip="AND o.seq <> %(seq)s")
+STOPPED_KEYS = FREED_FIRSTS.format(keys="SELECT key FROM open_keys WHERE seq = %(seq)s", skip="")
+BECOME_HEADS = f"UPDATE jobs j SET head = true WHERE j.seq = ANY(%s) AND {IS_HEAD}"
+# A job back to pending was a head when claimed; whether it still is, is decided again (a job before it may have
+# been retried by hand while it ran).
+BACK_HEAD = f"UPDATE jobs j SET head = {IS_HEAD} WHERE j.seq = %s AND j.status = 'pending'"
 # After a retry, under its exclusive locks: the reopened jobs, and the job that came first after each on each key.
 REOPENED_HEADS = f"""
-UPDATE jobs j SET head = NOT EXISTS ({EARLIER})
+UPDATE jobs j SET head = {IS_HEAD}
 WHERE j.status = 'pending' AND (j.seq = ANY(%(seqs)s) OR j.seq IN (
     SELECT (SELECT o.seq FROM open_keys o WHERE o.key = r.key AND o.seq > r.seq ORDER BY o.seq LIMIT 1)
     FROM open_keys r WHERE r.seq = ANY(%(seqs)s)
@@ -150,8 +168,12 @@ WHERE j.status = 'pending' AND (j.seq = ANY(%(seqs)s) OR j.seq IN (
 SETTLE_KEYS = 64
 
 EXPIRED_LEASES = """
-SELECT id, lease_owner FROM jobs WHERE status = 'running' AND lease_expires_at < %(now)s
+SELECT id, lease_owner FROM jobs WHERE status = 'running' AND lease_expires_at < %(now)s AND id = ANY(%(ids)s)
 ORDER BY seq FOR UPDATE SKIP LOCKED
+"""
+EXPIRED_KEYS = """
+SELECT j.id, o.key FROM jobs j LEFT JOIN open_keys o ON o.seq = j.seq
+WHERE j.status = 'running' AND j.lease_expires_at < %(now)s
 """
 REQUEUE_EXPIRED = """
 WITH requeued AS (
@@ -159,29 +181,23 @@ WITH requeued AS (
                     updated_at = %(now)s, attempts = attempts + 1
     WHERE id = ANY(%(ids)s)
     RETURNING seq
+), stopped AS (
+    UPDATE open_keys SET running = false WHERE seq = ANY(ARRAY(SELECT seq FROM requeued))
 )
-UPDATE open_keys SET running = false WHERE seq IN (SELECT seq FROM requeued)
+SELECT seq FROM requeued
 """
 
-# The ordering rule of `semantics.claimable`, read from the due heads only (the partial index `jobs_heads`), each
-# checked by a few index probes: no earlier unfinished job on one of its keys (a head is rarely not one, see the
-# module docstring), and no other job of its keys running (a failed job retried by hand after later jobs started
-# must not run beside them).
-CLAIM = f"""
+# The ordering rule of `semantics.claimable` is the head flag (`IS_HEAD`, kept by every write that changes it):
+# a claim reads the due heads in due order from their partial index, and nothing else.
+CLAIM = """
 WITH picked AS (
     SELECT j.seq FROM jobs j
     WHERE j.status = 'pending' AND j.head AND j.next_attempt_at <= %(now)s
-      AND NOT EXISTS ({EARLIER})
-      AND NOT EXISTS (
-          SELECT 1 FROM open_keys mine
-          JOIN open_keys other ON other.key = mine.key AND other.running AND other.seq <> mine.seq
-          WHERE mine.seq = j.seq
-      )
     ORDER BY j.next_attempt_at, j.seq
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
 ), marked AS (
-    UPDATE open_keys SET running = true WHERE seq IN (SELECT seq FROM picked)
+    UPDATE open_keys SET running = true WHERE seq = ANY(ARRAY(SELECT seq FROM picked))
 )
 UPDATE jobs SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s, updated_at = %(now)s
 FROM picked WHERE jobs.seq = picked.seq
@@ -212,7 +228,7 @@ WITH done AS (
     WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
     RETURNING seq
 ), stopped AS (
-    UPDATE open_keys SET running = false WHERE seq IN (SELECT seq FROM done)
+    UPDATE open_keys SET running = false WHERE seq = ANY(ARRAY(SELECT seq FROM done))
 )
 SELECT seq FROM done
 """
@@ -227,8 +243,10 @@ WITH released AS (
                     updated_at = %(now)s
     WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
     RETURNING seq
+), stopped AS (
+    UPDATE open_keys SET running = false WHERE seq = ANY(ARRAY(SELECT seq FROM released))
 )
-UPDATE open_keys SET running = false WHERE seq IN (SELECT seq FROM released)
+SELECT seq FROM released
 """
 RETRY = """
 UPDATE jobs SET status = %(status)s, next_attempt_at = %(next_attempt_at)s, updated_at = %(next_attempt_at)s,
@@ -260,10 +278,7 @@ WHERE a.started_at >= %s AND a.outcome <> 'succeeded' GROUP BY j.kind, a.result_
 HEARTBEAT = """
 INSERT INTO runners (owner, seen_at) VALUES (%s, %s) ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at
 """
-NEXT_DUE = f"""
-SELECT min(j.next_attempt_at) AS due FROM jobs j
-WHERE j.status = 'pending' AND j.head AND NOT EXISTS ({EARLIER})
-"""
+NEXT_DUE = "SELECT min(j.next_attempt_at) AS due FROM jobs j WHERE j.status = 'pending' AND j.head"
 # Rows read at a time while a filter on tags is applied in Python (the rule is `semantics.tag_among`).
 SCAN_CHUNK = 500
 
@@ -535,10 +550,12 @@ class PostgresJobStore:
         db.execute(JOB_KEY_LOCKS, {"ns": schema.KEY_NAMESPACE, "id": job_id})
 
     @staticmethod
-    def _close_keys(db: psycopg.Connection[Any], seq: int) -> None:
-        """The job of `seq` is finished: its keys are free, and the job that now comes first on one of them may be
-        a head."""
-        firsts = [row["seq"] for row in db.execute(CLOSE_KEYS, {"seq": seq})]
+    def _close_keys(db: psycopg.Connection[Any], seq: int, *, finished: bool = True) -> None:
+        """The job of `seq` left running, finished (its keys are free) or back to pending (it is decided again):
+        the job that now comes first on one of its keys may be a head. Under the locks of `_closing`."""
+        if not finished:
+            db.execute(BACK_HEAD, (seq,))
+        firsts = [row["seq"] for row in db.execute(CLOSE_KEYS if finished else STOPPED_KEYS, {"seq": seq})]
         if firsts:
             db.execute(BECOME_HEADS, (firsts,))
 
@@ -680,15 +697,24 @@ class PostgresJobStore:
         now = self._clock()
         with self.atomic() as db:
             db.execute(LOCK_SHARED, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
-            expired = db.execute(EXPIRED_LEASES, {"now": now}).fetchall()
+            # The key locks of the jobs whose lease ran out before their rows, as a close takes them.
+            found = db.execute(EXPIRED_KEYS, {"now": now}).fetchall()
+            keys = [row["key"] for row in found if row["key"] is not None]
+            if keys:
+                db.execute(KEY_LOCKS, {"ns": schema.KEY_NAMESPACE, "keys": keys})
+            expired = db.execute(EXPIRED_LEASES, {"now": now, "ids": [row["id"] for row in found]}).fetchall()
             if expired:
                 with db.cursor() as cur:
                     cur.executemany(RECORD_ATTEMPT, [
                         semantics.expired_attempt(row["id"], row["lease_owner"], now).model_dump()
                         for row in expired])
-                db.execute(REQUEUE_EXPIRED, {"now": now, "ids": [row["id"] for row in expired]})
+                for row in db.execute(REQUEUE_EXPIRED, {"now": now, "ids": [row["id"] for row in expired]}
+                                      ).fetchall():
+                    self._close_keys(db, row["seq"], finished=False)
+            # Planned for this time and limit at each run: a plan cached for any of them may read every due head
+            # and sort them, where this one reads the first `limit` of the index.
             rows = db.execute(CLAIM, {"owner": owner, "expires": now + lease_seconds, "now": now,
-                                      "limit": limit}).fetchall()
+                                      "limit": limit}, prepare=False).fetchall()
         return [_job_from_row(row) for row in sorted(rows, key=lambda row: row["seq"])]
 
     def renew(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> builtins.list[str]:
@@ -741,8 +767,7 @@ class PostgresJobStore:
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         now = self._clock()
         with self.atomic() as db:
-            if outcome.status.finished:
-                self._closing(db, job_id)
+            self._closing(db, job_id)
             if outcome.attempt is not None:
                 self._record_attempt(db, owner, outcome.attempt)
             row = db.execute(FINISH, {
@@ -753,12 +778,15 @@ class PostgresJobStore:
             }).fetchone()
             if row is None:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
-            if outcome.status.finished:
-                self._close_keys(db, row["seq"])
+            self._close_keys(db, row["seq"], finished=outcome.status.finished)
 
     def release(self, owner: str, job_id: str) -> None:
         with self.atomic() as db:
-            db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id, "owner": owner})
+            self._closing(db, job_id)
+            row = db.execute(RELEASE, {**_bound(semantics.released()), "now": self._clock(), "id": job_id,
+                                       "owner": owner}).fetchone()
+            if row is not None:
+                self._close_keys(db, row["seq"], finished=False)
 
     # --- waking runners -------------------------------------------------------------------------------------
 

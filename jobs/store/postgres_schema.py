@@ -118,19 +118,24 @@ CREATE TABLE runners (
 );
 """
 
-# Heads. `head` is true while no earlier unfinished job shares one of the job's keys (a job without keys is always
-# one); `running` mirrors the job's status on its key rows, so that "a later job of my key holds a lease" is a look
-# at a handful of rows. Existing rows get both computed here; the default is true because a head that is not one
-# only costs a claim one look (the claim checks the order itself), while one that is wrongly false would never run.
+# Heads. `head` is true while a pending job may be claimed as far as order goes (`semantics.claimable`): no earlier
+# unfinished job shares one of its keys, and no other job of its keys is running. `running` mirrors the job's
+# status on its key rows, so that the second half is a look at a handful of rows. Existing rows get both here.
 V2 = """
-ALTER TABLE jobs ADD COLUMN head boolean NOT NULL DEFAULT true;
+ALTER TABLE jobs ADD COLUMN head boolean NOT NULL DEFAULT false;
 ALTER TABLE open_keys ADD COLUMN running boolean NOT NULL DEFAULT false;
 UPDATE open_keys o SET running = true FROM jobs j WHERE j.seq = o.seq AND j.status = 'running';
-UPDATE jobs j SET head = false
-WHERE EXISTS (
-    SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
-    WHERE mine.seq = j.seq
-);
+UPDATE jobs j SET head = true
+WHERE j.status = 'pending'
+  AND NOT EXISTS (
+      SELECT 1 FROM open_keys mine JOIN open_keys earlier ON earlier.key = mine.key AND earlier.seq < mine.seq
+      WHERE mine.seq = j.seq
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM open_keys mine
+      JOIN open_keys other ON other.key = mine.key AND other.running AND other.seq <> mine.seq
+      WHERE mine.seq = j.seq
+  );
 CREATE INDEX jobs_heads ON jobs (next_attempt_at, seq) WHERE status = 'pending' AND head;
 CREATE INDEX open_keys_running ON open_keys (key) WHERE running;
 """
