@@ -9,8 +9,9 @@ costs when thousands of due jobs wait behind an unfinished job whose retry is no
    claim again) with a pool of `--threads` workers, each making the store calls the executor makes for a job:
    `save_progress(score_before=...)` before an increment, `save_progress(applied=True, effects=...)` with the score
    history records the observer makes of the job's changes, `finish(...)` with the final attempt and `posted=True`.
-   No HTTP, no executor: what is measured is the store. Reports jobs/s and the mean milliseconds per call kind
-   (with 8 threads a call's time includes its wait for the write lock).
+   No HTTP, no executor: what is measured is the store. Reports jobs/s, the process's CPU per job (all threads:
+   steadier than jobs/s on a shared machine) and the mean milliseconds per call kind (with 8 threads a call's time
+   includes its wait for the write lock).
 2. *claim cost*: 2,000 free jobs on their own contacts claimed 8 at a time (each batch finished before the next
    claim), first with nothing else queued, then behind `--blocked` due jobs that wait on one key for a job whose
    retry is a day away. Reports ms per claim call and per job claimed.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import resource
 import statistics
 import sys
 import tempfile
@@ -151,6 +153,7 @@ def drain(store_class: type[Any], jobs: int, threads: int) -> dict[str, Any]:
             calls = Calls()
             worker = Worker(store, calls)
             done = 0
+            cpu = _cpu_seconds()
             started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 # Runner.drain and Runner.tick: claim for the free workers, run, and claim again when one is done.
@@ -167,11 +170,19 @@ def drain(store_class: type[Any], jobs: int, threads: int) -> dict[str, Any]:
                         future.result()
                         done += 1
             seconds = time.perf_counter() - started
+            cpu = _cpu_seconds() - cpu
             counts = store.counts()
             assert counts == {"succeeded": jobs}, counts
         finally:
             store.close()
-    return {"jobs_per_s": done / seconds, "ms": calls.ms(), "calls": dict(calls.count)}
+    return {"jobs_per_s": done / seconds, "cpu_ms_per_job": 1000 * cpu / done, "ms": calls.ms(),
+            "calls": dict(calls.count)}
+
+
+def _cpu_seconds() -> float:
+    """The process's CPU time, every thread's, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- 2. the claim behind a blocked backlog ----------------------------------------------------------------------
@@ -238,7 +249,8 @@ def main() -> None:
         for label, store_class in stores.items():
             reading = drain(store_class, args.jobs, args.threads)
             drains[label].append(reading)
-            print(f"run {run + 1} {label}: drain {reading['jobs_per_s']:,.0f} jobs/s", flush=True)
+            print(f"run {run + 1} {label}: drain {reading['jobs_per_s']:,.0f} jobs/s, "
+                  f"{reading['cpu_ms_per_job']:.3f} CPU ms/job", flush=True)
             for blocked in (0, args.blocked):
                 cost = claim_cost(store_class, blocked)
                 claims[(label, blocked)].append(cost)
@@ -247,11 +259,12 @@ def main() -> None:
 
     print(f"\n1. drain: {args.jobs:,} jobs, {args.threads} threads, medians of {args.runs} runs")
     kinds = ["claim", "save_progress(score_before)", "save_progress(applied, effects)", "finish"]
-    print("| store | jobs/s | " + " | ".join(f"{kind} ms" for kind in kinds) + " | claims |")
-    print("|---|---|" + "---|" * len(kinds) + "---|")
+    print("| store | jobs/s | CPU ms/job | " + " | ".join(f"{kind} ms" for kind in kinds) + " | claims |")
+    print("|---|---|---|" + "---|" * len(kinds) + "---|")
     for label, readings in drains.items():
         cells = [f"{median_of(readings, 'ms', kind):.3f}" for kind in kinds]
-        print(f"| {label} | {median_of(readings, 'jobs_per_s'):,.0f} | " + " | ".join(cells)
+        print(f"| {label} | {median_of(readings, 'jobs_per_s'):,.0f} | {median_of(readings, 'cpu_ms_per_job'):.3f} | "
+              + " | ".join(cells)
               + f" | {median_of(readings, 'calls', 'claim'):,.0f} |")
     print(f"\n2. claim cost: {FREE_JOBS:,} free jobs claimed {CLAIM_BATCH} at a time, medians of {args.runs} runs")
     print("| store | blocked rows | ms/claim | ms/job claimed |")

@@ -167,7 +167,10 @@ CREATE TABLE runners (
 
 # 6: a claim reads only the jobs that may run. `head` is 1 when no earlier unfinished job shares one of the job's
 # keys and no other running job does (the rule of `semantics.claimable`), kept by every write that changes either;
-# the claim's index holds only pending heads, so due jobs waiting behind an unfinished job cost it nothing.
+# the claim's index holds only pending heads, so due jobs waiting behind an unfinished job cost it nothing. And a
+# job's outcome writes fewer pages: expired leases are found among the running jobs of `jobs_status` (a few), not
+# in an index of their own that every claim, renewal and outcome rewrote; attempts are kept in their primary key,
+# with no rowid table beside it.
 V6 = """
 ALTER TABLE jobs ADD COLUMN head INTEGER NOT NULL DEFAULT 0;
 UPDATE jobs SET head = (
@@ -181,6 +184,24 @@ UPDATE jobs SET head = (
 ) WHERE status IN ('pending', 'running');
 DROP INDEX jobs_due;
 CREATE INDEX jobs_ready ON jobs(next_attempt_at, seq) WHERE status = 'pending' AND head = 1;
+DROP INDEX jobs_leased;
+
+CREATE TABLE attempts_v6 (
+    job_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    outcome TEXT NOT NULL,
+    result_code TEXT,
+    http_status INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, number)
+) WITHOUT ROWID;
+INSERT INTO attempts_v6 (job_id, number, started_at, ended_at, outcome, result_code, http_status, message)
+SELECT job_id, number, started_at, ended_at, outcome, result_code, http_status, message FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_v6 RENAME TO attempts;
+CREATE INDEX attempts_started ON attempts(started_at);
 """
 
 Step = str | Callable[[sqlite3.Connection], None]
