@@ -56,6 +56,8 @@ INSERT INTO jobs (seq, id, kind, target_kind, target_id, payload, raw, request_i
 VALUES (:seq, :id, :kind, :target_kind, :target_id, :payload, :raw, :request_id, :origin, :batch_id, 'pending', :now,
         :now, :now, :head)
 """  # seq NULL: the next one
+# Rows written (about as many pages) between two checkpoints of the log; SQLite's own default is 1,000 pages.
+CHECKPOINT_ROWS = 1000
 # Rows of an import go in chunks of this many: large enough that each statement's overhead is spread thin.
 IMPORT_CHUNK = 500
 INSERT_KEY = "INSERT OR IGNORE INTO open_keys (key, seq) VALUES (?, ?)"
@@ -217,6 +219,8 @@ class SqliteJobStore:
         self._writer = threading.Lock()
         self._waiting: builtins.list[_Write] = []
         self._write_conn: sqlite3.Connection | None = None
+        self._checkpointing = threading.Lock()
+        self._checkpointed = 0  # the write connection's count of changed rows at the last checkpoint
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         self.upgraded_from = upgrade(conn, self.path)
@@ -234,7 +238,26 @@ class SqliteJobStore:
         took turns on each thread's own connection would each start by reading their pages again."""
         if self._write_conn is None:
             self._write_conn = self._connect()
+            self._write_conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_now_and_then
+            self._checkpointed = 0
         return self._write_conn
+
+    def _checkpoint_now_and_then(self) -> None:
+        """Copy the log into the database file once enough was written, outside the write lock. SQLite's own
+        checkpoint runs inside the commit that crosses its threshold, and so, syncing the file to disk, holds up
+        every write of the process; a passive one here runs beside the next writes."""
+        conn = self._write_conn
+        if conn is None or conn.total_changes - self._checkpointed < CHECKPOINT_ROWS:
+            return
+        if not self._checkpointing.acquire(blocking=False):
+            return  # another thread is at it
+        try:
+            self._checkpointed = conn.total_changes
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass  # the file is busy (another process checkpoints, or is being backed up): next time
+        finally:
+            self._checkpointing.release()
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN ourselves, so that writers take the lock up front (IMMEDIATE).
@@ -275,14 +298,15 @@ class SqliteJobStore:
                 raise
         finally:
             self._writer.release()
+        self._checkpoint_now_and_then()
 
     def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run `work` as one write, all or nothing, durable when this returns: the runner's calls.
 
-        Writes that this process's threads make at the same moment share a transaction, each in a savepoint of
-        its own (one that fails is undone alone), and its commit: writing the changed pages to the log is most of
-        what a small write costs, and writes made together change many of the same pages. Whoever takes the
-        write lock runs every write waiting by then, its own among them."""
+        Writes that this process's threads make at the same moment share a transaction and its commit (one that
+        fails is undone alone): writing the changed pages to the log is most of what a small write costs, and
+        writes made together change many of the same pages. Whoever takes the write lock runs every write waiting
+        by then, its own among them."""
         mine = _Write(work)
         with self._lock:
             self._waiting.append(mine)
@@ -298,6 +322,7 @@ class SqliteJobStore:
                 self._run_waiting()
         finally:
             self._writer.release()
+        self._checkpoint_now_and_then()
         if mine.error is not None:
             raise mine.error
         return mine.result
