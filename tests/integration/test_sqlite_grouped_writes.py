@@ -4,6 +4,7 @@ alone, and the others are kept, each with its effects."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -72,5 +73,26 @@ def test_writes_made_together_share_a_transaction_and_one_that_fails_is_undone_a
         assert store.get(lost.id).applied_at is None and store.entries("history", "contact:C-2") == []
         assert store.get(third.id).applied_at is not None
         assert [entry.job_id for entry in store.entries("history", "contact:C-3")] == [third.id]
+    finally:
+        store.close()
+
+
+def test_the_store_copies_its_log_into_the_database_file_as_it_writes(tmp_path: Path) -> None:
+    """SQLite's own checkpoint is off on the connection that writes (it would run inside the write lock): the store
+    checkpoints itself, so the log does not grow for as long as a runner runs."""
+    path = tmp_path / "jobs.db"
+    store = SqliteJobStore(path, clock=FakeClock())
+    try:
+        jobs = store.add([req(f"C-{n}") for n in range(3000)])
+        store.claim("runner-a", 3000, LEASE)
+        for job in jobs:  # about 9 pages written to the log each: some 27,000 in all
+            store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "Done."))
+        conn = sqlite3.connect(path)
+        try:
+            # The frames in the log since it last started again from its beginning, after a complete checkpoint.
+            _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
+        assert 0 < frames < 5000
     finally:
         store.close()
