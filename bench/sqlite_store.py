@@ -4,9 +4,9 @@ costs when thousands of due jobs wait behind an unfinished job whose retry is no
     .venv/bin/python bench/sqlite_store.py [--jobs 20000] [--threads 8] [--runs 3] [--blocked 5000]
                                            [--compare other_sqlite.py]
 
-1. *drain*: N jobs queued (the mix of `bench/throughput.py`'s OPERATIONS over a few hundred contacts), then the
-   runner's loop (claim as many jobs as there are free workers, at most `BATCH_SIZE`; wait for the first to end;
-   claim again) with a pool of `--threads` workers, each making the store calls the executor makes for a job:
+1. *drain*: N jobs queued (the mix of `bench/throughput.py`'s OPERATIONS over a few hundred contacts), then
+   drained by the runner itself (`Runner.drain`, claiming as it does) with `--threads` workers, whose executor
+   makes only the store calls the executor makes for a job:
    `save_progress(score_before=...)` before an increment, `save_progress(applied=True, effects=...)` with the score
    history records the observer makes of the job's changes, `finish(...)` with the final attempt and `posted=True`.
    No HTTP, no executor: what is measured is the store. Reports jobs/s, the process's CPU per job (all threads:
@@ -33,7 +33,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.throughput import OPERATIONS  # noqa: E402
-from config import defaults  # noqa: E402
 from jobs.kinds import request_from_raw  # noqa: E402
 from jobs.model import Attempt, Job, JobRequest, JobStatus  # noqa: E402
+from jobs.observe import Observer  # noqa: E402
+from jobs.runner import Runner  # noqa: E402
 from jobs.scoring.changes import Change, Op  # noqa: E402
 from jobs.scoring.history import history_effects  # noqa: E402
 from jobs.store import Outcome  # noqa: E402
@@ -106,13 +106,19 @@ class Calls:
 
 
 class Worker:
-    """What the executor asks of the store for one job that succeeds at the first try, with a platform that
-    answers at once. Scores live here, per contact and tag: the claim runs one job per key at a time."""
+    """The runner's executor, making only the store calls the executor makes for a job that succeeds at the first
+    try, with a platform that answers at once. Scores live here, per contact and tag: the claim runs one job per
+    key at a time."""
 
     def __init__(self, store: Any, calls: Calls) -> None:
         self.store = store
         self.calls = calls
         self.scores: dict[tuple[str, str], int] = defaultdict(int)
+        self.stop = threading.Event()
+        self.observer = Observer()
+
+    def execute(self, job: Job, store: Any, owner: str) -> JobStatus:
+        return self.run(job)
 
     def run(self, job: Job) -> JobStatus:
         request = job.request
@@ -145,6 +151,20 @@ class Worker:
         return JobStatus.SUCCEEDED
 
 
+class TimedStore:
+    """The store as the runner sees it, its claims timed (the worker times the calls it makes)."""
+
+    def __init__(self, store: Any, calls: Calls) -> None:
+        self._store = store
+        self._calls = calls
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        return self._calls.timed("claim", self._store.claim, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 def drain(store_class: type[Any], jobs: int, threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as home:
         store = store_class(Path(home) / "jobs.db")
@@ -152,30 +172,23 @@ def drain(store_class: type[Any], jobs: int, threads: int) -> dict[str, Any]:
             queue(store, [request(i) for i in range(jobs)])
             calls = Calls()
             worker = Worker(store, calls)
-            done = 0
+            # The runner itself, with the store calls of the executor in its place: it claims as it does in
+            # `connector run`, for its free workers, and claims again as they free up.
+            runner = Runner(TimedStore(store, calls), worker, workers=threads, lease_seconds=LEASE,
+                            owner=OWNER)
             cpu = _cpu_seconds()
             started = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                # Runner.drain and Runner.tick: claim for the free workers, run, and claim again when one is done.
-                outstanding: set[Future[JobStatus]] = set()
-                while True:
-                    free = threads - len(outstanding)
-                    if free > 0:
-                        claimed = calls.timed("claim", store.claim, OWNER, min(free, defaults.BATCH_SIZE), LEASE)
-                        outstanding.update(pool.submit(worker.run, job) for job in claimed)
-                    if not outstanding:
-                        break
-                    finished, outstanding = wait(outstanding, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        future.result()
-                        done += 1
+            try:
+                report = runner.drain(report_waiting=False)
+            finally:
+                runner.close()
             seconds = time.perf_counter() - started
             cpu = _cpu_seconds() - cpu
             counts = store.counts()
-            assert counts == {"succeeded": jobs}, counts
+            assert counts == {"succeeded": jobs} and report.succeeded == jobs, (counts, report)
         finally:
             store.close()
-    return {"jobs_per_s": done / seconds, "cpu_ms_per_job": 1000 * cpu / done, "ms": calls.ms(),
+    return {"jobs_per_s": jobs / seconds, "cpu_ms_per_job": 1000 * cpu / jobs, "ms": calls.ms(),
             "calls": dict(calls.count)}
 
 

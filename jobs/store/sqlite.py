@@ -7,6 +7,10 @@ job's `head` mark: no earlier unfinished job shares one of its keys, and no othe
 transaction, and the claim's index holds only pending heads: a claim costs the same with a million finished jobs,
 or thousands of due jobs waiting behind one whose retry is not due, as with ten. The schema is versioned
 (`jobs.store.sqlite_schema`); opening a file upgrades it.
+
+A process writes through one connection, one write at a time; the runner's writes that its threads make at the
+same moment share a transaction and its commit (`_write`), and the log is copied into the file outside the write
+lock (`_checkpoint_now_and_then`): a small write costs mostly its commit, and the checkpoint's sync to disk.
 """
 
 from __future__ import annotations
