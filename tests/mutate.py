@@ -36,8 +36,9 @@ def _functions(module: str, *names: str) -> list[str]:
     return [f"{module}.x_{name}__mutmut_*" for name in names]
 
 
-# The claim / renew / finish / save_progress paths of both stores (with the helpers only they use), the executor,
-# the runner, the store semantics both stores share, and the rule and trigger logic.
+# The claim / renew / finish / save_progress paths of the stores (with the helpers only they use; on PostgreSQL also
+# the adds, closes and retries that keep the head flags a claim reads), the executor, the runner, the store semantics
+# the stores share, and the rule and trigger logic.
 SCOPE = [
     "jobs.executor.*",
     "jobs.runner.*",
@@ -50,6 +51,10 @@ SCOPE = [
               "renew", "record_attempt", "_attempt_columns", "save_progress", "finish", "_new_job_parts",
               "_entry_parts", "_existing_entries", "release", "_write", "_patch", "_batch", "_refused"),
     *_functions("jobs.store.dataverse", "format_attempt", "last_attempt_number", "append_to_log", "_entry_id"),
+    *_methods("jobs.store.postgres", "PostgresJobStore", "claim", "finish", "release", "save_progress", "add", "_add",
+              "_insert", "_settle", "add_batch", "add_raw", "retry", "_reopening", "_retry", "cancel", "_cancel",
+              "_closing", "_close_keys", "cancel_where", "retry_where", "waiting"),
+    *_methods("jobs.store.postgres", "_NewJobs", "__init__", "behind_older"),
     "jobs.scoring.changes.*",
     "jobs.scoring.rules.*",
     "jobs.scoring.triggers.*",

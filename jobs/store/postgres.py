@@ -411,7 +411,7 @@ class PostgresJobStore:
         keys_of = [sorted(set(request.keys)) if request else [] for _, request in items]
         wanted = sorted({key for keys in keys_of for key in keys})
         taken: set[str] = set()
-        for row in db.execute(OPEN_BEFORE, (wanted,)) if wanted else []:
+        for row in db.execute(OPEN_BEFORE, (wanted,)):
             taken.add(row["key"])
             if row["first"] < new_jobs.first:
                 new_jobs.behind_older(row["key"])
@@ -431,8 +431,8 @@ class PostgresJobStore:
         """Make heads of the new jobs that waited behind an older job when inserted and no longer do: that job was
         closed since. Under the locks a close takes, so a close that committed before is seen here, and one that
         commits after waited for this transaction and sees its jobs (see the module docstring)."""
-        if new_jobs.first is None or not (new_jobs.keys or new_jobs.many):
-            return
+        if not (new_jobs.keys or new_jobs.many):
+            return  # no new job waits behind an older one: the heads decided at insert hold
         if new_jobs.many:
             db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
         else:
@@ -502,8 +502,7 @@ class PostgresJobStore:
                 ids = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE status = 'failed' ORDER BY seq")]
             return self._retry(db, ids, by)
 
-    @staticmethod
-    def _reopening(db: psycopg.Connection[Any]) -> None:
+    def _reopening(self, db: psycopg.Connection[Any]) -> None:
         """The locks of a retry, before any row: reopening keys, no claim may be deciding on a snapshot from before
         this, and no add, close or settling may be deciding heads meanwhile (see the module docstring)."""
         db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
@@ -543,14 +542,12 @@ class PostgresJobStore:
         db.execute(AUDIT, (job_id, now, "cancel", by.who, by.via))
         return True
 
-    @staticmethod
-    def _closing(db: psycopg.Connection[Any], job_id: str) -> None:
+    def _closing(self, db: psycopg.Connection[Any], job_id: str) -> None:
         """The locks of a close, before any row (see the module docstring)."""
         db.execute(LOCK_SHARED, (schema.LOCK_NAMESPACE, schema.REOPEN_LOCK))
         db.execute(JOB_KEY_LOCKS, {"ns": schema.KEY_NAMESPACE, "id": job_id})
 
-    @staticmethod
-    def _close_keys(db: psycopg.Connection[Any], seq: int, *, finished: bool = True) -> None:
+    def _close_keys(self, db: psycopg.Connection[Any], seq: int, *, finished: bool = True) -> None:
         """The job of `seq` left running, finished (its keys are free) or back to pending (it is decided again):
         the job that now comes first on one of its keys may be a head. Under the locks of `_closing`."""
         if not finished:

@@ -10,6 +10,7 @@ with no pending job that should be a head and is not.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import multiprocessing
@@ -29,6 +30,7 @@ from jobs.store import postgres as pgstore
 from jobs.store import postgres_schema as schema
 from jobs.store.postgres import CLAIM, PostgresJobStore, upgrade
 from tests.conftest import FakeClock
+from tests.integration.helpers import wait_until
 
 LEASE = 30.0
 PERSON = Actor(who="ann", via="cli")
@@ -269,7 +271,7 @@ def test_a_head_retried_by_hand_takes_its_place_back_and_the_next_job_waits_agai
 # --- an add racing the close of the job it waits behind -------------------------------------------------------
 
 
-@pytest.mark.parametrize("keys", [3, pgstore.SETTLE_KEYS + 3])
+@pytest.mark.parametrize("keys", [3, pgstore.SETTLE_KEYS + 1])
 def test_a_job_imported_behind_one_that_finishes_during_the_import_is_a_head(store: PostgresJobStore,
                                                                             postgres_db: str, keys: int) -> None:
     """The import's transaction is open while the older jobs finish: they cannot see its jobs, so the import
@@ -288,12 +290,125 @@ def test_a_job_imported_behind_one_that_finishes_during_the_import_is_a_head(sto
                                                                  for n in range(pgstore.IMPORT_CHUNK)],
                 at=pgstore.IMPORT_CHUNK + 1, meanwhile=finish_older)
     try:
-        store.add_batch(Batch(id="b1", file="f.csv", sha256="ab" * 32), rows)
+        kept = store.add_batch(Batch(id="b1", file="f.csv", sha256="ab" * 32), rows)
     finally:
         other.close()
+    assert (kept.rows, kept.queued, kept.already) == (keys + pgstore.IMPORT_CHUNK,) * 2 + (0,)
     assert wrong_heads(postgres_db) == ([], [])
     imported = {j.id for j in store.list(JobFilter(status="pending", limit=2000)).jobs}
     assert {j.id for j in store.claim("runner-a", 2000, LEASE)} == imported
+
+
+def test_an_import_counts_every_chunk_and_keeps_its_record_as_belonging_to_no_job(store: PostgresJobStore) -> None:
+    chunk = pgstore.IMPORT_CHUNK
+    store.add([req("T", target=f"C-{n}", request_id=f"r{n}") for n in (1, chunk + 1)])  # one in each chunk
+    rows = Rows([req("T", target=f"C-{n}", request_id=f"r{n}") for n in range(chunk + 10)])
+    kept = store.add_batch(Batch(id="b1", file="f.csv", sha256="ab" * 32), rows)
+    assert (kept.rows, kept.queued, kept.already) == (chunk + 10, chunk + 8, 2)
+    assert [entry.job_id for entry in store.entries(Batch.STREAM)] == [""]
+
+
+def test_valid_input_queued_raw_behind_an_older_job_becomes_a_head_when_it_finishes(store: PostgresJobStore,
+                                                                                   postgres_db: str) -> None:
+    (older,) = store.add([req("A")])
+    store.claim("runner-a", 1, LEASE)
+    raw = store.add_raw({"operation": "set_score", "tags": "A", "score": 2, "target_kind": "contact",
+                         "target_id": "C-1"})
+    assert store.claim("runner-a", 1, LEASE) == []
+    succeed(store, "runner-a", older.id)
+    assert [j.id for j in store.claim("runner-a", 1, LEASE)] == [raw.id]
+    assert wrong_heads(postgres_db) == ([], [])
+
+
+@pytest.mark.parametrize("leaves", ["retry_later", "release", "lease_expiry"])
+def test_a_job_back_to_pending_behind_one_retried_while_it_ran_waits_for_it(store: PostgresJobStore,
+                                                                           postgres_db: str, clock: FakeClock,
+                                                                           leaves: str) -> None:
+    """A failed job retried by hand while a later job of its key runs waits for that job; once the later job is
+    back to pending (a retry later, a release, a lease that ran out), the earlier one runs first."""
+    first, later = store.add([req("A"), req("A", score=2)])
+    store.claim("runner-a", 1, LEASE)
+    store.finish("runner-a", first.id, Outcome(JobStatus.FAILED, "NOT_FOUND", "No."))
+    assert [j.id for j in store.claim("runner-a", 1, LEASE)] == [later.id]
+    store.retry(first.id, PERSON)
+    assert store.claim("runner-b", 10, LEASE) == []
+    if leaves == "retry_later":
+        fail_later(store, clock, later.id, 0)
+    elif leaves == "release":
+        store.release("runner-a", later.id)
+    else:
+        clock.advance(LEASE + 1)
+    assert [j.id for j in store.claim("runner-b", 10, LEASE)] == [first.id]
+    assert wrong_heads(postgres_db) == ([], [])
+    succeed(store, "runner-b", first.id)
+    assert [j.id for j in store.claim("runner-b", 10, LEASE)] == [later.id]
+
+
+def test_a_retrying_job_behind_a_running_one_is_counted_without_a_due_time(store: PostgresJobStore,
+                                                                          clock: FakeClock) -> None:
+    first, later = store.add([req("A"), req("A", score=2)])
+    store.claim("runner-a", 1, LEASE)
+    store.finish("runner-a", first.id, Outcome(JobStatus.FAILED, "NOT_FOUND", "No."))
+    store.claim("runner-a", 1, LEASE)
+    fail_later(store, clock, later.id, 60)
+    store.retry(first.id, PERSON)
+    (job,) = store.claim("runner-a", 1, LEASE)
+    assert job.id == first.id
+    assert store.waiting() == (1, None)  # the later job waits for the earlier one, not for its time
+
+
+def test_bulk_acts_take_every_job_their_filter_finds_whatever_the_page(store: PostgresJobStore,
+                                                                      clock: FakeClock) -> None:
+    jobs = store.add([req("A", target=f"C-{n}") for n in range(6)])
+    assert len(store.claim("runner-a", 6, LEASE)) == 6
+    fail_later(store, clock, jobs[0].id, 60)  # retrying
+    store.finish("runner-a", jobs[5].id, Outcome(JobStatus.FAILED, "NOT_FOUND", "No."))  # the newest
+    for job in jobs[1:5]:
+        store.release("runner-a", job.id)
+    cursor = store.list(JobFilter(limit=1)).next_cursor  # the page after the newest job
+    assert cursor is not None
+    assert store.cancel_where(JobFilter(status="retrying", after=cursor), PERSON) == [jobs[0].id]
+    assert store.retry_where(JobFilter(status="failed", after=cursor), PERSON) == [jobs[5].id]
+    assert store.cancel_where(JobFilter(status="pending", after=cursor), PERSON) == [j.id for j in jobs[1:]]
+
+
+@pytest.mark.parametrize("act", ["cancel_where", "retry_where"])
+def test_a_bulk_act_does_not_wait_for_a_running_job_a_runner_is_writing(store: PostgresJobStore, postgres_db: str,
+                                                                      act: str) -> None:
+    """A bulk act locks only the jobs it may change: a running job whose row a runner holds (its outcome being
+    written) is not waited for, whatever else the filter finds."""
+    running, pending = store.add([req("A"), req("B")])
+    store.claim("runner-a", 1, LEASE)
+    with psycopg.connect(postgres_db) as runner:
+        runner.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (running.id,))  # held until rollback
+        done: list[list[str]] = []
+        bulk = getattr(store, act)
+        thread = threading.Thread(target=lambda: done.append(bulk(JobFilter(target_id="C-1"), PERSON)))
+        thread.start()
+
+        def waits_for_a_row() -> bool:
+            with psycopg.connect(postgres_db) as conn:
+                return bool(conn.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND query LIKE '%%FOR UPDATE%%' AND pid <> pg_backend_pid()").fetchall())
+
+        try:
+            wait_until(lambda: not thread.is_alive() or waits_for_a_row(), "the bulk act done or waiting")
+            assert not thread.is_alive() or not waits_for_a_row(), "it waits for the running job's row"
+        finally:
+            runner.rollback()
+            thread.join(timeout=60)
+    assert done == [[pending.id] if act == "cancel_where" else []]
+
+
+def test_the_claim_is_planned_for_its_own_time_at_each_run(store: PostgresJobStore) -> None:
+    """Never prepared: a plan cached for any time and limit may read every due head and sort them."""
+    store.add([req("A", target=f"C-{n}") for n in range(3)])
+    for _ in range(8):  # more than psycopg's threshold for preparing a statement
+        for job in store.claim("runner-a", 1, LEASE):
+            succeed(store, "runner-a", job.id)
+    with store._connection() as conn:
+        prepared = [row["statement"] for row in conn.execute("SELECT statement FROM pg_prepared_statements")]
+    assert [text for text in prepared if "picked" in text] == []
 
 
 # --- closes and adds racing on threads ------------------------------------------------------------------------
@@ -321,6 +436,61 @@ def test_two_closes_that_each_free_one_key_of_a_job_make_it_a_head(postgres_db: 
                 thread.join(timeout=60)
             assert [j.id for j in stores[0].claim("runner-a", 10, LEASE)] == [both.id], f"turn {turn}"
             succeed(stores[0], "runner-a", both.id)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def _at_once(*acts: Any) -> None:
+    start = threading.Barrier(len(acts))
+    errors: list[BaseException] = []
+
+    def run(act: Any) -> None:
+        start.wait()
+        try:
+            act()
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(act,)) for act in acts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+
+
+@pytest.mark.parametrize("other", ["finish", "release", "lease_expiry"])
+def test_a_cancel_at_the_moment_another_job_of_its_key_leaves_running_strands_nothing(postgres_db: str,
+                                                                                     other: str) -> None:
+    """Both change which job comes first on the key, at once: they take its lock one after the other, so the
+    second sees the first, and the job left first becomes a head."""
+    now = [1.0]
+    stores = [PostgresJobStore(postgres_db, clock=lambda: now[0], pool_size=2) for _ in range(2)]
+    try:
+        for turn in range(25):
+            key = f"A{turn}"
+            if other == "finish":  # a running head, a job behind it cancelled, one more behind
+                running, cancelled, last = stores[0].add([req(key), req(key, score=2), req(key, score=3)])
+                stores[0].claim("runner-a", 10, LEASE)
+            else:  # a failed job retried by hand while the later one runs: it waits for it, and is cancelled
+                cancelled, running = stores[0].add([req(key), req(key, score=2)])
+                last = running
+                stores[0].claim("runner-a", 10, LEASE)
+                stores[0].finish("runner-a", cancelled.id, Outcome(JobStatus.FAILED, "NOT_FOUND", "No."))
+                stores[0].claim("runner-a", 10, LEASE)
+                stores[0].retry(cancelled.id, PERSON)
+            if other == "finish":
+                leave: Any = functools.partial(succeed, stores[1], "runner-a", running.id)
+            elif other == "release":
+                leave = functools.partial(stores[1].release, "runner-a", running.id)
+            else:
+                now[0] += LEASE + 1
+                leave = functools.partial(stores[1].claim, "runner-b", 0, LEASE)  # takes the lease back
+            _at_once(functools.partial(stores[0].cancel, cancelled.id, PERSON), leave)
+            assert wrong_heads(postgres_db) == ([], []), f"turn {turn}"
+            assert [j.id for j in stores[0].claim("runner-c", 10, LEASE)] == [last.id], f"turn {turn}"
+            succeed(stores[0], "runner-c", last.id)
     finally:
         for s in stores:
             s.close()
