@@ -9,7 +9,8 @@ guarantee against every store:
 - every write made on behalf of a claim checks that the claim still holds (`LeaseLost` otherwise);
 - an outcome is one write: the status, the last attempt and the posted mark are kept together or not at all;
 - the mark that a job's change is applied, and its `Effects` (the records of durable subscribers, such as score
-  history and trigger firings, and the jobs they queue) are one write too: both or neither;
+  history and trigger firings, and the jobs they queue) are one write too: both or neither, in `save_progress`
+  or, for a change that is harmless to apply again, with the outcome (`Outcome.applied`);
 - a request id is queued once: adding it again returns the job it already names;
 - an import is a batch, queued all or none where the store has transactions that large (`atomic_batches`), and
   kept as a record of stream `batch` in the same write.
@@ -54,25 +55,6 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How a claimed job leaves `running`: succeeded, failed, or back to pending (retrying at `next_attempt_at`)."""
-
-    status: JobStatus
-    result_code: str | None
-    message: str
-    http_status: int | None = None
-    next_attempt_at: float | None = None
-    # The last try, recorded in the same write (a job's final attempt is written once, not twice).
-    attempt: Attempt | None = None
-    # The timeline post is done: like `save_progress(posted=True)`, in the same write.
-    posted: bool = False
-
-    def __post_init__(self) -> None:
-        if self.status is JobStatus.RUNNING:
-            raise ValueError("an outcome leaves running; it cannot be running")
-
-
-@dataclass(frozen=True)
 class Effects:
     """What durable subscribers keep when a job's change is applied, in the same write as the applied mark:
     records, and jobs to queue (a request id already stored is not queued again, as with `add`)."""
@@ -85,6 +67,29 @@ class Effects:
 
     def __add__(self, other: Effects) -> Effects:
         return Effects(self.records + other.records, self.jobs + other.jobs)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a claimed job leaves `running`: succeeded, failed, or back to pending (retrying at `next_attempt_at`)."""
+
+    status: JobStatus
+    result_code: str | None
+    message: str
+    http_status: int | None = None
+    next_attempt_at: float | None = None
+    # The last try, recorded in the same write (a job's final attempt is written once, not twice).
+    attempt: Attempt | None = None
+    # The timeline post is done: like `save_progress(posted=True)`, in the same write.
+    posted: bool = False
+    # The change is applied, and these are its effects: like `save_progress(applied=True, effects=...)`, in the same
+    # write. Only a change that may be applied again unharmed waits for the outcome to be marked applied.
+    applied: bool = False
+    effects: Effects | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is JobStatus.RUNNING:
+            raise ValueError("an outcome leaves running; it cannot be running")
 
 
 @dataclass(frozen=True)

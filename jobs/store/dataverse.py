@@ -849,8 +849,12 @@ class DataverseJobStore:
                 out[t.posted_at] = now
             return out or {t.lease_owner: owner}
 
-        also = self._entry_parts(job_id, effects.records, moment) + self._new_job_parts(effects.jobs) if effects else []
-        self._write(owner, job_id, changes, also=also)
+        self._write(owner, job_id, changes, also=self._effect_parts(job_id, effects, moment))
+
+    def _effect_parts(self, job_id: str, effects: Effects | None, now: float) -> builtins.list[BatchPart]:
+        if not effects:
+            return []
+        return self._entry_parts(job_id, effects.records, now) + self._new_job_parts(effects.jobs)
 
     def _new_job_parts(self, requests: Sequence[JobRequest]) -> builtins.list[BatchPart]:
         """A POST per request whose request id is not stored yet (nor earlier in `requests`)."""
@@ -875,15 +879,17 @@ class DataverseJobStore:
         })
 
         def with_attempt(row: Row) -> Row:
-            # One PATCH for the last attempt, the posted mark and the outcome: a request per job saved twice over.
+            # One PATCH for the last attempt, the marks and the outcome: a request per job saved two or three times.
             out = dict(changes)
             if outcome.attempt is not None:
                 out.update(self._attempt_columns(row, outcome.attempt))
             if outcome.posted and not row.get(t.posted_at):
                 out[t.posted_at] = _iso(now)
+            if outcome.applied and not row.get(t.applied_at):
+                out[t.applied_at] = _iso(now)
             return out
 
-        self._write(owner, job_id, with_attempt, keep=False)
+        self._write(owner, job_id, with_attempt, keep=False, also=self._effect_parts(job_id, outcome.effects, now))
 
     def _entry_parts(self, job_id: str, records: Sequence[Record], now: float) -> builtins.list[BatchPart]:
         """An upsert (PATCH without If-Match) per record. A record with a `unique` value has a row id made from

@@ -224,7 +224,8 @@ WITH done AS (
     UPDATE jobs SET status = %(status)s, result_code = %(result_code)s, message = %(message)s,
                     http_status = %(http_status)s, next_attempt_at = %(next_attempt_at)s, lease_owner = NULL,
                     lease_expires_at = NULL, updated_at = %(now)s,
-                    posted_at = CASE WHEN %(posted)s THEN coalesce(posted_at, %(now)s) ELSE posted_at END
+                    posted_at = CASE WHEN %(posted)s THEN coalesce(posted_at, %(now)s) ELSE posted_at END,
+                    applied_at = CASE WHEN %(applied)s THEN coalesce(applied_at, %(now)s) ELSE applied_at END
     WHERE id = %(id)s AND status = 'running' AND lease_owner = %(owner)s
     RETURNING seq
 ), stopped AS (
@@ -763,7 +764,12 @@ class PostgresJobStore:
 
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         now = self._clock()
+        effects = outcome.effects
         with self.atomic() as db:
+            if effects and effects.jobs:
+                # Jobs to queue with the outcome: the lock of an add comes first, in the order every transaction
+                # takes its locks (see the module docstring).
+                db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
             self._closing(db, job_id)
             if outcome.attempt is not None:
                 self._record_attempt(db, owner, outcome.attempt)
@@ -771,11 +777,17 @@ class PostgresJobStore:
                 "status": outcome.status.value, "result_code": outcome.result_code,
                 "message": _text(outcome.message), "http_status": outcome.http_status,
                 "next_attempt_at": outcome.next_attempt_at if outcome.next_attempt_at is not None else now,
-                "now": now, "id": job_id, "owner": owner, "posted": outcome.posted,
+                "now": now, "id": job_id, "owner": owner, "posted": outcome.posted, "applied": outcome.applied,
             }).fetchone()
             if row is None:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             self._close_keys(db, row["seq"], finished=outcome.status.finished)
+            if effects:
+                with db.cursor() as cur:
+                    cur.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in effects.records])
+                new_jobs = _NewJobs()
+                self._add(db, effects.jobs, now, new_jobs)
+                self._settle(db, new_jobs)
 
     def release(self, owner: str, job_id: str) -> None:
         with self.atomic() as db:

@@ -136,7 +136,8 @@ FINISH = """
 UPDATE jobs SET status = :status, attempts = attempts + :counted, result_code = :result_code, message = :message,
                 http_status = :http_status,
                 next_attempt_at = :next_attempt_at, lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
-                posted_at = CASE WHEN :posted THEN coalesce(posted_at, :now) ELSE posted_at END
+                posted_at = CASE WHEN :posted THEN coalesce(posted_at, :now) ELSE posted_at END,
+                applied_at = CASE WHEN :applied THEN coalesce(applied_at, :now) ELSE applied_at END
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
 RETURNING seq
 """
@@ -705,10 +706,12 @@ class SqliteJobStore:
             "status": outcome.status.value, "result_code": outcome.result_code, "message": outcome.message,
             "http_status": outcome.http_status,
             "next_attempt_at": outcome.next_attempt_at if outcome.next_attempt_at is not None else now,
-            "now": now, "id": job_id, "owner": owner, "posted": outcome.posted,
+            "now": now, "id": job_id, "owner": owner, "posted": outcome.posted, "applied": outcome.applied,
             "counted": 0 if outcome.attempt is None else 1,
         }
         attempt = None if outcome.attempt is None else _attempt_args(outcome.attempt)
+        effects = outcome.effects
+        entries = [_entry_args(record, job_id, now) for record in effects.records] if effects else []
 
         def finish(db: sqlite3.Connection) -> None:
             row = db.execute(FINISH, args).fetchone()
@@ -716,6 +719,10 @@ class SqliteJobStore:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             if attempt is not None:
                 db.execute(RECORD_ATTEMPT, attempt)
+            if entries:
+                db.executemany(INSERT_ENTRY, entries)
+            if effects and effects.jobs:
+                self._add(db, effects.jobs, now)
             if outcome.status.finished:
                 self._close(db, row[0])
             else:

@@ -547,6 +547,48 @@ def test_effects_of_durable_subscribers_are_kept_with_the_applied_mark(case: Sto
         follow_up]
 
 
+@pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.PENDING, JobStatus.FAILED])
+def test_an_outcome_carries_the_applied_mark_and_the_effects_in_its_write(case: StoreCase, status: JobStatus) -> None:
+    job = case.add(target="C-1")
+    case.store.claim("runner-a", 1, LEASE)
+    history = Record("history", "contact:c-1|webinar", {"op": "tag"})
+    firing = Record("firings", "t1|contact:c-1", {"trigger": "t1"}, unique="t1|contact:c-1|1")
+    action = case.req("add_tag", "Prospect", target="C-2", request_id="firing:t1|contact:c-1|1|0")
+    case.clock.advance(3)
+    # Applied, then the post failed for now (pending), for good (failed), or all went well (succeeded).
+    outcome = Outcome(status, "OK" if status is JobStatus.SUCCEEDED else "SERVER_ERROR", "done",
+                      next_attempt_at=case.clock.now + 60 if status is JobStatus.PENDING else None,
+                      posted=status is JobStatus.SUCCEEDED, applied=True, effects=Effects((history, firing), (action,)))
+    case.store.finish("runner-a", job.id, outcome)
+    reader = case.another()
+    stored = reader.get(job.id)
+    assert (stored.status, stored.applied_at) == (status, case.at(case.clock.now))
+    assert [(e.data, e.job_id) for e in reader.entries("history", "contact:c-1|webinar")] == [({"op": "tag"}, job.id)]
+    assert [e.data for e in reader.entries("firings")] == [{"trigger": "t1"}]
+    assert [j.request for j in reader.list(JobFilter()).jobs if j.request_id == action.request_id] == [action]
+
+
+def test_an_outcome_whose_lease_is_lost_writes_neither_the_mark_nor_the_effects(case: StoreCase) -> None:
+    job = case.add()
+    case.store.claim("runner-a", 1, LEASE)
+    case.clock.advance(LEASE + 2)
+    case.store.claim("runner-b", 1, LEASE)
+    effects = Effects((Record("history", "contact|webinar", {"after": 1}),), (case.req(target="C-9"),))
+    with pytest.raises(LeaseLost):
+        case.store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "done", applied=True,
+                                                      effects=effects))
+    assert case.store.entries("history") == []
+    assert case.store.get(job.id).applied_at is None
+    assert len(listed(case)) == 1
+
+
+def test_an_outcome_without_the_applied_mark_leaves_applied_at_as_it_was(case: StoreCase) -> None:
+    job = case.add()
+    case.store.claim("runner-a", 1, LEASE)
+    case.store.finish("runner-a", job.id, Outcome(JobStatus.FAILED, "NOT_FOUND", "no such contact"))
+    assert case.store.get(job.id).applied_at is None
+
+
 def test_records_of_no_job_are_kept_all_at_once_and_unique_ones_once(case: StoreCase) -> None:
     log = [Record("events", "contact:c-1", {"name": "page_visit", "n": n}) for n in range(3)]
     case.store.keep([*log, Record("events", "contact:c-1", {"name": "x"}, unique="evt-1")])
