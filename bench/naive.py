@@ -16,6 +16,7 @@ import json
 import sqlite3
 import sys
 import time
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -37,10 +38,12 @@ def calls(operation: str, contact: str, tags: list[str], score: str) -> list[tup
     return [("POST", f"{base}/{tag}/score", {"change": sign * int(score)})]
 
 
-def send(session: requests.Session, method: str, url: str, body: dict | None) -> bool:
+def answer(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response | None:
+    """The answer to a request tried again on a 429 (after its Retry-After), a 5xx or a dropped connection; None
+    after ten tries."""
     for _ in range(10):
         try:
-            response = session.request(method, url, json=body, timeout=(5, 30))
+            response = session.request(method, url, timeout=(5, 30), **kwargs)
         except requests.ConnectionError:
             time.sleep(1)
             continue
@@ -50,8 +53,13 @@ def send(session: requests.Session, method: str, url: str, body: dict | None) ->
         if response.status_code >= 500:
             time.sleep(1)
             continue
-        return response.ok
-    return False
+        return response
+    return None
+
+
+def send(session: requests.Session, method: str, url: str, body: dict | None) -> bool:
+    response = answer(session, method, url, json=body)
+    return response is not None and response.ok
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import msal
 import requests
-from naive import calls, send
+from naive import answer, calls, send
 from requests_oauthlib import OAuth1
 
 from config.defaults import SANDBOX_CONSUMER_KEY, SANDBOX_CONSUMER_SECRET
@@ -63,18 +63,8 @@ class Token(requests.auth.AuthBase):
 
 def call(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
     """One Web API request, tried again on a 429 (after its Retry-After), a 5xx or a dropped connection."""
-    for _ in range(10):
-        try:
-            response = session.request(method, url, timeout=(5, 30), **kwargs)
-        except requests.ConnectionError:
-            time.sleep(1)
-            continue
-        if response.status_code == 429:
-            time.sleep(float(response.headers.get("Retry-After", "1")))
-            continue
-        if response.status_code >= 500:
-            time.sleep(1)
-            continue
+    response = answer(session, method, url, **kwargs)
+    if response is not None:
         response.raise_for_status()
         return response
     raise SystemExit(f"Dataverse kept failing {method} {url}")
