@@ -499,14 +499,19 @@ def test_every_attempt_counts_on_the_job_and_in_its_log(case: StoreCase) -> None
         (1, "RATE_LIMITED", 429), (2, None, None), (3, "NOT_FOUND", 404)]
 
 
-def test_effects_whose_lease_is_lost_are_not_written(case: StoreCase) -> None:
+@pytest.mark.parametrize("write", ["save_progress", "finish"])
+def test_effects_whose_lease_is_lost_are_not_written(case: StoreCase, write: str) -> None:
     job = case.add()
     case.store.claim("runner-a", 1, LEASE)
     case.clock.advance(LEASE + 2)
     case.store.claim("runner-b", 1, LEASE)
     effects = Effects((Record("history", "contact|webinar", {"after": 1}),), (case.req(target="C-9"),))
     with pytest.raises(LeaseLost):
-        case.store.save_progress("runner-a", job.id, applied=True, effects=effects)
+        if write == "finish":
+            case.store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "done", applied=True,
+                                                          effects=effects))
+        else:
+            case.store.save_progress("runner-a", job.id, applied=True, effects=effects)
     assert case.store.entries("history") == []
     assert case.store.get(job.id).applied_at is None
     assert len(listed(case)) == 1
@@ -566,20 +571,6 @@ def test_an_outcome_carries_the_applied_mark_and_the_effects_in_its_write(case: 
     assert [(e.data, e.job_id) for e in reader.entries("history", "contact:c-1|webinar")] == [({"op": "tag"}, job.id)]
     assert [e.data for e in reader.entries("firings")] == [{"trigger": "t1"}]
     assert [j.request for j in reader.list(JobFilter()).jobs if j.request_id == action.request_id] == [action]
-
-
-def test_an_outcome_whose_lease_is_lost_writes_neither_the_mark_nor_the_effects(case: StoreCase) -> None:
-    job = case.add()
-    case.store.claim("runner-a", 1, LEASE)
-    case.clock.advance(LEASE + 2)
-    case.store.claim("runner-b", 1, LEASE)
-    effects = Effects((Record("history", "contact|webinar", {"after": 1}),), (case.req(target="C-9"),))
-    with pytest.raises(LeaseLost):
-        case.store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "done", applied=True,
-                                                      effects=effects))
-    assert case.store.entries("history") == []
-    assert case.store.get(job.id).applied_at is None
-    assert len(listed(case)) == 1
 
 
 def test_an_outcome_without_the_applied_mark_leaves_applied_at_as_it_was(case: StoreCase) -> None:
