@@ -36,25 +36,33 @@ def _functions(module: str, *names: str) -> list[str]:
     return [f"{module}.x_{name}__mutmut_*" for name in names]
 
 
-# The claim / renew / finish / save_progress paths of the stores (with the helpers only they use; on PostgreSQL also
-# the adds, closes and retries that keep the head flags a claim reads), the executor, the runner, the store semantics
+# The claim / renew / finish / save_progress paths of the stores (with the helpers only they use; on SQLite and
+# PostgreSQL also the adds, closes and retries that keep the head marks a claim reads, and on SQLite the grouped
+# writes and checkpoints), the group commit of Dataverse writes, the executor, the runner, the store semantics
 # the stores share, and the rule and trigger logic.
 SCOPE = [
     "jobs.executor.*",
     "jobs.runner.*",
     "jobs.store.semantics.*",
-    *_methods("jobs.store.sqlite", "SqliteJobStore", "atomic", "claim", "renew", "record_attempt", "_record_attempt",
-              "save_progress", "finish", "release"),
-    *_functions("jobs.store.sqlite", "_entry_args"),
+    *_methods("jobs.store.sqlite", "SqliteJobStore", "__init__", "_conn", "_writing", "_connect",
+              "_checkpoint_now_and_then", "atomic", "_write", "_run_waiting", "close", "add_batch", "_insert", "_close",
+              "_reopen", "retry", "cancel", "cancel_where", "retry_where", "waiting", "claim", "renew",
+              "record_attempt", "save_progress", "finish", "release", "heartbeat"),
+    *_methods("jobs.store.sqlite", "_Write", "__init__"),
+    *_functions("jobs.store.sqlite", "_entry_args", "_insert_args", "_open_among", "_attempt_args", "_target_of_row",
+                "_request_of_row", "_validated", "_job_from_row"),
     *_methods("jobs.store.dataverse", "DataverseJobStore", "claim", "_offers", "_pending_clause", "_creation_order",
               "_claim_part", "_unblocked", "_unfinished_jobs",
               "renew", "record_attempt", "_attempt_columns", "save_progress", "finish", "_new_job_parts",
-              "_entry_parts", "_existing_entries", "release", "_write", "_patch", "_batch", "_refused"),
+              "_entry_parts", "_existing_entries", "release", "_write", "_patch", "_batch", "_refused", "refusal",
+              "_effect_parts"),
+    *_methods("jobs.store.dataverse", "_RowWrite", "alone", "answer"),
     *_functions("jobs.store.dataverse", "format_attempt", "last_attempt_number", "append_to_log", "_entry_id"),
     *_methods("jobs.store.postgres", "PostgresJobStore", "claim", "finish", "release", "save_progress", "add", "_add",
               "_insert", "_settle", "add_batch", "add_raw", "retry", "_reopening", "_retry", "cancel", "_cancel",
               "_closing", "_close_keys", "cancel_where", "retry_where", "waiting"),
     *_methods("jobs.store.postgres", "_NewJobs", "__init__", "behind_older"),
+    "connector.dataverse.changesets.*",
     "jobs.scoring.changes.*",
     "jobs.scoring.rules.*",
     "jobs.scoring.triggers.*",
