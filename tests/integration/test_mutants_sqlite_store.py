@@ -48,7 +48,20 @@ def test_a_store_closed_and_used_again_opens_anew(store: SqliteJobStore) -> None
 
 
 def test_valid_input_written_loosely_is_kept_as_its_request_reads_it(store: SqliteJobStore) -> None:
-    job = store.add_raw({"operation": "add_tag", "tags": "T", "target_kind": "Contact", "target_id": " C-1 "})
+    job = store.add_raw({"operation": "Add Tag", "tags": "T", "target_kind": "Contact", "target_id": " C-1 "})
     assert job.request is not None
     assert job.request.target == Target(kind=TargetKind.CONTACT, id="C-1")
     assert [j.id for j in store.list(JobFilter(target_id="C-1")).jobs] == [job.id]
+    assert [j.id for j in store.list(JobFilter(operation="add_tag")).jobs] == [job.id]
+
+
+def test_input_that_is_not_valid_is_found_by_its_record_and_by_the_operation_it_names(
+    store: SqliteJobStore,
+) -> None:
+    # An Add Tag row without its tags: a person looking at the contact's jobs, or at the Add Tag jobs, sees it.
+    bad = store.add_raw({"operation": "add_tag", "target_kind": "contact", "target_id": "C-1"})
+    store.add([JobRequest.from_input(operation="set_score", tags="T", score=1, target_kind="contact",
+                                     target_id="C-2")])
+    assert bad.request is None
+    assert [j.id for j in store.list(JobFilter(target_id="C-1")).jobs] == [bad.id]
+    assert [j.id for j in store.list(JobFilter(operation="add_tag")).jobs] == [bad.id]
