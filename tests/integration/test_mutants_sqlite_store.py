@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.model import JobRequest, Target, TargetKind
-from jobs.store import JobFilter
+from jobs.model import JobRequest, JobStatus, Target, TargetKind, iso
+from jobs.store import JobFilter, Outcome
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 
@@ -65,3 +65,13 @@ def test_input_that_is_not_valid_is_found_by_its_record_and_by_the_operation_it_
     assert bad.request is None
     assert [j.id for j in store.list(JobFilter(target_id="C-1")).jobs] == [bad.id]
     assert [j.id for j in store.list(JobFilter(operation="add_tag")).jobs] == [bad.id]
+
+
+def test_a_job_shows_when_it_last_changed(store: SqliteJobStore, clock: FakeClock) -> None:
+    (job,) = store.add([JobRequest.from_input(operation="add_tag", tags="T", target_kind="contact",
+                                              target_id="C-1")])
+    assert store.get(job.id).updated_at == clock.now
+    store.claim("runner-a", 1, 30.0)
+    clock.advance(7)
+    store.finish("runner-a", job.id, Outcome(JobStatus.SUCCEEDED, "OK", "Done."))
+    assert store.get(job.id).to_json()["updated_at"] == iso(clock.now)
