@@ -102,41 +102,42 @@ def test_a_runner_closed_twice_is_closed_once(
     runner.close()  # as `with` blocks and signal handlers may both do
 
 
+@pytest.mark.parametrize("ahead", [0, 1])
 def test_a_runner_whose_workers_and_line_ahead_are_full_asks_the_store_for_nothing(
-    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock, ahead: int
 ) -> None:
     counted = FaultyStore(store)
-    runner = runner_on(counted, spotler, crm, clock, ahead=1)
+    runner = runner_on(counted, spotler, crm, clock, ahead=ahead)
     gate = threading.Event()
     try:
         with registered(TestKind("held", gate)):
-            store.add([request_from_raw({"operation": "held"}) for _ in range(3)])
-            assert len(runner.tick()) == 2  # one for the worker, one waiting for it
+            store.add([request_from_raw({"operation": "held"}) for _ in range(ahead + 2)])
+            assert len(runner.tick()) == 1 + ahead  # one for the worker, the rest waiting for it
             assert (runner.tick(), runner.tick()) == ([], [])
             assert counted.claims == 1  # a claim with no free place would be a request for nothing (Dataverse)
-            gate.set()
     finally:
         gate.set()
         runner.close()
 
 
-def test_a_runner_claims_again_once_a_line_ahead_s_worth_of_places_is_free(
-    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock
+@pytest.mark.parametrize(("ahead", "claimed"), [(1, 1), (2, 0)])
+def test_a_runner_holding_jobs_claims_again_only_once_a_line_ahead_s_worth_of_places_is_free(
+    store: SqliteJobStore, spotler: SpotlerPlatform, crm: LocalCrm, clock: FakeClock, ahead: int, claimed: int
 ) -> None:
     counted = FaultyStore(store)
-    runner = runner_on(counted, spotler, crm, clock, workers=2, ahead=1)
+    runner = runner_on(counted, spotler, crm, clock, workers=2, ahead=ahead)
     gate, done = threading.Event(), threading.Event()
     done.set()
     try:
         with registered(TestKind("quick", done)), registered(TestKind("held", gate)):
             store.add([request_from_raw({"operation": "quick"})])
-            store.add([request_from_raw({"operation": "held"}) for _ in range(4)])
+            store.add([request_from_raw({"operation": "held"}) for _ in range(5)])
             first = runner.tick()
-            assert len(first) == 3  # two workers and one place ahead
-            first[0].result(timeout=30)  # the quick one is done: one place is free, as many as the line ahead
-            assert len(runner.tick()) == 1
+            assert len(first) == 2 + ahead  # two workers and the places ahead
+            first[0].result(timeout=30)  # the quick one is done: one place is free
+            assert len(runner.tick()) == claimed  # a claim when that is a whole line ahead, none when fewer
             assert runner.tick() == []
-            assert counted.claims == 2
+            assert counted.claims == 1 + (claimed > 0)
     finally:
         gate.set()
         runner.close()
