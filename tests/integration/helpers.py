@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -70,6 +71,15 @@ class FaultyStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+
+def query(path: Path, sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
+    """Rows read from a SQLite file on a connection of their own, as another process would see them."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

@@ -24,6 +24,7 @@ from jobs.store import Actor, Batch, Effects, JobFilter, Outcome, semantics
 from jobs.store.sqlite import CLAIM, REFRESH_FIRST, SqliteJobStore
 from jobs.store.sqlite_schema import LATEST, MIGRATIONS, _statements
 from tests.conftest import FakeClock
+from tests.integration.helpers import query
 
 LEASE = 1000.0
 PERSON = Actor(who="ann", via="cli")
@@ -67,14 +68,6 @@ def vm_steps(path: Path, sql: str, args: Any) -> tuple[int, int]:
     finally:
         conn.close()
     return steps, returned
-
-
-def query(path: Path, sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 # --- a claim's work does not grow with the blocked backlog ---------------------------------------------------

@@ -25,6 +25,7 @@ from jobs.model import Attempt, Job, JobRequest, JobStatus
 from jobs.store import Actor, Outcome
 from jobs.store.sqlite import CLAIM, EXPIRED_LEASES, SqliteJobStore
 from tests.conftest import FakeClock
+from tests.integration.helpers import query
 
 LEASE = 30.0
 
@@ -76,14 +77,6 @@ def fail(store: SqliteJobStore, clock: Any, job_id: str, owner: str = "runner-a"
     store.record_attempt(owner, Attempt(job_id=job_id, started_at=clock.now, ended_at=clock.now, outcome="failed",
                                         result_code="NOT_FOUND", http_status=404, message="No such contact."))
     store.finish(owner, job_id, Outcome(JobStatus.FAILED, "NOT_FOUND", "No such contact.", http_status=404))
-
-
-def query(path: Path, sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 # --- all or nothing ---------------------------------------------------------------------------------------
