@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from config import defaults
 from config.settings import RetrySettings
 from connector.dataverse.crm import DataverseCrm
@@ -57,11 +59,17 @@ def runner(store: Any, platform: SpotlerPlatform, crm: Any, clock: FakeClock, ow
     return Runner(store, executor, workers=2, ahead=0, lease_seconds=LEASE, owner=owner, sleep=clock.sleep)
 
 
-def test_a_tag_is_marked_applied_by_its_outcome_and_an_increment_before_its_post(
-    store: SqliteJobStore, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, client: Any, clock: FakeClock,
-) -> None:
+@pytest.fixture
+def contact(client: Any, spotler_app: SpotlerSandbox) -> str:
+    """A contact in Dynamics 365 (where the posts go) and on the platform, under the same id."""
     contact = make_record(client)
     spotler_app.seed_contact(contact, "ann@example.com")
+    return contact
+
+
+def test_a_tag_is_marked_applied_by_its_outcome_and_an_increment_before_its_post(
+    store: SqliteJobStore, spotler: SpotlerPlatform, client: Any, clock: FakeClock, contact: str,
+) -> None:
     counted = CountingStore(store)
     tag, increment = store.add([
         JobRequest.from_input(operation="add_tag", tags="Webinar", target_kind="contact", target_id=contact),
@@ -84,9 +92,8 @@ def test_a_tag_is_marked_applied_by_its_outcome_and_an_increment_before_its_post
 
 def test_a_runner_dying_before_the_outcome_leaves_one_change_in_the_history_and_one_post(
     store: SqliteJobStore, spotler: SpotlerPlatform, spotler_app: SpotlerSandbox, client: Any, clock: FakeClock,
+    contact: str,
 ) -> None:
-    contact = make_record(client)
-    spotler_app.seed_contact(contact, "ann@example.com")
     crm = DataverseCrm(client)
     (job,) = store.add([JobRequest.from_input(operation="add_tag", tags="Webinar", target_kind="contact",
                                               target_id=contact)])
