@@ -81,6 +81,8 @@ class Writes:
                 # unless older ones fill the `$batch`; then it goes round again).
                 self._sending += 1
                 group = self._take()
+                self.requests += 1
+                self.writes += len(group)
                 self._cond.release()
                 try:
                     self._send(group)
@@ -104,8 +106,6 @@ class Writes:
         return group
 
     def _send(self, group: list[_Ticket]) -> None:
-        self.requests += 1
-        self.writes += len(group)
         try:
             if len(group) == 1:
                 group[0].value = group[0].change.alone()
