@@ -5,7 +5,8 @@ its own, independent of the others. While `PARALLEL` requests are on the wire, t
 leave together in the next one, so a busy runner sends a few requests per round trip instead of one per write, and
 a write that finds room on the wire leaves at once, alone, as it would without this module. A change set that fails
 fails its own write only (`Prefer: odata.continue-on-error`); a `$batch` that fails as a whole (throttled,
-unavailable, cut off) fails every write in it, each caller seeing the error as its own.
+unavailable, cut off) fails every write in it, each caller seeing the error as its own. The waiting and sending
+is `connector.groupcommit`'s; what is Dataverse's here is what fits in one `$batch` and how it is sent and read.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import threading
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from connector import errors
 from connector.dataverse.batch import BatchPart, BatchResult, build_change_sets, parse_change_sets
+from connector.groupcommit import Grouped, Room
 
 if TYPE_CHECKING:
     from connector.dataverse.client import DataverseClient
@@ -31,7 +32,6 @@ MAX_PARTS = 1000
 # each still carries the writes that arrived meanwhile.
 PARALLEL = 4
 
-R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 
@@ -48,81 +48,19 @@ class ChangeSet(Protocol[R_co]):
         """The write's result from its change set's answers; raises the caller's error when it failed."""
 
 
-@dataclass
-class _Ticket:
-    change: ChangeSet[Any]
-    done: bool = False
-    value: Any = None
-    error: BaseException | None = None
-
-
-class Writes:
+class Writes(Grouped[ChangeSet[Any]]):
     """Change sets from many threads, sent in groups: at most `parallel` requests on the wire at a time."""
 
     def __init__(self, client: DataverseClient, *, parallel: int = PARALLEL) -> None:
+        super().__init__(parallel=parallel)
         self.client = client
-        self.parallel = parallel
-        self._cond = threading.Condition()
-        self._queue: list[_Ticket] = []
-        self._sending = 0
-        # Requests sent and the writes they carried: what grouping saved.
-        self.requests = 0
-        self.writes = 0
 
-    def __call__(self, change: ChangeSet[R]) -> R:
-        ticket = _Ticket(change)
-        with self._cond:
-            self._queue.append(ticket)
-            while not ticket.done:
-                if self._sending >= self.parallel or ticket not in self._queue:
-                    self._cond.wait()
-                    continue
-                # Room on the wire: this thread sends what waits, oldest first (its own write among them,
-                # unless older ones fill the `$batch`; then it goes round again).
-                self._sending += 1
-                group = self._take()
-                self.requests += 1
-                self.writes += len(group)
-                self._cond.release()
-                try:
-                    self._send(group)
-                finally:
-                    self._cond.acquire()
-                    self._sending -= 1
-                    self._cond.notify_all()
-        if ticket.error is not None:
-            raise ticket.error
-        value: R = ticket.value
-        return value
+    def room(self, taken: Sequence[ChangeSet[Any]], write: ChangeSet[Any]) -> Room:
+        used = sum(len(change.parts) for change in taken) + len(write.parts)
+        return Room.FULL if used > MAX_PARTS else Room.TAKE
 
-    def _take(self) -> list[_Ticket]:
-        taken, used = 0, 0
-        for ticket in self._queue:
-            used += len(ticket.change.parts)
-            if taken and used > MAX_PARTS:
-                break
-            taken += 1
-        group, self._queue = self._queue[:taken], self._queue[taken:]
-        return group
-
-    def _send(self, group: list[_Ticket]) -> None:
-        try:
-            if len(group) == 1:
-                group[0].value = group[0].change.alone()
-                return
-            answers = send_change_sets(self.client, [ticket.change.parts for ticket in group])
-            for ticket, results in zip(group, answers, strict=True):
-                try:
-                    ticket.value = ticket.change.answer(results)
-                except Exception as exc:
-                    ticket.error = exc
-        except BaseException as exc:
-            # The `$batch` failed as a whole: every write in it failed, each caller sees why.
-            for ticket in group:
-                ticket.error = exc
-        finally:
-            for ticket in group:
-                ticket.done = True
+    def send_together(self, writes: Sequence[ChangeSet[Any]]) -> list[list[BatchResult]]:
+        return send_change_sets(self.client, [change.parts for change in writes])
 
 
 _shared: weakref.WeakKeyDictionary[DataverseClient, Writes] = weakref.WeakKeyDictionary()
