@@ -73,6 +73,10 @@ DATAVERSE_LIMIT_WINDOW = 300.0
 # Whether each part of a $batch counts toward Dataverse's 6,000 requests is not settled in public sources: the
 # cautious reading is that it does, so the brake counts a batch of N parts as N requests unless told otherwise.
 DATAVERSE_PACE_BY: Final = "parts"
+# Mautic's batch edit (PATCH /api/contacts/batch/edit) changes tags through the same controller code as the contact
+# edit call: on by default, it saves requests whenever jobs run at once, and a lone edit is the plain contact edit
+# call all the same. Off for a Mautic without the route or with its batch limit lowered below 200.
+MAUTIC_BATCH_TAG_EDITS = True
 # Waits up to this long happen inside the attempt; longer ones put the job back to pending (shown as retrying).
 INLINE_WAIT_MAX = 5.0
 

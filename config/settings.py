@@ -120,6 +120,11 @@ class MauticSettings(_Section):
     contact_field: str | None = Field(
         None, description="alias of a unique Mautic contact field holding the CRM id; unset: find by e-mail"
     )
+    batch_tag_edits: bool = Field(
+        defaults.MAUTIC_BATCH_TAG_EDITS,
+        description="tag edits of jobs running at once share PATCH /api/contacts/batch/edit requests; false: one "
+        "contact edit request each",
+    )
 
 
 class EndpointSettings(_Section):

@@ -22,6 +22,15 @@ How a tag with a score (README, "Operations") maps onto Mautic:
   on a cached id (a contact merged or deleted) looks the contact up once more before failing.
 - **Auth**: HTTP basic (must be enabled in Mautic's API settings) or OAuth2 client credentials
   (`POST /oauth/v2/token`), the token cached until shortly before it expires and fetched anew once on a 401.
+- **Tag edits of jobs running at once share requests** (`mautic.batch_tag_edits`, on by default): while
+  `BATCH_PARALLEL` of them are on the wire, the others wait and leave together in one
+  `PATCH /api/contacts/batch/edit` with `[{"id": 7, "tags": [...]}, ...]`, at most `BATCH_MAX` contacts and never
+  one contact twice (group commit, `connector.groupcommit`). An edit that finds room leaves alone, as the contact
+  edit call above. Each job keeps its own outcome: an item Mautic refused is read as the contact edit call's own
+  answer would be (same error, result code and message; a 404 on a cached id looks the contact up again), and a
+  request that fails whole (429, 5xx, timeout, reset) fails every edit in it as a single edit would fail; tag
+  edits can be sent again safely. A batch counts as one request for the brake: Mautic's rate limiter counts
+  requests. A Mautic that answers the batch route 404 or 405 gets each edit alone from then on.
 
 Checked against Mautic's source and developer documentation (mautic/mautic and
 mautic/developer-documentation-new):
@@ -35,18 +44,31 @@ mautic/developer-documentation-new):
 - the `-` prefix removing a tag in the contact edit call;
 - the contact list keyed by id, with `total` as a string;
 - contact search `email:` is a LIKE; `+` makes it exact (no `%...%`), `"..."` quotes;
-- the OAuth2 client-credentials request and token response; basic auth.
+- the OAuth2 client-credentials request and token response; basic auth;
+- the batch edit (`CommonApiController::editEntitiesAction`, `BatchIdToEntityHelper`): a body that is a list of
+  objects each with `id`; a 200 whose `contacts` (the contacts edited), `statusCodes` (one per item) and `errors`
+  (`{"message", "code", "type"}` per item that failed) are keyed by the item's place in the request, written as a
+  JSON list without gaps and as an object keyed "0", "2" ... with them; with PATCH an unknown id is that item's 404
+  ("Item was not found.", the contact edit call's words); tags go through the same `preSaveEntity` ->
+  `modifyTags` as the contact edit call, `-` removing; more items than `api_batch_max_limit` (200 as shipped) is
+  refused whole with a 500 (an error that is not in batch mode, whose status defaults to 500); the contacts of a
+  batch are loaded in one query and one named twice is edited through the same loaded object, detached part way;
+- the API rate limiter (`api_rate_limiter_limit`, off as shipped) counts requests to `/api` per hour.
 
 Not verified (no running Mautic was at hand): that a negative value is accepted in the `set/{value}` path; the
 exact wording and shape of every error body (we read `{"errors": [{"message"}]}` and fall back to the raw
 text); what `minimal=true` leaves out of a contact (we match on `fields.all` when present and trust the exact
 search otherwise); the `where[0][col|expr|val]` filter on a custom field; whether Mautic sends `Retry-After`
-on 429. Point group names are not unique in Mautic: when two share a name, the lowest id wins,
-deterministically.
+on 429; that Mautic decodes a JSON array body for the batch route as it decodes the contact edit call's JSON
+object (public scripts send it so); the wording of the over-limit error; which Mautic version first had the batch
+route. An administrator who lowered `api_batch_max_limit` below 200 gets every full batch refused with a 500
+(retried as UNAVAILABLE): set `mautic.batch_tag_edits = false` there. Point group names are not unique in Mautic:
+when two share a name, the lowest id wins, deterministically.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -59,6 +81,7 @@ from requests.auth import AuthBase, HTTPBasicAuth
 
 from config.settings import SettingsError
 from connector import errors
+from connector.groupcommit import Grouped, Room
 from connector.http import ApiSession, error_for_status
 from connector.platform import Contact
 
@@ -77,6 +100,14 @@ TOKEN_MARGIN = 60.0
 GROUP_PAGE_SIZE = 200
 # Contacts whose Mautic id we remember; beyond this the least recently used are looked up again.
 CONTACT_CACHE_SIZE = 50_000
+# Mautic's `api_batch_max_limit` as it ships: a batch of more items is refused whole, with a 500.
+BATCH_MAX = 200
+# Batch tag edits on the wire at once. Mautic runs the contacts of a batch one after the other in one PHP worker,
+# so a single request at a time would queue every edit behind the others'; a few at once keep a few of its workers
+# busy, as the single edits of several runner threads did, while each request carries the edits that came meanwhile.
+BATCH_PARALLEL = 4
+# What the contact edit call is for, in an error message; the same words whether the edit went alone or in a batch.
+EDIT_TAGS = "change the contact's tags"
 
 
 def mautic_message(response: requests.Response) -> str:
@@ -251,11 +282,14 @@ class MauticPlatform:
         base_url: str,
         auth: AuthBase,
         contact_field: str | None = None,
+        batch_tag_edits: bool = True,
     ) -> None:
         self.session = session
         self.base_url = _root(base_url)
         self.auth = auth
         self.contact_field = contact_field or None
+        # Tag edits of workers running at once share `PATCH /contacts/batch/edit` requests; None: one each.
+        self.tag_edits: TagEdits | None = TagEdits(self) if batch_tag_edits else None
         self._contacts: OrderedDict[Contact, int] = OrderedDict()
         self._contacts_lock = threading.Lock()
         self._groups: dict[str, int] = {}
@@ -276,6 +310,7 @@ class MauticPlatform:
             base_url=url,
             auth=build_auth(settings, session, url),
             contact_field=settings.contact_field,
+            batch_tag_edits=settings.batch_tag_edits,
         )
 
     def __repr__(self) -> str:
@@ -450,9 +485,15 @@ class MauticPlatform:
     # --- tags and point groups ------------------------------------------------------------------------------
 
     def _edit_tags(self, cid: int, tags: list[str]) -> None:
-        self._call(
-            "PATCH", f"/contacts/{cid}/edit", "change the contact's tags", contact_route=True, json={"tags": tags}
-        )
+        edit = TagEdit(self, cid, tags)
+        grouped = self.tag_edits
+        if grouped is None:
+            edit.alone()
+        else:
+            grouped(edit)
+
+    def _edit_tags_alone(self, cid: int, tags: list[str]) -> None:
+        self._call("PATCH", f"/contacts/{cid}/edit", EDIT_TAGS, contact_route=True, json={"tags": tags})
 
     def _group_scores(self, cid: int) -> Iterator[tuple[int, str, int]]:
         body = self._call(
@@ -529,23 +570,98 @@ class MauticPlatform:
     def _call(
         self, method: str, path: str, doing: str, *, contact_route: bool = False, **kwargs: Any
     ) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        response = self.session.request(
-            method, self.base_url + "/api" + path, headers=headers, auth=self.auth, **kwargs
-        )
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             raise mautic_error(response, doing, contact_route=contact_route)
-        if not response.content:
-            return {}
+        return _body(response, method, path)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Accept": "application/json"}
+        return self.session.request(method, self.base_url + "/api" + path, headers=headers, auth=self.auth, **kwargs)
+
+
+class TagEdit:
+    """One worker's tag edit of one contact: alone, the contact edit call; in a group, one item of a batch edit."""
+
+    def __init__(self, platform: MauticPlatform, cid: int, tags: list[str]) -> None:
+        self.platform = platform
+        self.cid = cid
+        self.tags = tags
+
+    def alone(self) -> None:
+        self.platform._edit_tags_alone(self.cid, self.tags)
+
+    def answer(self, answered: tuple[Any, Any, requests.Response] | None) -> None:
+        """Succeeds, or raises what the contact edit call would have raised for this contact's status and error.
+        None: the batch route is missing, so the edit goes alone."""
+        if answered is None:
+            return self.alone()
+        status, error, batch = answered
+        if status is None and isinstance(error, dict):
+            status = error.get("code")
         try:
-            body = response.json()
-        except ValueError as exc:
-            # A login page or a proxy's error page: not Mautic's API answering.
-            raise errors.Unavailable(
-                f"Mautic answered {method} {path} with something that is not JSON (is base_url right?).",
-                http_status=response.status_code,
-            ) from exc
-        return body if isinstance(body, dict) else {}
+            status = int(status)
+        except (TypeError, ValueError):
+            # Mautic answered the request but not for this contact: its tags may or may not have changed.
+            raise errors.OutcomeUnknown(
+                f"Mautic's answer to a batch edit says nothing of contact {self.cid}; whether its tags changed is "
+                "unknown.", http_status=batch.status_code) from None
+        if status >= 400:
+            raise mautic_error(_item_response(status, error, batch), EDIT_TAGS, contact_route=True)
+        return None
+
+
+class TagEdits(Grouped[TagEdit]):
+    """Tag edits of workers running at once, sent in `PATCH /api/contacts/batch/edit` requests of up to `BATCH_MAX`
+    contacts, each contact at most once per request (see `connector.groupcommit`)."""
+
+    def __init__(self, platform: MauticPlatform, *, parallel: int = BATCH_PARALLEL, limit: int = BATCH_MAX) -> None:
+        super().__init__(parallel=parallel)
+        self.platform = platform
+        self.limit = limit
+
+    def room(self, taken: Sequence[TagEdit], write: TagEdit) -> Room:
+        if len(taken) >= self.limit:
+            return Room.FULL
+        # Mautic loads the contacts of a batch once, and edits a contact named twice through the same loaded object,
+        # detached part way (CommonApiController::processBatchForm): nothing to build on. The second edit of a
+        # contact waits for the next request.
+        if any(edit.cid == write.cid for edit in taken):
+            return Room.LATER
+        return Room.TAKE
+
+    def send_together(self, writes: Sequence[TagEdit]) -> list[tuple[Any, Any, requests.Response] | None]:
+        # One HTTP request, one slot of the brake (cost 1): Mautic's own rate limiter (api_rate_limiter_limit)
+        # counts requests to /api, not the contacts in them, and so do the proxies in front of it. Counting a batch
+        # as one contact each would space requests as if grouping saved nothing.
+        path = "/contacts/batch/edit"
+        response = self.platform._send("PATCH", path, json=[{"id": edit.cid, "tags": edit.tags} for edit in writes])
+        if response.status_code in (404, 405) and self.platform.tag_edits is self:
+            # A Mautic without the batch route (or one that reads `batch` as a contact id): nothing was edited.
+            log.warning("Mautic answered %d to PATCH /api/contacts/batch/edit: tag edits go one contact per request "
+                        "from now on (set mautic.batch_tag_edits = false to skip this)", response.status_code)
+            self.platform.tag_edits = None
+            return [None] * len(writes)
+        if response.status_code >= 400:
+            raise mautic_error(response, f"change the tags of {len(writes)} contacts in one request")
+        body = _body(response, "PATCH", path)
+        statuses, errors_ = _by_position(body.get("statusCodes")), _by_position(body.get("errors"))
+        return [(statuses.get(i), errors_.get(i), response) for i in range(len(writes))]
+
+
+def _body(response: requests.Response, method: str, path: str) -> dict[str, Any]:
+    """A successful answer's JSON object ({} when it has no body)."""
+    if not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError as exc:
+        # A login page or a proxy's error page: not Mautic's API answering.
+        raise errors.Unavailable(
+            f"Mautic answered {method} {path} with something that is not JSON (is base_url right?).",
+            http_status=response.status_code,
+        ) from exc
+    return body if isinstance(body, dict) else {}
 
 
 def _checked(tags: Iterable[str]) -> list[str]:
@@ -558,6 +674,27 @@ def _checked(tags: Iterable[str]) -> list[str]:
                 f"Tag {name!r} starts with '-', which Mautic reads as 'remove this tag'; rename the tag."
             )
     return names
+
+
+def _by_position(value: Any) -> dict[int, Any]:
+    """A batch answer's per-item values by the item's place in the request. PHP's JSON writes an array keyed 0, 1,
+    2 ... as a list and one with gaps (an item that failed, left out of `contacts`) as an object keyed "0", "2"."""
+    if isinstance(value, list):
+        return dict(enumerate(value))
+    if isinstance(value, dict):
+        return {int(key): item for key, item in value.items() if str(key).isdigit()}
+    return {}
+
+
+def _item_response(status: int, error: Any, batch: requests.Response) -> requests.Response:
+    """One item of a batch answer as the answer of its own request would be, for `mautic_error`: its status, and
+    its error in the body as the contact edit call words it ({"errors": [error]})."""
+    item = requests.Response()
+    item.status_code = status
+    item.url, item.request = batch.url, batch.request
+    # The body is set as `requests` itself sets it when it reads one off the wire.
+    item._content = json.dumps({"errors": [error]} if isinstance(error, dict) else {}).encode()
+    return item
 
 
 def _records(value: Any) -> Iterator[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """A Mautic emulator: the contact, tag, point group and OAuth2 routes the adapter uses, on loopback.
 
 It answers with Mautic's shapes (contact lists keyed by id with `total` as a string, `groupScores`,
-`pointGroups`, `{"errors": [{"code", "message", "type", "details"}]}`), checks HTTP basic credentials or
+`pointGroups`, `{"errors": [{"code", "message", "type", "details"}]}`, a batch edit's `contacts`, `statusCodes` and
+`errors` by the items' places in the request), checks HTTP basic credentials or
 bearer tokens issued by its own `/oauth/v2/token`, and keeps contacts, tags, point groups, group scores and
 the points change log (with each change's `eventName` / `actionName`) in SQLite on disk. Tag names compare
 case-insensitively, as they do on Mautic's MySQL; point group names may repeat, as in Mautic.
@@ -14,6 +15,7 @@ import hmac
 import json
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -48,6 +50,8 @@ CREATE TABLE IF NOT EXISTS provisional (contact_id INTEGER PRIMARY KEY);
 
 # Mautic's default page size for lists.
 DEFAULT_LIMIT = 30
+# Mautic's api_batch_max_limit as it ships: the most items a batch request may carry.
+BATCH_LIMIT = 200
 # Mautic issues OAuth2 access tokens valid for an hour by default.
 TOKEN_LIFETIME = 3600
 OPERATORS: dict[str, Callable[[int, int], int]] = {
@@ -96,9 +100,16 @@ class MauticSandbox(App):
         self._client_secret = client_secret
         self.contact_field = contact_field
         self._clock = clock
+        # Batch edit requests answered and the items they carried, for tests and benchmarks (the server counts every
+        # request: `SandboxServer.injector.requests`).
+        self.batch_edits = 0
+        self.batch_contacts = 0
+        self._count_lock = threading.Lock()
         self.route("POST", "/oauth/v2/token", self.issue_token)
         self.route("GET", "/api/contacts", self.list_contacts)
         self.route("GET", "/api/contacts/{id}", self.get_contact)
+        # Before the contact edit route, which would take `batch` for a contact id.
+        self.route("PATCH", "/api/contacts/batch/edit", self.batch_edit_contacts)
         self.route("PATCH", "/api/contacts/{id}/edit", self.edit_contact)
         self.route("GET", "/api/contacts/{id}/points/groups", self.contact_group_scores)
         self.route("GET", "/api/contacts/{id}/points/groups/{group}", self.contact_group_score)
@@ -299,29 +310,62 @@ class MauticSandbox(App):
     def edit_contact(self, request: Request) -> Response:
         data = _params(request)
         with self.store.atomic() as db:
-            row = self._contact_row(db, request.params["id"])
-            db.execute("DELETE FROM provisional WHERE contact_id = ?", (row["id"],))  # written to: it exists
-            tags = data.pop("tags", None)
-            if tags is not None:
-                for tag in tags.split(",") if isinstance(tags, str) else tags:
-                    name = str(tag).strip()
-                    if name.startswith("-"):
-                        found = db.execute("SELECT id FROM tags WHERE tag = ?", (name[1:],)).fetchone()
-                        if found:
-                            db.execute(
-                                "DELETE FROM contact_tags WHERE contact_id = ? AND tag_id = ?",
-                                (row["id"], found["id"]),
-                            )
-                    elif name:
+            return Response(200, {"contact": self._edit(db, self._contact_row(db, request.params["id"]), data)})
+
+    def batch_edit_contacts(self, request: Request) -> Response:
+        """`PATCH /api/contacts/batch/edit`: a JSON array of objects, each an `id` and the fields of the contact edit
+        call. Each contact is edited on its own (Mautic saves them one by one), and answered in its place: the
+        contacts edited, `statusCodes` for every item, and `errors` for the items that failed (a 404 for an id
+        Mautic does not know; PATCH never creates one). A batch over Mautic's limit is refused whole, with a 500."""
+        try:
+            items = request.json() if request.body else []
+        except ValueError as exc:
+            raise _error(400, "Request body is not valid JSON.") from exc
+        if not isinstance(items, list):
+            raise _error(400, "The sandbox reads a batch as a JSON array of contacts.")
+        if len(items) > BATCH_LIMIT:
+            raise _error(500, f"A batch holds at most {BATCH_LIMIT} items; this one has {len(items)}.")
+        contacts: dict[int, Any] = {}
+        codes: dict[int, int] = {}
+        failed: dict[int, Any] = {}
+        for key, item in enumerate(items):
+            data = dict(item) if isinstance(item, dict) else {}
+            raw_id = str(data.pop("id", ""))
+            try:
+                with self.store.atomic() as db:
+                    contacts[key] = self._edit(db, self._contact_row(db, raw_id), data)
+                codes[key] = 200
+            except HttpError as exc:
+                status, (error,) = exc.response.status, exc.response.body["errors"]
+                codes[key] = status
+                failed[key] = {"message": error["message"], "code": status, "type": "api"}
+        with self._count_lock:
+            self.batch_edits += 1
+            self.batch_contacts += len(items)
+        body: dict[str, Any] = {"contacts": _php_array(contacts), "statusCodes": _php_array(codes)}
+        if failed:
+            body["errors"] = _php_array(failed)
+        return Response(200, body)
+
+    def _edit(self, db: Any, row: Any, data: dict[str, Any]) -> dict[str, Any]:
+        """The contact edit call's change of one contact (tags: a name adds, `-name` removes); its record after."""
+        db.execute("DELETE FROM provisional WHERE contact_id = ?", (row["id"],))  # written to: it exists
+        tags = data.pop("tags", None)
+        if tags is not None:
+            for tag in tags.split(",") if isinstance(tags, str) else tags:
+                name = str(tag).strip()
+                if name.startswith("-"):
+                    found = db.execute("SELECT id FROM tags WHERE tag = ?", (name[1:],)).fetchone()
+                    if found:
                         db.execute(
-                            "INSERT OR IGNORE INTO contact_tags VALUES (?, ?)",
-                            (row["id"], self._tag_id(db, name)),
+                            "DELETE FROM contact_tags WHERE contact_id = ? AND tag_id = ?", (row["id"], found["id"])
                         )
-            values = json.loads(row["fields"])
-            values.update({k: v for k, v in data.items() if isinstance(v, str | int | float) or v is None})
-            db.execute("UPDATE contacts SET fields = ? WHERE id = ?", (json.dumps(values), row["id"]))
-            row = self._contact_row(db, str(row["id"]))
-            return Response(200, {"contact": self._record(db, row)})
+                elif name:
+                    db.execute("INSERT OR IGNORE INTO contact_tags VALUES (?, ?)", (row["id"], self._tag_id(db, name)))
+        values = json.loads(row["fields"])
+        values.update({k: v for k, v in data.items() if isinstance(v, str | int | float) or v is None})
+        db.execute("UPDATE contacts SET fields = ? WHERE id = ?", (json.dumps(values), row["id"]))
+        return self._record(db, self._contact_row(db, str(row["id"])))
 
     # --- tags -----------------------------------------------------------------------------------------------
 
@@ -495,6 +539,14 @@ class MauticSandbox(App):
             "SELECT * FROM points_log" + (" WHERE contact_id = ?" if cid is not None else "") + " ORDER BY id"
         )
         return [dict(r) for r in self.store.read().execute(sql, () if cid is None else (cid,)).fetchall()]
+
+
+def _php_array(items: dict[int, Any]) -> Any:
+    """Items keyed by their place in the request as PHP's json_encode writes such an array: a list when the keys
+    are 0, 1, 2 ... without a gap, an object keyed by the numbers as text otherwise."""
+    if list(items) == list(range(len(items))):
+        return list(items.values())
+    return {str(key): value for key, value in items.items()}
 
 
 def _params(request: Request) -> dict[str, Any]:
