@@ -1,0 +1,153 @@
+"""Mautic tag edits one contact per request against shared `PATCH /api/contacts/batch/edit` requests, side by side
+in one run: `connector run --once` drains the same queue with `mautic.batch_tag_edits` false (before) and true
+(after), against a Mautic sandbox with 20 ms of latency per request, in this process (the runner is a process of
+its own, so its CPU is its own).
+
+Two queues: tag jobs only (Add Tag and Remove Tag over 400 contacts), and the standard mix of `make bench`
+(bench/throughput.py OPERATIONS: tags and scores). Each drain starts from a fresh sandbox and job store; before and
+after alternate, ROUNDS times, and the table gives each run and the median. Mautic requests per job counts every
+request the sandbox answered during the drain (contact look-ups, tag edits, a batch as one, points, group scores);
+"tag edit requests/job" counts the tag edits alone (single edits and batches), "contacts/batch" the average batch.
+
+Usage: python bench/mautic_tags.py [JOBS] [ROUNDS] [LATENCY_MS]   (defaults: 1000 2 20)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from connector.sandbox.mautic import MauticSandbox
+from connector.sandbox.server import Faults, Request, Response, SandboxServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import OPERATIONS, run
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTACTS = 400
+TAG_OPERATIONS = [("Add Tag", "Webinar", ""), ("Add Tag", "Customer; VIP", ""), ("Remove Tag", "Trial", "")]
+USER, PASSWORD = "bench", "bench-password"
+
+
+@dataclass
+class Drain:
+    queue: str
+    batched: bool
+    jobs: int
+    seconds: float
+    succeeded: int
+    requests: int
+    edit_requests: int
+    batches: int
+    batch_contacts: int
+    cpu_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.succeeded / self.seconds
+
+
+def write_queue(path: Path, count: int, operations: list[tuple[str, str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["operation", "contact", "tags", "score"])
+        for i in range(count):
+            op, tags, score = operations[i % len(operations)]
+            writer.writerow([op, f"C-{i % CONTACTS:03d}", tags, score])
+
+
+class EditCounter:
+    """Counts the contact edit requests (`PATCH /api/contacts/{id}/edit`) the sandbox answers: the sandbox counts
+    its batches itself, not its single edits. This wraps its handler before the routes are looked up."""
+
+    def __init__(self, app: MauticSandbox) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._edit = app.edit_contact
+        app._routes = [(method, regex, self._counted if handler == app.edit_contact else handler)
+                       for method, regex, handler in app._routes]
+
+    def _counted(self, request: Request) -> Response:
+        with self._lock:
+            self.count += 1
+        return self._edit(request)
+
+
+def drain(queue: str, operations: list[tuple[str, str, str]], count: int, batched: bool, latency_ms: float) -> Drain:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        app = MauticSandbox(work / "mautic.sqlite3", username=USER, password=PASSWORD, contact_field="crm_id")
+        for i in range(CONTACTS):
+            app.seed_contact(f"c{i:03d}@example.com", external_id=f"C-{i:03d}", tags=["Trial"])
+        edits = EditCounter(app)
+        jobs = work / "jobs.csv"
+        write_queue(jobs, count, operations)
+        with SandboxServer(app, faults=Faults(latency_ms=latency_ms)) as server:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")} | {
+                "CONNECTOR_HOME": str(work / "home"), "CONNECTOR_PLATFORM": "mautic",
+                "CONNECTOR_MAUTIC__BASE_URL": server.url, "CONNECTOR_MAUTIC__USERNAME": USER,
+                "CONNECTOR_MAUTIC__PASSWORD": PASSWORD, "CONNECTOR_MAUTIC__CONTACT_FIELD": "crm_id",
+                "CONNECTOR_MAUTIC__BATCH_TAG_EDITS": "true" if batched else "false",
+            }
+            subprocess.run([sys.executable, "-m", "jobs.cli", "jobs", "import", str(jobs)], cwd=work, env=env,
+                           check=True, capture_output=True)
+            before = server.injector.requests
+            seconds, out, cpu, _ = run([sys.executable, "-m", "jobs.cli", "run", "--once"], cwd=work, env=env)
+            requests = server.injector.requests - before
+        found = re.search(r"(\d+) succeeded, (\d+) failed", out)
+        succeeded = int(found.group(1)) if found else 0
+        return Drain(queue, batched, count, seconds, succeeded, requests, edits.count + app.batch_edits,
+                     app.batch_edits, app.batch_contacts, cpu)
+
+
+def row(reading: Drain) -> list[str]:
+    per_batch = f"{reading.batch_contacts / reading.batches:.1f}" if reading.batches else "-"
+    return [reading.queue, "on (after)" if reading.batched else "off (before)", f"{reading.per_second:,.0f}",
+            f"{reading.requests / reading.jobs:.2f}", f"{reading.edit_requests / reading.jobs:.2f}", per_batch,
+            str(reading.jobs - reading.succeeded), f"{1000 * reading.cpu_seconds / reading.jobs:.2f}"]
+
+
+HEADER = ["queue", "batch_tag_edits", "jobs/s", "Mautic requests/job", "tag edit requests/job", "contacts/batch",
+          "not done", "runner CPU ms/job"]
+
+
+def markdown(rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    latency = float(sys.argv[3]) if len(sys.argv) > 3 else 20.0
+    queues = [("tags only", TAG_OPERATIONS), ("standard mix", OPERATIONS)]
+    readings: dict[tuple[str, bool], list[Drain]] = {}
+    rows: list[list[str]] = []
+    for _ in range(rounds):
+        for queue, operations in queues:
+            for batched in (False, True):
+                reading = drain(queue, operations, count, batched, latency)
+                readings.setdefault((queue, batched), []).append(reading)
+                rows.append(row(reading))
+                print(" | ".join(rows[-1]), flush=True)
+    medians = []
+    for runs in readings.values():
+        middle = sorted(runs, key=lambda r: r.per_second)[len(runs) // 2]
+        medians.append([*row(middle)[:2], f"{statistics.median(r.per_second for r in runs):,.0f}", *row(middle)[3:]])
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"\n{count} jobs per drain, {latency:g} ms latency per Mautic request, {CONTACTS} contacts, {stamp}, "
+          f"{os.cpu_count()} cores\n\nEvery run:\n\n{markdown(rows)}\n\nMedian jobs/s of {rounds} runs (other "
+          f"columns from the run nearest it):\n\n{markdown(sorted(medians))}")
+
+
+if __name__ == "__main__":
+    main()
