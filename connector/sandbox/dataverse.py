@@ -9,7 +9,9 @@ The identity provider is the minimum MSAL needs for client credentials (the Open
 endpoint). MSAL only accepts https authorities, so `DataverseSandbox` serves everything over TLS on loopback
 with a throw-away CA made by `trustme`; clients must trust `ca_file`.
 
-State lives in SQLite on disk (rows as JSON documents), so the sandbox survives restarts like the platforms'.
+State lives in SQLite on disk (rows as JSON documents), so the sandbox survives restarts like the platforms'. A
+query asks SQLite for its candidate rows, through indexes and in its order where SQLite sorts as Dataverse does
+(`dataverse_sql`), and applies its filter to those: a claim behind 50,000 rows is read in milliseconds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +47,7 @@ from connector.sandbox.dataverse_query import (
     select_columns,
     sort_rows,
 )
+from connector.sandbox.dataverse_sql import TRUE, column_sql, order_by, simple, where
 from connector.sandbox.server import App, Budget, Faults, HttpError, Request, Response, SandboxServer, Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,10 @@ DEFAULT_PAGE_SIZE = 5000
 AGGREGATE_LIMIT = 50_000
 TOKEN_LIFETIME = 3600
 SYSTEM_COLUMNS = ("createdon", "modifiedon", "versionnumber")
+# The server writes these dates itself, always as `2026-05-04T09:12:03Z`.
+SYSTEM_DATES = ("createdon", "modifiedon")
+# Rows read from SQLite at a time while a query looks for the rows of its page.
+CANDIDATES_PER_FETCH = 256
 
 # Dataverse allows 1,200 s of combined execution time per 300 s window: four seconds for each second of it.
 EXECUTION_PER_WINDOW_SECOND = 4.0
@@ -224,6 +231,7 @@ class DataverseApp(App):
         self._tx_local = threading.local()
         self.requests_by_method: dict[str, int] = {}
         self._count_lock = threading.Lock()
+        self._index()
         self.route("GET", "/{tenant}/v2.0/.well-known/openid-configuration", self.openid_configuration)
         self.route("POST", "/{tenant}/oauth2/v2.0/token", self.token)
         for method in ("GET", "POST", "PATCH", "DELETE"):
@@ -388,19 +396,29 @@ class DataverseApp(App):
             if not 0 < page_size <= MAX_PAGE_SIZE:
                 raise error(400, f"The odata.maxpagesize preference must be between 1 and {MAX_PAGE_SIZE}.",
                             "0x80060888")
-        rows = self._all(table)
-        if "$filter" in args:
-            predicate = compile_filter(args["$filter"], table.readable, table.logical_name)
-            rows = [row for row in rows if predicate(row)]
+        predicate = compile_filter(args["$filter"], table.readable, table.logical_name) if "$filter" in args else None
+        candidates = where(args["$filter"], SYSTEM_DATES) if "$filter" in args else [TRUE]
         if "$apply" in args:
-            return self._aggregate(table, args["$apply"], rows, origin)
-        if "$orderby" in args:
-            rows = sort_rows(rows, args["$orderby"], table.readable, table.logical_name)
-        if "$top" in args:
-            if not args["$top"].isdigit():
-                raise error(400, f"Invalid value '{args['$top']}' for $top query option.", "0x80060888")
-            rows = rows[: int(args["$top"])]
-        offset = _skiptoken_offset(args.get("$skiptoken"))
+            return self._aggregate(table, args["$apply"], self._matching(table, candidates, "seq", predicate), origin)
+        order = order_by(args["$orderby"], lambda name: self._orderable(table, name)) if "$orderby" in args else "seq"
+        top = args.get("$top")
+        try:
+            offset: int | None = _skiptoken_offset(args.get("$skiptoken"))
+        except HttpError:
+            offset = None  # refused below, after the rows are read, as before
+        if order is not None and (top is None or top.isdigit()) and offset is not None:
+            # In the query's order from SQLite: reading stops one row past the page (or at $top).
+            limit = offset + page_size + 1
+            rows = self._matching(table, candidates, order, predicate, min(limit, int(top)) if top else limit)
+        else:
+            rows = self._matching(table, candidates, "seq", predicate)
+            if "$orderby" in args:
+                rows = sort_rows(rows, args["$orderby"], table.readable, table.logical_name)
+            if top is not None:
+                if not top.isdigit():
+                    raise error(400, f"Invalid value '{top}' for $top query option.", "0x80060888")
+                rows = rows[: int(top)]
+            offset = _skiptoken_offset(args.get("$skiptoken"))
         page = rows[offset : offset + page_size]
         payload: dict[str, Any] = {
             "@odata.context": f"{origin}{API}$metadata#{table.entity_set}",
@@ -416,6 +434,59 @@ class DataverseApp(App):
             encoded = "&".join(f"{k}={quote(v, safe='$,()')}" for k, v in next_query.items())
             payload["@odata.nextLink"] = f"{origin}{API}{table.entity_set}?{encoded}"
         return Response(200, payload, headers)
+
+    def _matching(
+        self, table: EntityDef, candidates: list[str], order: str,
+        predicate: Callable[[dict[str, Any]], bool] | None, limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows `predicate` matches, in `order`, up to `limit`: only the rows meeting one of `candidates` (SQL,
+        see `dataverse_sql`) are decoded and tested, and SQLite reads no further than the last one needed."""
+        if order == "seq" and candidates != [TRUE]:
+            # Each term's rows from its own index, then sorted: a few running rows and a few retrying ones are
+            # not looked for among all the pending ones.
+            each = " UNION ALL ".join(f"SELECT rowid FROM rows WHERE entity_set = :set AND {c}" for c in candidates)
+            sql = f"SELECT data FROM rows WHERE rowid IN ({each}) ORDER BY +seq"
+        else:
+            sql = f"SELECT data FROM rows WHERE entity_set = :set AND ({' OR '.join(candidates)}) ORDER BY {order}"
+        cursor = self._db().execute(sql, {"set": table.entity_set})
+        found: list[dict[str, Any]] = []
+        try:
+            while limit is None or len(found) < limit:
+                chunk = cursor.fetchmany(CANDIDATES_PER_FETCH)
+                if not chunk:
+                    break
+                for record in chunk:
+                    row = json.loads(record["data"])
+                    if predicate is None or predicate(row):
+                        found.append(row)
+                        if limit is not None and len(found) >= limit:
+                            break
+        finally:
+            cursor.close()
+        return found
+
+    def _orderable(self, table: EntityDef, name: str) -> bool:
+        """Whether SQLite sorts the column as `sort_rows` does: the server's dates and version, the key (a
+        lower-case GUID), and an autonumber column as long as no client has written it."""
+        if not table.readable(name):
+            return False
+        if name in SYSTEM_COLUMNS or name == table.key:
+            return True
+        return name == table.autonumber and self._db().execute(
+            "SELECT 1 FROM counters WHERE name = ?", (_written(table, name),)).fetchone() is None
+
+    def _index(self) -> None:
+        """Indexes for the reads of `_matching`: rows in creation order, by status, and on tables with an
+        autonumber column (the job table) in the order `createdon, <autonumber>, <key>` that claims read."""
+        with self.store.atomic() as db:
+            db.execute("CREATE INDEX IF NOT EXISTS rows_seq ON rows(entity_set, seq)")
+            db.execute(f"CREATE INDEX IF NOT EXISTS rows_status ON rows(entity_set, {column_sql('statuscode')})")
+            db.execute(f"CREATE INDEX IF NOT EXISTS rows_created ON rows(entity_set, {column_sql('createdon')}, seq)")
+            for table in self.tables.values():
+                if table.autonumber and simple(table.autonumber) and simple(table.key):
+                    name = "rows_order_" + re.sub(r"\W", "_", table.entity_set)
+                    db.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON rows(entity_set, {column_sql("createdon")}, '
+                               f'{column_sql(table.autonumber)}, {column_sql(table.key)}, seq)')
 
     def _aggregate(self, table: EntityDef, apply: str, rows: list[dict[str, Any]], origin: str) -> Response:
         """`groupby((a,b),aggregate($count as n))`, the one transformation the connector asks for; like Dataverse,
@@ -436,12 +507,6 @@ class DataverseApp(App):
             groups[key] = groups.get(key, 0) + 1
         value = [{**dict(zip(columns, key, strict=True)), match.group(2): n} for key, n in groups.items()]
         return Response(200, {"@odata.context": f"{origin}{API}$metadata#{table.entity_set}", "value": value})
-
-    def _all(self, table: EntityDef) -> list[dict[str, Any]]:
-        rows = self._db().execute(
-            "SELECT data FROM rows WHERE entity_set = ? ORDER BY seq", (table.entity_set,)
-        ).fetchall()
-        return [json.loads(r["data"]) for r in rows]
 
     def _load(self, table: EntityDef, row_id: str) -> dict[str, Any]:
         found = self._db().execute(
@@ -568,6 +633,8 @@ class DataverseApp(App):
                     f"The property '{name}' does not exist on type 'Microsoft.Dynamics.CRM.{table.logical_name}'. "
                     f"Make sure to only use property names that are defined by the type."
                 ), "0x80060888")
+            if name == table.autonumber:  # sorted by Python from now on (`_orderable`)
+                db.execute("INSERT OR IGNORE INTO counters VALUES (?, 1)", (_written(table, name),))
             limit = table.max_lengths.get(name)
             if limit is not None and isinstance(value, str) and len(value) > limit:
                 raise error(400, f"A validation error occurred. The length of the '{name}' attribute of the "
@@ -731,6 +798,11 @@ class _Abort(Exception):
 def _inner_error(part: InnerRequest, status: int, message: str, code: str) -> BatchResult:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return BatchResult(status, {"Content-Type": "application/json"}, body, part.content_id)
+
+
+def _written(table: EntityDef, column: str) -> str:
+    """The counter that marks a column a client has written (its values may no longer sort as SQLite sorts)."""
+    return f"written:{table.entity_set}:{column}"
 
 
 def _origin(request: Request) -> str:
