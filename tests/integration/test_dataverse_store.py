@@ -20,7 +20,14 @@ from connector.platform import Contact
 from jobs.executor import Executor
 from jobs.model import Attempt, InvalidJob, JobRequest, JobStatus
 from jobs.store import Actor, Effects, JobFilter, Outcome, Record, StoreError
-from jobs.store.dataverse import ATTEMPT_LOG_MAX, MESSAGE_MAX, DataverseJobStore, append_to_log
+from jobs.store.dataverse import (
+    ATTEMPT_LOG_MAX,
+    CLAIM_WINDOW_MIN,
+    CLAIM_WINDOW_PER_JOB,
+    MESSAGE_MAX,
+    DataverseJobStore,
+    append_to_log,
+)
 from tests.conftest import FakeClock
 from tests.integration.dataverse_env import TABLE, client_for, make_record, running_sandbox
 
@@ -351,3 +358,78 @@ def test_a_table_whose_pending_jobs_are_inactive_rows_still_has_them_claimed(tmp
                                                   target_id=contact)])
         clock.advance(1)
         assert [j.id for j in store.claim("runner-a", 5, 30.0)] == [job.id]
+
+
+def _queue_backlog(client: DataverseClient, store: DataverseJobStore, size: int) -> tuple[list[str], list[set[Any]]]:
+    """`size` add_tag jobs on 200 keys (25 contacts, 8 tags) taking turns at random, one in ten on two tags, queued
+    1,000 at a time: their ids in creation order and each one's keys."""
+    rng = random.Random(11)
+    contacts = [make_record(client, lastname=f"C{n}") for n in range(25)]
+    keys_of: list[set[Any]] = []
+    requests = []
+    for _ in range(size):
+        contact, tags = rng.choice(contacts), rng.sample([f"T{t}" for t in range(8)], 2 if rng.random() < 0.1 else 1)
+        keys_of.append({(contact, tag) for tag in tags})
+        requests.append(JobRequest.from_input(operation="add_tag", tags="; ".join(tags), target_kind="contact",
+                                              target_id=contact))
+    ids = [job.id for start in range(0, size, 1000) for job in store.add(requests[start:start + 1000])]
+    return ids, keys_of
+
+
+@pytest.mark.parametrize("backlog", [50, pytest.param(50_000, marks=pytest.mark.slow)])
+def test_two_runners_keep_every_key_in_order_and_claims_read_the_same_however_long_the_backlog(
+    client, sandbox, clock, backlog
+):
+    """Two runners take turns claiming behind a backlog of 50 or 50,000 rows, each claiming while the other's
+    jobs run; some jobs fail for a while and wait for a retry, holding their keys. Every key's jobs run in creation
+    order, never two at once, and every claim reads at most two windows and the rows that could hold them back."""
+    rng = random.Random(7)
+    limit, to_run = 20, min(backlog, 3_000)
+    window = max(CLAIM_WINDOW_MIN, CLAIM_WINDOW_PER_JOB * limit)
+    with client_for(sandbox) as other_client:
+        runners = {"runner-a": DataverseJobStore(client, TABLE, clock=clock),
+                   "runner-b": DataverseJobStore(other_client, TABLE, clock=clock)}
+        ids, keys_of = _queue_backlog(client, runners["runner-a"], backlog)
+        number = {job_id: n for n, job_id in enumerate(ids)}  # a job's place in creation order
+        listed = {name: _listing_requests(runner.client) for name, runner in runners.items()}
+        held: dict[str, list[int]] = {name: [] for name in runners}  # each runner's running jobs
+        ran: list[int] = []  # the jobs that succeeded, in the order they did
+        failures: dict[int, int] = {}
+        retrying: set[int] = set()
+        turn = 0
+        while len(ran) < to_run:
+            assert turn < 2_000, "the runners stopped finding the jobs left"
+            clock.advance(1)
+            name = ("runner-a", "runner-b")[turn % 2]
+            runner, turn = runners[name], turn + 1
+            for n in held.pop(name):  # this runner's jobs end; the other runner's still run
+                if failures.get(n, 0) < 2 and rng.random() < 0.15:  # fails for a while: its keys wait
+                    failures[n] = failures.get(n, 0) + 1
+                    retrying.add(n)
+                    runner.finish(name, ids[n], Outcome(JobStatus.PENDING, "UNAVAILABLE", "Retrying.",
+                                                        next_attempt_at=clock.now + rng.randint(2, 5)))
+                else:
+                    runner.finish(name, ids[n], Outcome(JobStatus.SUCCEEDED, "OK", "Done."))
+                    retrying.discard(n)
+                    ran.append(n)
+            running = {key for jobs in held.values() for n in jobs for key in keys_of[n]}
+            before = len(listed[name])
+            held[name] = sorted(number[job.id] for job in runner.claim(name, limit, 30.0))
+            for n in held[name]:
+                assert not keys_of[n] & running, f"job {n} claimed while a job of its key runs"
+                running |= keys_of[n]
+            this_claim = listed[name][before:]
+            assert len([url for url, _ in this_claim if "orderby" in url]) <= 2 and len(this_claim) <= 5, this_claim
+            # Two windows at most, and beside them the rows that could hold them back: the other runner's
+            # running jobs and the jobs waiting for a retry. Nothing here depends on the backlog.
+            assert sum(rows for _, rows in this_claim) <= 2 * window + limit + len(retrying), turn
+
+    queued: dict[Any, list[int]] = {}
+    succeeded: dict[Any, list[int]] = {}
+    for jobs, per_key in ((range(backlog), queued), (ran, succeeded)):
+        for n in jobs:
+            for key in keys_of[n]:
+                per_key.setdefault(key, []).append(n)
+    for key, numbers in succeeded.items():  # each key's first jobs, one after the other in creation order
+        assert numbers == queued[key][:len(numbers)], key
+    assert len(succeeded) > min(150, backlog // 2)
