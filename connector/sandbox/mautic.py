@@ -5,7 +5,8 @@ It answers with Mautic's shapes (contact lists keyed by id with `total` as a str
 `errors` by the items' places in the request), checks HTTP basic credentials or
 bearer tokens issued by its own `/oauth/v2/token`, and keeps contacts, tags, point groups, group scores and
 the points change log (with each change's `eventName` / `actionName`) in SQLite on disk. Tag names compare
-case-insensitively, as they do on Mautic's MySQL; point group names may repeat, as in Mautic.
+case-insensitively, as they do on Mautic's MySQL; point group names may repeat, as in Mautic. A batch edit counts as
+one request toward an injected rate limit, as Mautic's own limiter counts requests to /api.
 """
 
 from __future__ import annotations
