@@ -9,7 +9,10 @@ after alternate, ROUNDS times, and the table gives each run and the median. Maut
 request the sandbox answered during the drain (contact look-ups, tag edits, a batch as one, points, group scores);
 "tag edit requests/job" counts the tag edits alone (single edits and batches), "contacts/batch" the average batch.
 
-Usage: python bench/mautic_tags.py [JOBS] [ROUNDS] [LATENCY_MS]   (defaults: 1000 2 20)
+With RATE, the sandbox also answers 429 beyond RATE requests per second (Retry-After 1 s), as a Mautic behind a
+rate limit would: there, fewer requests per job is more jobs per second.
+
+Usage: python bench/mautic_tags.py [JOBS] [ROUNDS] [LATENCY_MS] [RATE]   (defaults: 1000 2 20, no rate limit)
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class EditCounter:
         return self._edit(request)
 
 
-def drain(queue: str, operations: list[tuple[str, str, str]], count: int, batched: bool, latency_ms: float) -> Drain:
+def drain(queue: str, operations: list[tuple[str, str, str]], count: int, batched: bool, faults: Faults) -> Drain:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         app = MauticSandbox(work / "mautic.sqlite3", username=USER, password=PASSWORD, contact_field="crm_id")
@@ -91,7 +94,7 @@ def drain(queue: str, operations: list[tuple[str, str, str]], count: int, batche
         edits = EditCounter(app)
         jobs = work / "jobs.csv"
         write_queue(jobs, count, operations)
-        with SandboxServer(app, faults=Faults(latency_ms=latency_ms)) as server:
+        with SandboxServer(app, faults=faults) as server:
             env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")} | {
                 "CONNECTOR_HOME": str(work / "home"), "CONNECTOR_PLATFORM": "mautic",
                 "CONNECTOR_MAUTIC__BASE_URL": server.url, "CONNECTOR_MAUTIC__USERNAME": USER,
@@ -129,13 +132,15 @@ def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     latency = float(sys.argv[3]) if len(sys.argv) > 3 else 20.0
+    rate = float(sys.argv[4]) if len(sys.argv) > 4 else None
+    faults = Faults(latency_ms=latency, rate_limit=rate, retry_after=1.0)
     queues = [("tags only", TAG_OPERATIONS), ("standard mix", OPERATIONS)]
     readings: dict[tuple[str, bool], list[Drain]] = {}
     rows: list[list[str]] = []
     for _ in range(rounds):
         for queue, operations in queues:
             for batched in (False, True):
-                reading = drain(queue, operations, count, batched, latency)
+                reading = drain(queue, operations, count, batched, faults)
                 readings.setdefault((queue, batched), []).append(reading)
                 rows.append(row(reading))
                 print(" | ".join(rows[-1]), flush=True)
@@ -144,7 +149,8 @@ def main() -> None:
         middle = sorted(runs, key=lambda r: r.per_second)[len(runs) // 2]
         medians.append([*row(middle)[:2], f"{statistics.median(r.per_second for r in runs):,.0f}", *row(middle)[3:]])
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"\n{count} jobs per drain, {latency:g} ms latency per Mautic request, {CONTACTS} contacts, {stamp}, "
+    limit = f", at most {rate:g} requests/s (429 beyond)" if rate else ""
+    print(f"\n{count} jobs per drain, {latency:g} ms latency per Mautic request{limit}, {CONTACTS} contacts, {stamp}, "
           f"{os.cpu_count()} cores\n\nEvery run:\n\n{markdown(rows)}\n\nMedian jobs/s of {rounds} runs (other "
           f"columns from the run nearest it):\n\n{markdown(sorted(medians))}")
 
