@@ -10,7 +10,8 @@ request the sandbox answered during the drain (contact look-ups, tag edits, a ba
 "tag edit requests/job" counts the tag edits alone (single edits and batches), "contacts/batch" the average batch.
 
 With RATE, the sandbox also answers 429 beyond RATE requests per second (Retry-After 1 s), as a Mautic behind a
-rate limit would: there, fewer requests per job is more jobs per second.
+rate limit would, and the connector runs with `http.max_requests_per_second = RATE`, as the README advises: there,
+fewer requests per job is more jobs per second. Requests per job count the 429s too.
 
 Usage: python bench/mautic_tags.py [JOBS] [ROUNDS] [LATENCY_MS] [RATE]   (defaults: 1000 2 20, no rate limit)
 """
@@ -101,6 +102,8 @@ def drain(queue: str, operations: list[tuple[str, str, str]], count: int, batche
                 "CONNECTOR_MAUTIC__PASSWORD": PASSWORD, "CONNECTOR_MAUTIC__CONTACT_FIELD": "crm_id",
                 "CONNECTOR_MAUTIC__BATCH_TAG_EDITS": "true" if batched else "false",
             }
+            if faults.rate_limit:
+                env["CONNECTOR_HTTP__MAX_REQUESTS_PER_SECOND"] = f"{faults.rate_limit:g}"
             subprocess.run([sys.executable, "-m", "jobs.cli", "jobs", "import", str(jobs)], cwd=work, env=env,
                            check=True, capture_output=True)
             before = server.injector.requests
@@ -112,9 +115,13 @@ def drain(queue: str, operations: list[tuple[str, str, str]], count: int, batche
                      app.batch_edits, app.batch_contacts, cpu)
 
 
+def speed(per_second: float) -> str:
+    return f"{per_second:,.1f}" if per_second < 100 else f"{per_second:,.0f}"
+
+
 def row(reading: Drain) -> list[str]:
     per_batch = f"{reading.batch_contacts / reading.batches:.1f}" if reading.batches else "-"
-    return [reading.queue, "on (after)" if reading.batched else "off (before)", f"{reading.per_second:,.0f}",
+    return [reading.queue, "on (after)" if reading.batched else "off (before)", speed(reading.per_second),
             f"{reading.requests / reading.jobs:.2f}", f"{reading.edit_requests / reading.jobs:.2f}", per_batch,
             str(reading.jobs - reading.succeeded), f"{1000 * reading.cpu_seconds / reading.jobs:.2f}"]
 
@@ -147,7 +154,7 @@ def main() -> None:
     medians = []
     for runs in readings.values():
         middle = sorted(runs, key=lambda r: r.per_second)[len(runs) // 2]
-        medians.append([*row(middle)[:2], f"{statistics.median(r.per_second for r in runs):,.0f}", *row(middle)[3:]])
+        medians.append([*row(middle)[:2], speed(statistics.median(r.per_second for r in runs)), *row(middle)[3:]])
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     limit = f", at most {rate:g} requests/s (429 beyond)" if rate else ""
     print(f"\n{count} jobs per drain, {latency:g} ms latency per Mautic request{limit}, {CONTACTS} contacts, {stamp}, "
