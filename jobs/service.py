@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 
@@ -23,9 +23,13 @@ from config.text import count, escaped_byte, is_text, shown
 from connector.crm import Crm
 from connector.errors import ConnectorError, TransientError
 from connector.platform import Platform
+from jobs.kinds import request_from_raw
 from jobs.model import InvalidJob, JobRequest, Origin, Target, TargetKind, iso
 from jobs.scoring.history import HistoryEntry, history_of
 from jobs.store import Batch, JobStore, ReaderStore, batches
+
+if TYPE_CHECKING:
+    import _csv
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 IMPORT_COLUMNS = {"operation", "tag", "tags", "score", "contact", "lead", "account", "target_kind", "target_id",
@@ -53,10 +57,16 @@ TARGET_KINDS = tuple(kind.value for kind in TargetKind)
 # Fields given as text; a record id may also be a whole number (a JSON file of numeric CRM ids).
 TEXT_FIELDS = ("operation", "target_kind", "request_id")
 ID_FIELDS = ("contact", "lead", "account", "target_id")
+_RECORD_FIELDS = (*TARGET_KINDS, "target_id")
 
 
 def _types_problems(fields: dict[str, Any]) -> list[str]:
     """What JSON can give that no column means: a table for a record id, a number in a list of tags, and so on."""
+    values = fields.values()
+    if all(isinstance(value, str) for value in values) and is_text("".join(values)):
+        # Text only, as every CSV row and most JSON: no field is of the wrong type. Checked at once, since this
+        # runs for every row of an import (a string joined to others is text exactly when each of them is).
+        return _text_problems(fields)
     problems = [f"{name} is {shown(value)}, which is not text: it holds a lone surrogate (such as \\ud800)."
                 for name, value in fields.items() if not is_text(value)]
     if problems:
@@ -75,6 +85,12 @@ def _types_problems(fields: dict[str, Any]) -> list[str]:
     score = fields.get("score")
     if isinstance(score, bool) or not isinstance(score, int | float | str | None):
         problems.append(f"score is {shown(score)}; give a whole number.")
+    return problems + _text_problems(fields)
+
+
+def _text_problems(fields: dict[str, Any]) -> list[str]:
+    """What is wrong with fields of the right types: tag and tags both, a request id too long or unprintable."""
+    problems = []
     if "tag" in fields and "tags" in fields:
         problems.append("Both tag and tags are given; they are the same field, so give one of them.")
     request_id = fields.get("request_id")
@@ -88,7 +104,7 @@ def request_from_fields(fields: dict[str, Any]) -> JobRequest:
     """A JobRequest from a form, a CSV row or a JSON object: `contact`/`lead`/`account` or `target_kind`+`target_id`."""
     if problems := _types_problems(fields):
         raise InvalidJob(problems)
-    for kind in (*TARGET_KINDS, "target_id"):
+    for kind in _RECORD_FIELDS:
         value = fields.get(kind)
         if value is not None and not str(value).strip():
             # A blank record id is a mistake (an empty script variable), not a wish for a tag-only job.
@@ -106,12 +122,12 @@ def request_from_fields(fields: dict[str, Any]) -> JobRequest:
         if target_id:
             raise InvalidJob(["Give either target_kind and target_id, or contact / lead / account, not both."])
         target_kind, target_id = kinds[0], str(fields[kinds[0]])
-    tags = fields.get("tags", fields.get("tag"))
-    return JobRequest.from_input(
-        operation=fields.get("operation"), tags=tags, score=fields.get("score"),
-        target_kind=target_kind, target_id=None if target_id is None else str(target_id),
-        request_id=fields.get("request_id"),
-    )
+    # JobRequest.from_input's input, built here at once: this runs for every row of an import.
+    return request_from_raw({
+        "operation": fields.get("operation"), "target_kind": target_kind,
+        "target_id": None if target_id is None else str(target_id), "tags": fields.get("tags", fields.get("tag")),
+        "score": fields.get("score"), "request_id": fields.get("request_id"),
+    })
 
 
 @dataclass
@@ -140,12 +156,12 @@ def read_rows(path: Path, columns: set[str] = IMPORT_COLUMNS,
     `required` one, with the reason), or of a JSON Lines file."""
     if not path.is_file():
         raise UsageProblem(f"{path} is not a file.")
-    for line, fields in _rows(path, columns, required):
-        # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape): that row is bad, not the file.
-        if byte := escaped_byte(fields):
-            fields = {"__error__": f"not UTF-8 text (the byte 0x{byte:02x}); save the file as 'CSV UTF-8' or "
-                                   "JSON Lines"}
-        yield line, fields
+    yield from _rows(path, columns, required)
+
+
+def _not_utf8(byte: int) -> dict[str, Any]:
+    """Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape): that row is bad, not the file."""
+    return {"__error__": f"not UTF-8 text (the byte 0x{byte:02x}); save the file as 'CSV UTF-8' or JSON Lines"}
 
 
 def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -176,13 +192,18 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
                 except RecursionError:
                     yield number, {"__error__": "not usable JSON (nested thousands of levels deep)"}
                     continue
-                yield number, value if isinstance(value, dict) else {"__error__": "not a JSON object"}
+                if not isinstance(value, dict):
+                    yield number, {"__error__": "not a JSON object"}
+                elif byte := escaped_byte(value):
+                    yield number, _not_utf8(byte)
+                else:
+                    yield number, value
             return
         # Excel in many European locales saves CSV with `;` between fields.
         delimiter = ";" if ";" in first and "," not in first else ","
         # Strict: a quote that is never closed is an error to report, not the rest of the file read as one cell.
-        reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
-        header = [h.strip().lower() for h in reader.fieldnames or []]
+        reader = csv.reader(handle, delimiter=delimiter, strict=True)
+        header = [h.strip().lower() for h in next(reader, [])]
         unknown = [h for h in header if h not in columns]
         if not header or unknown:
             found = (f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(shown(u) for u in unknown)}"
@@ -195,37 +216,45 @@ def _rows(path: Path, columns: set[str], required: tuple[str, str]) -> Iterator[
             named = f"names {', '.join(repr(h) for h in twice)} more than once" if twice else \
                 "has both 'tag' and 'tags', which are the same column"
             raise UsageProblem(f"{path}: the header {named}; keep one column for each.")
-        reader.fieldnames = header
+        width = len(header)
         for at, row in _csv_rows(reader):
             if isinstance(row, csv.Error):
                 why = "a quote opened in it is never closed, so the rest of the file is inside it" \
                     if "unexpected end of data" in str(row) else f"not readable as CSV ({row})"
                 yield at, {"__error__": why}
-                continue
-            if row.get(None):
-                yield at, {"__error__": f"longer than the header ({len(header)} columns)"}
-                continue
-            if None in row.values():  # the row ended before the header did: its cells may be in the wrong columns
-                cells = sum(v is not None for v in row.values())
-                yield at, {"__error__": f"shorter than the header ({cells} of {len(header)} columns)"}
-                continue
-            # A blank cell is an empty field of the sheet: the same as leaving the column out for this row.
-            yield at, {k: v for k, v in row.items() if k is not None and (v or "").strip()}
+            elif len(row) > width:
+                yield at, {"__error__": f"longer than the header ({width} columns)"}
+            elif len(row) < width:  # the row ended before the header did: its cells may be in the wrong columns
+                yield at, {"__error__": f"shorter than the header ({len(row)} of {width} columns)"}
+            # The header's names are known columns: only the cells can hold such a byte, and ASCII holds none.
+            elif not (text := "".join(row)).isascii() and (byte := escaped_byte(text)):
+                yield at, _not_utf8(byte)
+            else:
+                # A blank cell is an empty field of the sheet: the same as leaving the column out for this row.
+                yield at, {name: cell for name, cell in zip(header, row, strict=True) if cell.strip()}
 
 
-def _csv_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str | Any, Any] | csv.Error]]:
-    """(line, row) for each row, and in place of a row the reader cannot read (a cell of more than 131,072
-    characters, a quote never closed) its error, with the line the row starts on: the reader goes on after it."""
+def _csv_rows(reader: _csv.Reader) -> Iterator[tuple[int, list[str] | csv.Error]]:
+    """(line, cells) for each row but blank lines, and in place of a row the reader cannot read (a cell of more
+    than 131,072 characters, a quote never closed) its error, with the line the row starts on: the reader goes on
+    after it. Cells, not `csv.DictReader`'s tables, which cost a call and a table per row; lines counted as
+    `csv.DictReader` counts them, as the reports always have: the line a row ends on, not moved on by a row that
+    cannot be read (so one of those right after another is given the same line)."""
+    line = reader.line_num  # the header's last
     while True:
-        start = reader.line_num + 1
+        start = line + 1
         try:
             row = next(reader)
+            line = reader.line_num
+            while not row:
+                row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             yield start, exc
             continue
-        yield reader.line_num, row
+        line = reader.line_num
+        yield line, row
 
 
 def count_rows(path: Path) -> int:

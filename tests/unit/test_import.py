@@ -132,3 +132,34 @@ def test_a_quote_never_closed_is_reported_on_the_line_it_opens(tmp_path: Path) -
     assert _rows(path) == [
         (2, {"operation": "Add Tag", "contact": "C-1", "tags": "VIP"}),
         (3, {"__error__": "a quote opened in it is never closed, so the rest of the file is inside it"})]
+
+
+@pytest.mark.parametrize(("fields", "problems"), [
+    ({"operation": "add_tag", "contact": "C-\ud800", "tags": "A"},  # text only, but not all of it is text
+     ["contact is 'C-\\ud800', which is not text: it holds a lone surrogate (such as \\ud800)."]),
+    ({"operation": "add_tag", "contact": "C-1", "tags": "A", "request_id": "r\n1"},
+     ["request_id is 'r\\n1'; give at most 100 printable characters, such as the id of the row in the system the "
+      "job comes from."]),
+    ({"operation": "add_tag", "contact": 5.5, "tag": "A", "tags": "B", "request_id": "r" * 101},
+     ["contact is 5.5; it must be text or a whole number.",
+      "Both tag and tags are given; they are the same field, so give one of them.",
+      f"request_id is '{'r' * 78}…; give at most 100 printable characters, such as the id of the row in the system "
+      "the job comes from."]),
+])
+def test_every_problem_of_a_row_is_told_in_order_whether_its_fields_are_all_text_or_not(
+    fields: dict[str, object], problems: list[str]
+) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        request_from_fields(fields)
+    assert refused.value.problems == problems
+
+
+def test_rows_after_blank_lines_and_after_an_unreadable_row_are_reported_on_their_own_lines(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text('operation,contact,tags\nAdd Tag,C-1,VIP\n\n\nAdd Tag,C-2\nAdd Tag,C-3,"VIP"x\nAdd Tag,C-4\n\n'
+                    'Add Tag,C-5,VIP\n', encoding="utf-8")
+    assert _rows(path) == [(2, {"operation": "Add Tag", "contact": "C-1", "tags": "VIP"}),
+                           (5, {"__error__": "shorter than the header (2 of 3 columns)"}),
+                           (6, {"__error__": "not readable as CSV (',' expected after '\"')"}),
+                           (7, {"__error__": "shorter than the header (2 of 3 columns)"}),
+                           (9, {"operation": "Add Tag", "contact": "C-5", "tags": "VIP"})]
