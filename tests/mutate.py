@@ -38,8 +38,8 @@ def _functions(module: str, *names: str) -> list[str]:
 
 # The claim / renew / finish / save_progress paths of the stores (with the helpers only they use; on SQLite and
 # PostgreSQL also the adds, closes and retries that keep the head marks a claim reads, and on SQLite the grouped
-# writes and checkpoints), the group commit of Dataverse writes, the executor, the runner, the store semantics
-# the stores share, and the rule and trigger logic.
+# writes and checkpoints), the group commit of Dataverse writes and Mautic tag edits, the executor, the runner,
+# the store semantics the stores share, and the rule and trigger logic.
 SCOPE = [
     "jobs.executor.*",
     "jobs.runner.*",
@@ -63,6 +63,7 @@ SCOPE = [
               "_closing", "_close_keys", "cancel_where", "retry_where", "waiting"),
     *_methods("jobs.store.postgres", "_NewJobs", "__init__", "behind_older"),
     "connector.dataverse.changesets.*",
+    "connector.groupcommit.*",
     "jobs.scoring.changes.*",
     "jobs.scoring.rules.*",
     "jobs.scoring.triggers.*",
