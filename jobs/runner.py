@@ -9,7 +9,6 @@ line for at most the time a worker takes to free up, its lease renewed like the 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import socket
@@ -28,14 +27,6 @@ from jobs.observe import Claimed, Finished, Released
 from jobs.store import LeaseLost, Outcome
 
 log = logging.getLogger(__name__)
-
-# glibc gives each thread that meets a busy heap an arena of its own, up to eight per core, and memory freed in one
-# arena serves no other: with a pool of worker threads a drain of 50,000 jobs peaked at 103 MiB against 84 MiB for
-# 1,000, with no more Python objects alive at its end than at its start; with two arenas, 91 against 80 MiB (the
-# rest is SQLite's page caches filling as the files grow). The workers wait on the network and on the GIL, not on
-# malloc's lock: jobs/s did not change.
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 
 
 @dataclass
@@ -77,7 +68,6 @@ class Runner:
         self.observer = executor.observer
         # Waiting on the stop event lets a shutdown cut a pause short; tests pass a sleep that does not wait.
         self._sleep = sleep or self.stop_event.wait
-        _limit_malloc_arenas()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker")
         self._inflight: dict[str, Future[JobStatus | None]] = {}
         self._lock = threading.Lock()
@@ -241,14 +231,3 @@ class Runner:
         self._stop_renewer()
         self._pool.shutdown(wait=True)
 
-
-def _limit_malloc_arenas() -> None:
-    """At most MALLOC_ARENAS malloc arenas for the threads started from now on, where the C library is glibc (it
-    has `mallopt`); elsewhere, and where MALLOC_ARENA_MAX is set, nothing changes."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
-        return
-    mallopt(_M_ARENA_MAX, MALLOC_ARENAS)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import os
 import shlex
 import signal
 import time
@@ -31,6 +33,27 @@ from jobs.cli.common import (
 from jobs.demo import DemoResult, GymResult, demo_rules, run_demo
 from jobs.model import JobStatus, iso
 
+# glibc gives each thread that meets a busy heap an arena of its own, up to eight per core, and memory freed in one
+# arena serves no other: with a pool of worker threads a drain of 50,000 jobs peaked at 103 MiB against 84 MiB for
+# 1,000, with no more Python objects alive at its end than at its start; with two arenas, 91 against 80 MiB (the
+# rest is SQLite's page caches filling as the files grow). The workers wait on the network and on the GIL, not on
+# malloc's lock: jobs/s did not change. Set here, by the command that runs the queue, because it holds for the
+# whole process.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+
+
+def _limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS malloc arenas for the threads started from now on, where the C library is glibc (it
+    has `mallopt`); elsewhere, and where MALLOC_ARENA_MAX is set, nothing changes."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
 
 def run(
     ctx: typer.Context,
@@ -43,6 +66,7 @@ def run(
     # Here, not at the top: APScheduler is only worth importing for the command that runs the queue.
     from jobs.scheduler import StopOnSignals, run_forever
 
+    _limit_malloc_arenas()
     config = settings(ctx, runner={"workers": workers} if workers else None)
     with connector(config) as built, contextlib.ExitStack() as stack:
         if console:
