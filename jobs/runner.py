@@ -230,4 +230,3 @@ class Runner:
         self._wait_inflight()
         self._stop_renewer()
         self._pool.shutdown(wait=True)
-
