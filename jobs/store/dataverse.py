@@ -4,9 +4,11 @@ Same guarantees as the SQLite store (see `jobs.store`), built from what the Web 
 
 - **Claims** are conditional PATCHes with the row's ETag (`If-Match`), sent together in one `$batch` whose parts
   run independently. A 412 means another runner (or a user) changed the row first: that job is skipped, silently.
-- **Per-key order**: a claim reads every unfinished row (pending or running), orders them by creation (`createdon`,
-  then the autonumber `sequence` column, because Dataverse keeps `createdon` to the second), and offers a job only
-  when no earlier unfinished job shares one of its keys. The keys are computed from the row as the SQLite store
+- **Per-key order**: a claim reads a window of the oldest due pending rows (two windows at most), and beside it
+  the running rows and the rows waiting for a retry created up to the window's end, orders them by creation
+  (`createdon`, then the autonumber `sequence` column, because Dataverse keeps `createdon` to the second), and offers
+  a job only when no earlier unfinished job shares one of its keys (`_offers`). Its cost does not grow with the
+  backlog. The keys are computed from the row as the SQLite store
   computes them. A row whose input is invalid has no keys: it neither waits nor blocks, and the executor fails it.
 - **Leases** are the `lease_owner` / `lease_expires_at` columns. Every write on behalf of a claim is a PATCH with
   the last ETag this store saw for the row; on a 412 the row is read again and the write is repeated only while
