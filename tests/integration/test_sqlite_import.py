@@ -21,7 +21,7 @@ from jobs.store import Batch
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 from tests.integration.helpers import query
-from tests.integration.test_sqlite_claim_cost import marks, the_rule
+from tests.integration.test_sqlite_claim_cost import marks, the_rule, vm_steps
 
 LEASE = 30.0
 
@@ -150,3 +150,21 @@ def test_an_import_looks_a_key_up_once_unless_it_remembers_fewer_keys_than_it_me
     store._writing().set_trace_callback(None)
     assert len([sql for sql in statements if "FROM open_keys" in sql]) == lookups
     assert not any(head for (head,) in query(store.path, "SELECT head FROM jobs WHERE batch_id = 'b1'"))
+
+
+def test_whether_a_key_is_held_costs_the_same_however_many_jobs_wait_on_it(tmp_path: Path) -> None:
+    """An import looks up the keys it has not met yet, and `add` a job's keys: a queue of thousands on a key (one
+    record's tag, imported over and over) must not make each look read them all."""
+    steps = []
+    for waiting in (10, 2000):
+        store = SqliteJobStore(tmp_path / f"{waiting}.db", clock=FakeClock())
+        try:
+            store.add_batch(Batch(id="b1", file="jobs.csv", sha256="ab" * 32),
+                            Rows([req(target="C-1") for _ in range(waiting)] + [req(target="C-2")]))
+        finally:
+            store.close()
+        keys = '["contact:C-1|t", "contact:C-2|t", "contact:C-3|t"]'
+        cost, found = vm_steps(tmp_path / f"{waiting}.db", sqlite_store.OPEN_AMONG, (keys,))
+        assert found == 2
+        steps.append(cost)
+    assert steps[1] == steps[0]
