@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import jobs.store.sqlite as sqlite_store
 from jobs.model import JobRequest, Origin
-from jobs.store import Batch
+from jobs.store import Batch, JobFilter
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
 from tests.integration.helpers import query
@@ -38,14 +38,14 @@ class Rows:
     """An import's rows, as `add_batch` reads them; `during` runs as each is read, inside its transaction."""
 
     requests: list[JobRequest]
-    during: object = None
+    during: Callable[[], None] | None = None
     rows: int = 0
     invalid: int = 0
 
     def __iter__(self) -> Iterator[JobRequest]:
         for request in self.requests:
             self.rows += 1
-            if callable(self.during):
+            if self.during is not None:
                 self.during()
             yield request
 
@@ -74,8 +74,8 @@ def test_an_imported_job_is_stored_as_add_stores_the_same_request(tmp_path: Path
         assert stored_rows(tmp_path / "imported.db") == stored_rows(tmp_path / "added.db")
         keys = "SELECT key, seq FROM open_keys ORDER BY seq, key"
         assert query(tmp_path / "imported.db", keys) == query(tmp_path / "added.db", keys)
-        assert [job.to_json()["input"] for job in imported.list(sqlite_store.JobFilter(limit=20)).jobs] == \
-            [job.to_json()["input"] for job in added.list(sqlite_store.JobFilter(limit=20)).jobs]
+        assert [job.to_json()["input"] for job in imported.list(JobFilter(limit=20)).jobs] == \
+            [job.to_json()["input"] for job in added.list(JobFilter(limit=20)).jobs]
     finally:
         added.close()
         imported.close()
@@ -132,7 +132,7 @@ def test_an_import_gives_back_the_page_cache_it_took_even_when_stopped(store: Sq
     with pytest.raises(KeyboardInterrupt):
         store.add_batch(Batch(id="b2", file="jobs.csv", sha256="cd" * 32), Rows([req(target="C-3")], during=stop))
     assert writer.execute("PRAGMA cache_size").fetchone()[0] == before
-    assert [job.request.target.id for job in store.list(sqlite_store.JobFilter()).jobs
+    assert [job.request.target.id for job in store.list(JobFilter()).jobs
             if job.request and job.request.target] == ["C-2", "C-1"]
 
 
