@@ -15,6 +15,7 @@ counts contacts and never takes one twice.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -51,7 +52,7 @@ class _Ticket(Generic[W]):
     error: BaseException | None = None
 
 
-class Grouped(Generic[W]):
+class Grouped(ABC, Generic[W]):
     """Writes from many threads, sent in groups: at most `parallel` requests on the wire at a time.
 
     A subclass says what fits in one request (`room`) and how several writes are sent in one (`send_together`,
@@ -66,14 +67,14 @@ class Grouped(Generic[W]):
         self.requests = 0
         self.writes = 0
 
+    @abstractmethod
     def room(self, taken: Sequence[W], write: W) -> Room:
         """Whether `write` goes in the request that already holds `taken` (never empty)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def send_together(self, writes: Sequence[W]) -> Sequence[Any]:
         """Send `writes` (two or more) in one request; one answer per write, in order, for `Write.answer`. Raises
         when the request failed as a whole."""
-        raise NotImplementedError
 
     def __call__(self, write: Write[R]) -> R:
         ticket: _Ticket[Any] = _Ticket(write)
@@ -85,8 +86,13 @@ class Grouped(Generic[W]):
                     continue
                 # Room on the wire: this thread sends what waits, oldest first (its own write among them, unless
                 # older ones fill the request; then it goes round again).
+                try:
+                    group = self._take()
+                except BaseException:
+                    # A `room` that raised: this caller sees the error, so its write must not leave later unseen.
+                    self._queue.remove(ticket)
+                    raise
                 self._sending += 1
-                group = self._take()
                 self.requests += 1
                 self.writes += len(group)
                 self._cond.release()

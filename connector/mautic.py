@@ -636,13 +636,20 @@ class TagEdits(Grouped[TagEdit]):
         # One HTTP request, one slot of the brake (cost 1): Mautic's own rate limiter (api_rate_limiter_limit)
         # counts requests to /api, not the contacts in them, and so do the proxies in front of it. Counting a batch
         # as one contact each would space requests as if grouping saved nothing.
+        if self.platform.tag_edits is not self:
+            # The route is known to be missing: the edits queued before that was learnt go alone, without asking.
+            return [None] * len(writes)
         path = "/contacts/batch/edit"
         response = self.platform._send("PATCH", path, json=[{"id": edit.cid, "tags": edit.tags} for edit in writes])
-        if response.status_code in (404, 405) and self.platform.tag_edits is self:
-            # A Mautic without the batch route (or one that reads `batch` as a contact id): nothing was edited.
-            log.warning("Mautic answered %d to PATCH /api/contacts/batch/edit: tag edits go one contact per request "
-                        "from now on (set mautic.batch_tag_edits = false to skip this)", response.status_code)
-            self.platform.tag_edits = None
+        if response.status_code in (404, 405):
+            # A Mautic without the batch route (or one that reads `batch` as a contact id): nothing was edited, so
+            # each edit goes alone. Every such answer, also to the batches that were on the wire or queued when the
+            # first came back: theirs are no refusal of their contacts either.
+            if self.platform.tag_edits is self:
+                log.warning("Mautic answered %d to PATCH /api/contacts/batch/edit: tag edits go one contact per "
+                            "request from now on (set mautic.batch_tag_edits = false to skip this)",
+                            response.status_code)
+                self.platform.tag_edits = None
             return [None] * len(writes)
         if response.status_code >= 400:
             raise mautic_error(response, f"change the tags of {len(writes)} contacts in one request")

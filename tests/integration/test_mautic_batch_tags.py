@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ from jobs.model import JobRequest, JobStatus
 from jobs.store import JobFilter
 from jobs.store.sqlite import SqliteJobStore
 from tests.conftest import FakeClock
+from tests.grouping import DEADLINE, behind_a_held_write
 from tests.integration.helpers import make_rig
 
 USER, PASSWORD = "sandbox", "sandbox-password"
-DEADLINE = 30.0
 HELD = Contact(external_id="held")
 
 
@@ -70,13 +69,6 @@ def seed(sandbox: MauticSandbox, count: int) -> list[Contact]:
     for i in range(count):
         sandbox.seed_contact(f"c{i}@example.com", external_id=f"C-{i}")
     return [Contact(external_id=f"C-{i}") for i in range(count)]
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} within {DEADLINE} s"
-        time.sleep(0.005)
 
 
 class Wire:
@@ -117,29 +109,11 @@ def behind_a_held_edit(mautic: MauticPlatform, sandbox: MauticSandbox, session: 
     Every contact is looked up before, so the requests recorded are the edits alone. The answers: None or the
     error each edit raised."""
     assert mautic.tag_edits is not None
-    mautic.tag_edits.parallel = 1
     wire = Wire(session, mautic.contact_id(HELD))
-    answers: dict[int, Any] = {}
-
-    def run(i: int, edit: Callable[[], None]) -> None:
-        try:
-            edit()
-            answers[i] = None
-        except Exception as exc:  # the test reads it
-            answers[i] = exc
-
-    first = threading.Thread(target=run, args=(-1, lambda: mautic.add_tags(HELD, ["Held"], ref="held")))
-    first.start()
-    assert wire.holding.wait(DEADLINE)
-    threads = [threading.Thread(target=run, args=(i, edit)) for i, edit in enumerate(edits)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: len(mautic.tag_edits._queue) == len(edits), "every edit queued")  # type: ignore[union-attr]
-    wire.release()
-    for thread in [first, *threads]:
-        thread.join(DEADLINE)
-    assert answers.pop(-1) is None
-    return wire, answers
+    first, answered = behind_a_held_write(
+        mautic.tag_edits, lambda: mautic.add_tags(HELD, ["Held"], ref="held"), wire.holding, wire.release, edits)
+    assert first is None
+    return wire, dict(enumerate(answered))
 
 
 def add(mautic: MauticPlatform, contact: Contact, *tags: str) -> Callable[[], None]:

@@ -7,9 +7,9 @@ one request allowed on the wire, the others queue behind it and leave together w
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -22,11 +22,11 @@ from connector import errors
 from connector.http import ApiSession
 from connector.mautic import MauticPlatform
 from connector.platform import Contact
+from tests.grouping import DEADLINE, behind_a_held_write
 
 BASE = "https://mautic.example.com"
 API = BASE + "/api"
 BATCH = API + "/contacts/batch/edit"
-DEADLINE = 30.0
 NOT_FOUND = {"errors": [{"code": 404, "message": "Item was not found.", "details": [], "type": None}]}
 
 
@@ -64,30 +64,12 @@ def behind_a_held_edit(mautic: MauticPlatform, mocked: responses.RequestsMock,
     for cid in {1, *(cid for cid, _ in edits)}:
         found(mocked, cid)
     mocked.add_callback(responses.PATCH, API + "/contacts/1/edit", callback=held)
-    answers: dict[int, Any] = {}
-
-    def run(i: int, cid: int, tags: list[str]) -> None:
-        try:
-            mautic.add_tags(contact(cid), tags, ref="job")
-            answers[i] = None
-        except Exception as exc:  # the test reads it
-            answers[i] = exc
-
-    first = threading.Thread(target=run, args=(-1, 1, ["Held"]))
-    first.start()
-    assert holding.wait(DEADLINE)
-    threads = [threading.Thread(target=run, args=(i, cid, tags)) for i, (cid, tags) in enumerate(edits)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + DEADLINE
-    while len(mautic.tag_edits._queue) < len(edits):  # type: ignore[union-attr]
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    gate.set()
-    for thread in [first, *threads]:
-        thread.join(DEADLINE)
-    assert answers.pop(-1) is None
-    return answers
+    assert mautic.tag_edits is not None
+    first, answers = behind_a_held_write(
+        mautic.tag_edits, functools.partial(mautic.add_tags, contact(1), ["Held"], ref="held"), holding, gate.set,
+        [functools.partial(mautic.add_tags, contact(cid), tags, ref="job") for cid, tags in edits])
+    assert first is None
+    return dict(enumerate(answers))
 
 
 def alone(session: ApiSession, mocked: responses.RequestsMock, status: int, body: dict[str, Any]) -> Exception:
@@ -197,3 +179,18 @@ def test_a_mautic_without_the_batch_route_gets_each_edit_alone_from_then_on(
     assert (batch.call_count, second.call_count, third.call_count) == (1, 1, 1)
     assert mautic.tag_edits is None  # later edits never try the batch route again
 
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_batches_queued_when_the_route_turns_out_missing_go_alone_too(
+    mautic: MauticPlatform, mocked: responses.RequestsMock, status: int
+) -> None:
+    # Contacts 2 and 3 twice: two batches queue behind the held edit, the second waiting while the first learns
+    # that the route is missing. Neither may fail its jobs for it.
+    batch = mocked.patch(BATCH, status=status, json=NOT_FOUND)
+    edits = {cid: mocked.patch(API + f"/contacts/{cid}/edit", json={}) for cid in (2, 3)}
+    assert behind_a_held_edit(mautic, mocked, [(2, ["A"]), (3, ["B"]), (2, ["C"]), (3, ["D"])]) == dict.fromkeys(
+        range(4))
+    assert batch.call_count == 1  # the second batch is not asked once the route is known to be missing
+    assert [edits[2].call_count, edits[3].call_count] == [2, 2]
+    assert mautic.tag_edits is None
