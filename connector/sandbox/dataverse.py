@@ -473,7 +473,7 @@ class DataverseApp(App):
         if name in SYSTEM_COLUMNS or name == table.key:
             return True
         return name == table.autonumber and self._db().execute(
-            "SELECT 1 FROM counters WHERE name = ?", (_written(table, name),)).fetchone() is None
+            "SELECT 1 FROM counters WHERE name = ?", (_written_mark(table, name),)).fetchone() is None
 
     def _index(self) -> None:
         """Indexes for the reads of `_matching`: rows in creation order, by status, and on tables with an
@@ -634,7 +634,7 @@ class DataverseApp(App):
                     f"Make sure to only use property names that are defined by the type."
                 ), "0x80060888")
             if name == table.autonumber:  # sorted by Python from now on (`_orderable`)
-                db.execute("INSERT OR IGNORE INTO counters VALUES (?, 1)", (_written(table, name),))
+                db.execute("INSERT OR IGNORE INTO counters VALUES (?, 1)", (_written_mark(table, name),))
             limit = table.max_lengths.get(name)
             if limit is not None and isinstance(value, str) and len(value) > limit:
                 raise error(400, f"A validation error occurred. The length of the '{name}' attribute of the "
@@ -800,7 +800,7 @@ def _inner_error(part: InnerRequest, status: int, message: str, code: str) -> Ba
     return BatchResult(status, {"Content-Type": "application/json"}, body, part.content_id)
 
 
-def _written(table: EntityDef, column: str) -> str:
+def _written_mark(table: EntityDef, column: str) -> str:
     """The counter that marks a column a client has written (its values may no longer sort as SQLite sorts)."""
     return f"written:{table.entity_set}:{column}"
 

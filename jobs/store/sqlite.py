@@ -81,7 +81,8 @@ IMPORT_HELD_KEYS = 20_000
 INSERT_KEY = "INSERT OR IGNORE INTO open_keys (key, seq) VALUES (?, ?)"
 # Which of some keys (a JSON list) an unfinished job holds: a new job is a head unless one does, since every
 # unfinished job came before it. One look per key, however many jobs wait on it (DISTINCT read every one).
-OPEN_AMONG = "SELECT value FROM json_each(?) WHERE EXISTS (SELECT 1 FROM open_keys WHERE key = value)"
+OPEN_AMONG = ("SELECT json_each.value FROM json_each(?) "
+              "WHERE EXISTS (SELECT 1 FROM open_keys WHERE open_keys.key = json_each.value)")
 
 # Whether the job `jobs.seq` is at the head of its keys. A running job it shares a key with can only be a later
 # one (an earlier one is unfinished): it is looked for among the running jobs created after it, which are few,
