@@ -90,6 +90,11 @@ def test_imported_jobs_have_ids_of_twelve_hex_digits_each_its_own(store: SqliteJ
     assert all(re.fullmatch("[0-9a-f]{12}", job_id) for job_id in ids)
 
 
+def test_ids_are_drawn_as_many_as_asked_each_from_bytes_of_its_own() -> None:
+    ids = sqlite_store._job_ids(7)
+    assert len(ids) == 7 and all(re.fullmatch("[0-9a-f]{12}", job_id) for job_id in ids)
+
+
 @pytest.mark.parametrize("remembered", [0, 2, 1000])
 def test_an_import_marks_its_heads_by_the_rule_whatever_it_remembers_of_its_keys(
     store: SqliteJobStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, remembered: int,
