@@ -38,8 +38,8 @@ def _functions(module: str, *names: str) -> list[str]:
 
 # The claim / renew / finish / save_progress paths of the stores (with the helpers only they use; on SQLite and
 # PostgreSQL also the adds, closes and retries that keep the head marks a claim reads, and on SQLite the grouped
-# writes and checkpoints), the group commit of Dataverse writes and Mautic tag edits, the executor, the runner,
-# the store semantics the stores share, and the rule and trigger logic.
+# writes and checkpoints), the group commit of Dataverse writes and of Mautic tag edits (and how Mautic's answer to
+# a batch is read), the executor, the runner, the store semantics the stores share, and the rule and trigger logic.
 SCOPE = [
     "jobs.executor.*",
     "jobs.runner.*",
@@ -65,6 +65,10 @@ SCOPE = [
     *_methods("jobs.store.postgres", "_NewJobs", "__init__", "behind_older"),
     "connector.dataverse.changesets.*",
     "connector.groupcommit.*",
+    *_methods("connector.mautic", "MauticPlatform", "_edit_tags", "_edit_tags_alone"),
+    *_methods("connector.mautic", "TagEdit", "__init__", "alone", "answer"),
+    *_methods("connector.mautic", "TagEdits", "__init__", "room", "send_together"),
+    *_functions("connector.mautic", "_by_position", "_item_response"),
     "jobs.scoring.changes.*",
     "jobs.scoring.rules.*",
     "jobs.scoring.triggers.*",

@@ -104,6 +104,7 @@ def test_the_batch_request_is_a_json_array_of_ids_and_tags(
 
 
 @pytest.mark.parametrize(("status", "body"), [
+    (400, {"errors": [{"code": 400, "message": "tags: This value is not valid.", "details": [], "type": None}]}),
     (404, NOT_FOUND),
     (403, {"errors": [{"code": 403, "message": "You do not have access to the requested area/action.",
                        "details": [], "type": None}]}),
@@ -150,22 +151,58 @@ def test_an_item_the_answer_says_nothing_of_is_an_unknown_outcome(
     answers = behind_a_held_edit(mautic, mocked, [(2, ["A"]), (3, ["A"])])
     unknown = answers.pop([2, 3].index(second[0]))
     assert answers == {1 - [2, 3].index(second[0]): None}
-    assert isinstance(unknown, errors.OutcomeUnknown)
+    assert isinstance(unknown, errors.OutcomeUnknown) and unknown.http_status == 200
     assert unknown.message == (f"Mautic's answer to a batch edit says nothing of contact {second[0]}; whether its "
                                "tags changed is unknown.")
 
 
+@pytest.mark.parametrize(("status", "words", "retry_after"), [(503, "Service Unavailable", 7.0),
+                                                           (400, "Request body is not valid JSON.", None)])
 def test_a_batch_refused_whole_fails_every_edit_with_the_status_of_the_single_edit(
-    session: ApiSession, mautic: MauticPlatform, mocked: responses.RequestsMock
+    session: ApiSession, mautic: MauticPlatform, mocked: responses.RequestsMock, status: int, words: str,
+    retry_after: float | None
 ) -> None:
-    body = {"errors": [{"code": 503, "message": "Service Unavailable", "details": [], "type": None}]}
-    expected = alone(session, mocked, 503, body)
-    mocked.patch(BATCH, status=503, json=body, headers={"Retry-After": "7"})
+    body = {"errors": [{"code": status, "message": words, "details": [], "type": None}]}
+    expected = alone(session, mocked, status, body)
+    mocked.patch(BATCH, status=status, json=body, headers={"Retry-After": "7"} if retry_after else {})
     answers = behind_a_held_edit(mautic, mocked, [(2, ["A"]), (3, ["B"])])
     for failed in answers.values():
-        assert (type(failed), failed.result_code, failed.http_status, failed.retry_after) == (
-            type(expected), expected.result_code, 503, 7.0)
-        assert failed.message == "Mautic could not change the tags of 2 contacts in one request: Service Unavailable"
+        assert (type(failed), failed.result_code, failed.http_status, getattr(failed, "retry_after", None)) == (
+            type(expected), expected.result_code, status, retry_after)
+        assert failed.message == f"Mautic could not change the tags of 2 contacts in one request: {words}"
+
+
+def test_an_item_with_an_error_and_no_status_fails_with_the_errors_code(
+    session: ApiSession, mautic: MauticPlatform, mocked: responses.RequestsMock
+) -> None:
+    expected = alone(session, mocked, 404, NOT_FOUND)
+    # statusCodes says nothing of the second item; its error object carries the code.
+    mocked.patch(BATCH, json={"contacts": [{"id": 2}], "statusCodes": [200],
+                              "errors": {"1": {"message": "Item was not found.", "code": 404, "type": "api"}}})
+    answers = behind_a_held_edit(mautic, mocked, [(2, ["A"]), (3, ["B"])])
+    assert answers[0] is None
+    same(answers[1], expected)
+
+
+def test_an_item_refused_without_an_error_object_fails_as_a_single_edit_answered_without_one(
+    session: ApiSession, mautic: MauticPlatform, mocked: responses.RequestsMock
+) -> None:
+    expected = alone(session, mocked, 422, {})
+    mocked.patch(BATCH, json={"contacts": [{"id": 2}], "statusCodes": [200, 422]})
+    answers = behind_a_held_edit(mautic, mocked, [(2, ["A"]), (3, ["B"])])
+    assert answers[0] is None
+    same(answers[1], expected)
+
+
+def test_a_batch_answered_with_a_page_that_is_not_json_says_which_request(
+    mautic: MauticPlatform, mocked: responses.RequestsMock
+) -> None:
+    mocked.patch(BATCH, body="<html>Log in</html>", status=200)
+    answers = behind_a_held_edit(mautic, mocked, [(2, ["A"]), (3, ["B"])])
+    for failed in answers.values():
+        assert isinstance(failed, errors.Unavailable)
+        assert failed.message == ("Mautic answered PATCH /contacts/batch/edit with something that is not JSON (is "
+                                  "base_url right?).")
 
 
 def test_a_mautic_without_the_batch_route_gets_each_edit_alone_from_then_on(
