@@ -34,7 +34,7 @@ from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import Faults, Request, Response, SandboxServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import OPERATIONS, run
+from throughput import OPERATIONS, markdown, run
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTACTS = 400
@@ -130,10 +130,6 @@ HEADER = ["queue", "batch_tag_edits", "jobs/s", "Mautic requests/job", "tag edit
           "not done", "runner CPU ms/job"]
 
 
-def markdown(rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
-
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
@@ -158,8 +154,8 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     limit = f", at most {rate:g} requests/s (429 beyond)" if rate else ""
     print(f"\n{count} jobs per drain, {latency:g} ms latency per Mautic request{limit}, {CONTACTS} contacts, {stamp}, "
-          f"{os.cpu_count()} cores\n\nEvery run:\n\n{markdown(rows)}\n\nMedian jobs/s of {rounds} runs (other "
-          f"columns from the run nearest it):\n\n{markdown(sorted(medians))}")
+          f"{os.cpu_count()} cores\n\nEvery run:\n\n{markdown(HEADER, rows)}\n\nMedian jobs/s of {rounds} runs (other "
+          f"columns from the run nearest it):\n\n{markdown(HEADER, sorted(medians))}")
 
 
 if __name__ == "__main__":
