@@ -18,7 +18,6 @@ Usage: python bench/mautic_tags.py [JOBS] [ROUNDS] [LATENCY_MS] [RATE]   (defaul
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import statistics
@@ -34,7 +33,7 @@ from connector.sandbox.mautic import MauticSandbox
 from connector.sandbox.server import Faults, Request, Response, SandboxServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import OPERATIONS, markdown, run
+from throughput import OPERATIONS, markdown, run, write_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTACTS = 400
@@ -58,15 +57,6 @@ class Drain:
     @property
     def per_second(self) -> float:
         return self.succeeded / self.seconds
-
-
-def write_queue(path: Path, count: int, operations: list[tuple[str, str, str]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["operation", "contact", "tags", "score"])
-        for i in range(count):
-            op, tags, score = operations[i % len(operations)]
-            writer.writerow([op, f"C-{i % CONTACTS:03d}", tags, score])
 
 
 class EditCounter:
@@ -94,7 +84,7 @@ def drain(queue: str, operations: list[tuple[str, str, str]], count: int, batche
             app.seed_contact(f"c{i:03d}@example.com", external_id=f"C-{i:03d}", tags=["Trial"])
         edits = EditCounter(app)
         jobs = work / "jobs.csv"
-        write_queue(jobs, count, operations)
+        write_jobs(jobs, count, CONTACTS, operations)
         with SandboxServer(app, faults=faults) as server:
             env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")} | {
                 "CONNECTOR_HOME": str(work / "home"), "CONNECTOR_PLATFORM": "mautic",

@@ -92,13 +92,15 @@ DATAVERSE_HEADER = ["scenario", "program", "jobs/s", "vs naive", "Spotler reques
                     "Dataverse operations/job", "429s", "not done", "CPU ms/job", "peak RSS MiB"]
 
 
-def write_jobs(path: Path, count: int, contacts: int = 400) -> None:
-    """The benchmarks' queue: every tag and score operation in turn over `contacts` contacts, as a CSV file."""
+def write_jobs(path: Path, count: int, contacts: int = 400,
+               operations: list[tuple[str, str, str]] = OPERATIONS) -> None:
+    """The benchmarks' queue: `operations` in turn (every tag and score operation unless told) over `contacts`
+    contacts, as a CSV file."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["operation", "contact", "tags", "score"])
         for i in range(count):
-            op, tags, score = OPERATIONS[i % len(OPERATIONS)]
+            op, tags, score = operations[i % len(operations)]
             writer.writerow([op, f"C-{i % contacts:03d}", tags, score])
 
 
