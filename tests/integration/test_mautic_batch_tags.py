@@ -71,6 +71,14 @@ def seed(sandbox: MauticSandbox, count: int) -> list[Contact]:
     return [Contact(external_id=f"C-{i}") for i in range(count)]
 
 
+def known(mautic: MauticPlatform, sandbox: MauticSandbox, count: int) -> list[Contact]:
+    """`count` contacts in Mautic, each looked up once, so that the requests a test records are edits only."""
+    contacts = seed(sandbox, count)
+    for contact in contacts:
+        mautic.contact_id(contact)
+    return contacts
+
+
 class Wire:
     """Records the requests a session sends (method, path, JSON body) and holds the answer of the first tag edit
     of contact `held` until `release`."""
@@ -123,9 +131,7 @@ def add(mautic: MauticPlatform, contact: Contact, *tags: str) -> Callable[[], No
 def test_edits_that_come_while_one_is_on_the_wire_leave_together_in_one_batch(
     mautic: MauticPlatform, sandbox: MauticSandbox, session: ApiSession
 ) -> None:
-    contacts = seed(sandbox, 30)
-    for contact in contacts:
-        mautic.contact_id(contact)
+    contacts = known(mautic, sandbox, 30)
     wire, answers = behind_a_held_edit(mautic, sandbox, session, [add(mautic, c, "Webinar") for c in contacts])
     assert answers == dict.fromkeys(range(30))
     # 31 edits in 2 requests: the held one alone, as the plain contact edit call, and the 30 that waited in one.
@@ -157,11 +163,9 @@ def test_a_lone_edit_is_the_plain_contact_edit_call(
 def test_a_contact_gone_from_a_batch_fails_its_job_only_as_the_single_edit_would(
     server: SandboxServer, mautic: MauticPlatform, sandbox: MauticSandbox, session: ApiSession
 ) -> None:
-    contacts = seed(sandbox, 5)
+    contacts = known(mautic, sandbox, 5)
     gone = contacts[2]
     single = platform(server, session, batch=False)
-    for contact in contacts:
-        mautic.contact_id(contact)
     gone_id = single.contact_id(gone)
     sandbox.delete_contact(gone_id)
     with pytest.raises(errors.NotFound) as alone:
@@ -184,9 +188,7 @@ def test_a_contact_gone_from_a_batch_fails_its_job_only_as_the_single_edit_would
 def test_a_contact_merged_away_from_a_batch_is_looked_up_again_and_edited(
     mautic: MauticPlatform, sandbox: MauticSandbox, session: ApiSession
 ) -> None:
-    contacts = seed(sandbox, 3)
-    for contact in contacts:
-        mautic.contact_id(contact)
+    contacts = known(mautic, sandbox, 3)
     old = mautic.contact_id(contacts[1])
     sandbox.delete_contact(old)
     new = sandbox.seed_contact("c1@example.com", external_id="C-1")
@@ -241,9 +243,7 @@ def test_a_contact_is_never_twice_in_one_batch(
 def test_a_batch_carries_at_most_200_contacts(
     mautic: MauticPlatform, sandbox: MauticSandbox, session: ApiSession
 ) -> None:
-    contacts = seed(sandbox, BATCH_MAX + 1)
-    for contact in contacts:
-        mautic.contact_id(contact)
+    contacts = known(mautic, sandbox, BATCH_MAX + 1)
     wire, answers = behind_a_held_edit(mautic, sandbox, session, [add(mautic, c, "Webinar") for c in contacts])
     assert answers == dict.fromkeys(range(BATCH_MAX + 1))
     # 200 in the batch; the one beyond goes next, alone, as the plain contact edit call.
