@@ -756,11 +756,16 @@ class PostgresJobStore:
                     # Before the records: ADD_LOCK is always the first thing a transaction waits for after its own
                     # row, so two writers never wait for each other.
                     db.execute(LOCK, (schema.LOCK_NAMESPACE, schema.ADD_LOCK))
-                with db.cursor() as cur:
-                    cur.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in effects.records])
-                new_jobs = _NewJobs()
-                self._add(db, effects.jobs, now, new_jobs)
-                self._settle(db, new_jobs)
+                self._keep(db, job_id, effects, now)
+
+    def _keep(self, db: psycopg.Connection[Any], job_id: str, effects: Effects, now: float) -> None:
+        """The effects of the job's applied change, in the caller's transaction; one that queues jobs has taken
+        ADD_LOCK already, where its lock order puts it."""
+        with db.cursor() as cur:
+            cur.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in effects.records])
+        new_jobs = _NewJobs()
+        self._add(db, effects.jobs, now, new_jobs)
+        self._settle(db, new_jobs)
 
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         now = self._clock()
@@ -783,11 +788,7 @@ class PostgresJobStore:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             self._close_keys(db, row["seq"], finished=outcome.status.finished)
             if effects:
-                with db.cursor() as cur:
-                    cur.executemany(INSERT_ENTRY, [_entry_args(record, job_id, now) for record in effects.records])
-                new_jobs = _NewJobs()
-                self._add(db, effects.jobs, now, new_jobs)
-                self._settle(db, new_jobs)
+                self._keep(db, job_id, effects, now)
 
     def release(self, owner: str, job_id: str) -> None:
         with self.atomic() as db:

@@ -709,17 +709,27 @@ class SqliteJobStore:
         if posted:
             sets.append("posted_at = coalesce(posted_at, :now)")
         sql = f"UPDATE jobs SET {', '.join(sets)} WHERE id = :id AND status = 'running' AND lease_owner = :owner"
-        entries = [_entry_args(record, job_id, now) for record in effects.records] if effects else []
+        keep = self._keeping(job_id, effects, now)
 
         def save(db: sqlite3.Connection) -> None:
             if db.execute(sql, args).rowcount == 0:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
+            keep(db)
+
+        self._write(save)
+
+    def _keeping(self, job_id: str, effects: Effects | None, now: float) -> Callable[[sqlite3.Connection], None]:
+        """What writes the effects of the job's applied change in a write: their records' rows are made here,
+        before the write lock is taken, so that the lock is held for the statements alone."""
+        entries = [_entry_args(record, job_id, now) for record in effects.records] if effects else []
+
+        def keep(db: sqlite3.Connection) -> None:
             if entries:
                 db.executemany(INSERT_ENTRY, entries)
             if effects and effects.jobs:
                 self._add(db, effects.jobs, now)
 
-        self._write(save)
+        return keep
 
     def finish(self, owner: str, job_id: str, outcome: Outcome) -> None:
         now = self._clock()
@@ -731,8 +741,7 @@ class SqliteJobStore:
             "counted": 0 if outcome.attempt is None else 1,
         }
         attempt = None if outcome.attempt is None else _attempt_args(outcome.attempt)
-        effects = outcome.effects
-        entries = [_entry_args(record, job_id, now) for record in effects.records] if effects else []
+        keep = self._keeping(job_id, outcome.effects, now)
 
         def finish(db: sqlite3.Connection) -> None:
             row = db.execute(FINISH, args).fetchone()
@@ -740,10 +749,7 @@ class SqliteJobStore:
                 raise LeaseLost(f"Job {job_id} is no longer held by {owner}.")
             if attempt is not None:
                 db.execute(RECORD_ATTEMPT, attempt)
-            if entries:
-                db.executemany(INSERT_ENTRY, entries)
-            if effects and effects.jobs:
-                self._add(db, effects.jobs, now)
+            keep(db)
             if outcome.status.finished:
                 self._close(db, row[0])
             else:
