@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from connector import errors
 from connector.dataverse.batch import BatchPart, BatchResult, build_change_sets, parse_change_sets
-from connector.groupcommit import Grouped, Room
+from connector.groupcommit import Grouped, Room, Write
 
 if TYPE_CHECKING:
     from connector.dataverse.client import DataverseClient
@@ -35,21 +35,15 @@ PARALLEL = 4
 R_co = TypeVar("R_co", covariant=True)
 
 
-class ChangeSet(Protocol[R_co]):
-    """One caller's write: its parts, atomic together, and how to read the answer."""
+class ChangeSet(Write[R_co], Protocol[R_co]):
+    """One caller's write: its parts, atomic together; `answer` reads its change set's results."""
 
     @property
     def parts(self) -> Sequence[BatchPart]: ...
 
-    def alone(self) -> R_co:
-        """Send the write by itself, as it would be sent without grouping."""
-
-    def answer(self, results: list[BatchResult]) -> R_co:
-        """The write's result from its change set's answers; raises the caller's error when it failed."""
-
 
 class Writes(Grouped[ChangeSet[Any]]):
-    """Change sets from many threads, sent in groups: at most `parallel` requests on the wire at a time."""
+    """Change sets, at most `MAX_PARTS` parts to a `$batch`."""
 
     def __init__(self, client: DataverseClient, *, parallel: int = PARALLEL) -> None:
         super().__init__(parallel=parallel)
